@@ -1,0 +1,25 @@
+"""Integration fixtures: the lab's real hypervisor hosts (see labkit)."""
+
+import json
+import subprocess
+import uuid
+
+import pytest
+from labkit import LAB, Lab
+
+
+@pytest.fixture(scope="session")
+def lab():
+    res = subprocess.run([LAB, "status", "--json"], capture_output=True, text=True)
+    status = json.loads(res.stdout) if res.stdout.strip() else {"up": False}
+    if not status.get("up"):
+        pytest.fail("the lab is not up: run `tests/lab/lab up` (make test does)", pytrace=False)
+    return Lab(status)
+
+
+@pytest.fixture
+def guest_name(lab):
+    """A fresh guest name, removed from every host afterwards."""
+    name = "it-" + uuid.uuid4().hex[:8]
+    yield name
+    lab.cleanup_domain(name)

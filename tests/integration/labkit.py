@@ -1,0 +1,209 @@
+"""Integration fixtures: the lab's real hypervisor hosts, driven through Ansible over SSH.
+
+`lab.module()` runs one module task with ansible-playbook and returns its result dict;
+`lab.playbook()` runs a playbook and returns every task result; `lab.exec()` and
+`lab.virsh()` look at a host directly, inside its namespaces, to check what the modules did.
+"""
+
+import fcntl
+import json
+import os
+import struct
+import subprocess
+import tempfile
+import uuid
+
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB = os.path.join(REPO, "tests", "lab", "lab")
+COLLECTIONS = os.path.join(REPO, ".build", "collections")
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+
+
+class PlaybookRun:
+    def __init__(self, rc, stdout, stderr, results):
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+        self.results = results
+
+    def for_host(self, host):
+        return [r for r in self.results if r["host"] == host]
+
+    def task(self, name, host=None):
+        for r in self.results:
+            if r["task"] == name and (host is None or r["host"] == host):
+                return r["result"]
+        raise KeyError("no result for task {!r} (host {}): {}".format(name, host, self.stdout[-3000:]))
+
+
+class Lab:
+    def __init__(self, status):
+        self.status = status
+        self.hosts = [h["name"] for h in status["hosts"]]
+        self.inventory = status["inventory"]
+        self.shared_dir = status["shared_dir"]
+        self.lockspace_dir = status["lockspace_dir"]
+        self.images_dir = os.path.join(self.shared_dir, "images")
+        with open(os.path.join(os.path.dirname(self.inventory), "state.json")) as fh:
+            self.state = json.load(fh)
+
+    # ---- direct access, for checking
+    def address(self, host):
+        return self.state["hosts"][host]["address"]
+
+    def host_uuid(self, host):
+        return self.state["hosts"][host]["host_uuid"]
+
+    def virtlockd_pid(self, host):
+        return self.state["hosts"][host]["pids"]["virtlockd"]
+
+    def exec(self, host, *argv, check=True, input=None, timeout=120):
+        res = subprocess.run(
+            [LAB, "exec", host, "--"] + list(argv),
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError("{} on {} failed ({}): {}{}".format(argv, host, res.returncode, res.stdout, res.stderr))
+        return res
+
+    def virsh(self, host, *args, check=True):
+        return self.exec(host, "virsh", "-q", "-c", "qemu:///system", *args, check=check)
+
+    def domain_state(self, host, name):
+        res = self.virsh(host, "domstate", name, check=False)
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    def ssh(self, host, command, check=True):
+        key = os.path.join(os.path.dirname(self.inventory), "ssh", "id_ed25519")
+        known = os.path.join(os.path.dirname(self.inventory), "ssh", "known_hosts")
+        argv = ["ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+        argv += ["-o", "UserKnownHostsFile=" + known, "root@" + self.address(host), command]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if check and res.returncode != 0:
+            raise AssertionError("ssh {} {!r} failed: {}".format(host, command, res.stderr))
+        return res
+
+    def new_disk(self, name, size="16M"):
+        path = os.path.join(self.images_dir, name + ".qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, size], check=True)
+        return path
+
+    def lease_file(self, key):
+        path = os.path.join(self.lockspace_dir, key)
+        if not os.path.exists(path):
+            open(path, "a").close()
+        return path
+
+    def cleanup_domain(self, name):
+        for host in self.hosts:
+            self.virsh(host, "destroy", name, check=False)
+            self.virsh(host, "undefine", "--nvram", name, check=False)
+
+    # ---- Ansible
+    def _env(self, record):
+        env = dict(os.environ)
+        env.update(
+            {
+                "PATH": VENV_BIN + os.pathsep + env.get("PATH", ""),
+                "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
+                "ANSIBLE_CALLBACK_PLUGINS": os.path.join(REPO, "tests", "integration", "callback"),
+                "ANSIBLE_CALLBACKS_ENABLED": "lab_record",
+                "ANSIBLE_PIPELINING": "True",
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "LAB_RECORD_FILE": record,
+            }
+        )
+        return env
+
+    def playbook(self, playbook, check=False, diff=False, extra_vars=None, limit=None, timeout=900):
+        """Run a playbook (a path, or a list of plays) and return every task result."""
+        with tempfile.TemporaryDirectory(prefix="lab-play-") as tmp:
+            if not isinstance(playbook, str):
+                path = os.path.join(tmp, "play.yml")
+                with open(path, "w") as fh:
+                    yaml.safe_dump(playbook, fh, sort_keys=False)
+                playbook = path
+            record = os.path.join(tmp, "record.jsonl")
+            argv = ["ansible-playbook", "-i", self.inventory, playbook]
+            if check:
+                argv.append("--check")
+            if diff:
+                argv.append("--diff")
+            if limit:
+                argv += ["--limit", limit]
+            if extra_vars:
+                argv += ["-e", json.dumps(extra_vars)]
+            res = subprocess.run(argv, capture_output=True, text=True, env=self._env(record), cwd=REPO, timeout=timeout)
+            results = []
+            if os.path.exists(record):
+                with open(record) as fh:
+                    results = [json.loads(line) for line in fh]
+        return PlaybookRun(res.returncode, res.stdout, res.stderr, results)
+
+    def module(self, host, module, args, check=False, diff=False):
+        """Run one module task on one host; return its result dict (failed ones too)."""
+        play = [{"hosts": host, "gather_facts": False, "tasks": [{"name": "under test", module: args}]}]
+        run = self.playbook(play, check=check, diff=diff)
+        try:
+            return run.task("under test", host)
+        except KeyError:
+            raise AssertionError("module did not run: rc={}\n{}\n{}".format(run.rc, run.stdout, run.stderr))
+
+    def adhoc(self, pattern, module, args, timeout=300):
+        argv = ["ansible", pattern, "-i", self.inventory, "-m", module, "-a", args]
+        return subprocess.run(argv, capture_output=True, text=True, env=self._env(os.devnull), cwd=REPO, timeout=timeout)
+
+
+def lock_holder(path):
+    """The pid holding a POSIX write lock on byte 0 of path (as virtlockd takes it), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        l_type, _whence, _start, _len, l_pid = struct.unpack("hhqqi", answer)
+        return None if l_type == fcntl.F_UNLCK else l_pid
+    finally:
+        os.close(fd)
+
+
+def tiny_domain_xml(name, disk=None, lease=None, lockspace_dir=None):
+    """A 32 MiB BIOS-only guest: SeaBIOS finds nothing to boot and idles."""
+    devices = "<graphics type='vnc' listen='127.0.0.1'/>"
+    if disk:
+        devices = (
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>"
+            "<source file='{}'/><target dev='vda' bus='virtio'/></disk>".format(disk)
+        ) + devices
+    if lease:
+        devices = (
+            "<lease><lockspace>{}</lockspace><key>{}</key><target path='{}'/></lease>".format(
+                os.path.basename(lockspace_dir), lease, os.path.dirname(lockspace_dir)
+            )
+        ) + devices
+    return (
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>"
+        "<on_poweroff>destroy</on_poweroff><devices>{}</devices></domain>".format(name, devices)
+    )
+
+
+def define_and_start(lab, host, xml):
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", dir=lab.shared_dir, delete=False) as fh:
+        fh.write(xml)
+    try:
+        lab.virsh(host, "define", fh.name)
+    finally:
+        os.unlink(fh.name)
+    name = xml.split("<name>")[1].split("</name>")[0]
+    return lab.virsh(host, "start", name, check=False)
+
+
