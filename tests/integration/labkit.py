@@ -11,7 +11,6 @@ import os
 import struct
 import subprocess
 import tempfile
-import uuid
 
 import yaml
 
@@ -68,7 +67,9 @@ class Lab:
             timeout=timeout,
         )
         if check and res.returncode != 0:
-            raise AssertionError("{} on {} failed ({}): {}{}".format(argv, host, res.returncode, res.stdout, res.stderr))
+            raise AssertionError(
+                "{} on {} failed ({}): {}{}".format(argv, host, res.returncode, res.stdout, res.stderr)
+            )
         return res
 
     def virsh(self, host, *args, check=True):
@@ -153,11 +154,13 @@ class Lab:
         try:
             return run.task("under test", host)
         except KeyError:
-            raise AssertionError("module did not run: rc={}\n{}\n{}".format(run.rc, run.stdout, run.stderr))
+            raise AssertionError("module did not run: rc={}\n{}\n{}".format(run.rc, run.stdout, run.stderr)) from None
 
     def adhoc(self, pattern, module, args, timeout=300):
         argv = ["ansible", pattern, "-i", self.inventory, "-m", module, "-a", args]
-        return subprocess.run(argv, capture_output=True, text=True, env=self._env(os.devnull), cwd=REPO, timeout=timeout)
+        return subprocess.run(
+            argv, capture_output=True, text=True, env=self._env(os.devnull), cwd=REPO, timeout=timeout
+        )
 
 
 def lock_holder(path):
@@ -205,5 +208,3 @@ def define_and_start(lab, host, xml):
         os.unlink(fh.name)
     name = xml.split("<name>")[1].split("</name>")[0]
     return lab.virsh(host, "start", name, check=False)
-
-
