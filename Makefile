@@ -23,7 +23,7 @@ help:
 deps:
 	@command -v python3 >/dev/null && [ -x $(SYSTEM_PYTHON) ] || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3; }
-	@$(SYSTEM_PYTHON) $(LAB) deps
+	@$(LAB) deps
 
 # Debian's python3-libvirt and python3-lxml are seen through --system-site-packages
 $(VENV)/.installed: requirements.txt
@@ -39,16 +39,16 @@ collection:
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/lockstep/virt
 
 lab: deps
-	$(SYSTEM_PYTHON) $(LAB) up --hosts $(HOSTS)
+	$(LAB) up --hosts $(HOSTS)
 
 lab-down:
-	$(SYSTEM_PYTHON) $(LAB) down
+	$(LAB) down
 
 lab-status:
-	$(SYSTEM_PYTHON) $(LAB) status
+	$(LAB) status
 
 demo: venv collection lab
-	ansible-playbook -i "$$($(SYSTEM_PYTHON) $(LAB) inventory)" playbooks/demo.yml
+	ansible-playbook -i "$$($(LAB) inventory)" playbooks/demo.yml
 
 test: venv collection
 	tests/run-all

@@ -10,7 +10,7 @@ from labkit import LAB, Lab
 
 @pytest.fixture(scope="session")
 def lab():
-    res = subprocess.run([LAB, "status", "--json"], capture_output=True, text=True)
+    res = subprocess.run([LAB, "status", "--json"], capture_output=True, text=True, check=False)
     status = json.loads(res.stdout) if res.stdout.strip() else {"up": False}
     if not status.get("up"):
         pytest.fail("the lab is not up: run `tests/lab/lab up` (make test does)", pytrace=False)

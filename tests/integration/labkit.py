@@ -65,6 +65,7 @@ class Lab:
             text=True,
             input=input,
             timeout=timeout,
+            check=False,
         )
         if check and res.returncode != 0:
             raise AssertionError(
@@ -84,7 +85,7 @@ class Lab:
         known = os.path.join(os.path.dirname(self.inventory), "ssh", "known_hosts")
         argv = ["ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
         argv += ["-o", "UserKnownHostsFile=" + known, "root@" + self.address(host), command]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
         if check and res.returncode != 0:
             raise AssertionError("ssh {} {!r} failed: {}".format(host, command, res.stderr))
         return res
@@ -140,7 +141,9 @@ class Lab:
                 argv += ["--limit", limit]
             if extra_vars:
                 argv += ["-e", json.dumps(extra_vars)]
-            res = subprocess.run(argv, capture_output=True, text=True, env=self._env(record), cwd=REPO, timeout=timeout)
+            res = subprocess.run(
+                argv, capture_output=True, text=True, env=self._env(record), cwd=REPO, timeout=timeout, check=False
+            )
             results = []
             if os.path.exists(record):
                 with open(record) as fh:
@@ -159,7 +162,7 @@ class Lab:
     def adhoc(self, pattern, module, args, timeout=300):
         argv = ["ansible", pattern, "-i", self.inventory, "-m", module, "-a", args]
         return subprocess.run(
-            argv, capture_output=True, text=True, env=self._env(os.devnull), cwd=REPO, timeout=timeout
+            argv, capture_output=True, text=True, env=self._env(os.devnull), cwd=REPO, timeout=timeout, check=False
         )
 
 

@@ -1,0 +1,787 @@
+"""The lockstep.virt lab: several real libvirt hypervisor hosts on one Linux machine.
+
+Each host lives in its own network, mount and UTS namespace with its own libvirtd,
+virtlogd, virtlockd and sshd, its own /etc/libvirt, /var/lib/libvirt, /var/log/libvirt,
+/var/cache/libvirt, /run and /root.  A bridge in the root namespace joins the hosts and
+the controller.  A directory every host sees at the same path stands in for NFS and holds
+disk images and virtlockd's lockspace.
+
+    lab deps                 install the Debian packages the lab needs
+    lab up [--hosts N]       create hv1..hvN (idempotent; replaces a stale lab)
+    lab down [--purge]       remove everything the lab made (--purge: the image cache too)
+    lab status [--json]      what runs, and whether it answers
+    lab inventory            print the path of the Ansible inventory the lab wrote
+    lab image [--force]      build the lab's Linux guest image (cached; prints its directory)
+    lab exec HOST -- CMD...  run a command inside a host's namespaces
+
+Runs as root, stdlib only.  Everything it makes is recorded under LAB_ROOT so that `down`
+removes exactly that and nothing else.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+LAB_ROOT = os.environ.get("LOCKSTEP_LAB_ROOT", "/var/lib/lockstep-lab")
+STATE_FILE = os.path.join(LAB_ROOT, "state.json")
+SHARED_DIR = os.path.join(LAB_ROOT, "shared")
+LOCKSPACE_DIR = os.path.join(SHARED_DIR, "lockd")
+IMAGES_DIR = os.path.join(SHARED_DIR, "images")
+SSH_DIR = os.path.join(LAB_ROOT, "ssh")
+HOSTS_DIR = os.path.join(LAB_ROOT, "hosts")
+CACHE_DIR = os.path.join(LAB_ROOT, "cache")
+INVENTORY = os.path.join(LAB_ROOT, "inventory.yml")
+
+BRIDGE = "lsvbr0"
+NETNS_PREFIX = "lsv-"
+SUBNET = "10.77.0"  # only ever configured on the lab's bridge and inside its namespaces
+BRIDGE_ADDR = SUBNET + ".1"
+PREFIX_LEN = 24
+
+DAEMONS = ("virtlogd", "virtlockd", "libvirtd", "sshd")
+
+PACKAGES = (
+    "libvirt-daemon-system",
+    "libvirt-clients",
+    "qemu-system-x86",
+    "qemu-utils",
+    "seabios",
+    "openssh-server",
+    "openssh-client",
+    "python3",
+    "python3-venv",
+    "python3-libvirt",
+    "python3-lxml",
+    "dnsmasq-base",
+    "iptables",
+    "iproute2",
+    "util-linux",
+    "procps",
+)
+
+
+def log(msg):
+    print("lab: " + msg, file=sys.stderr, flush=True)
+
+
+def run(argv, check=True, capture=True, input=None, timeout=120):
+    res = subprocess.run(
+        argv,
+        check=False,
+        capture_output=capture,
+        text=True,
+        input=input,
+        timeout=timeout,
+    )
+    if check and res.returncode != 0:
+        raise SystemExit("lab: command failed ({}): {}\n{}".format(res.returncode, " ".join(argv), res.stderr or ""))
+    return res
+
+
+def write(path, text, mode=0o644):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+    os.chmod(path, mode)
+
+
+def host_names(count):
+    return ["hv{}".format(i) for i in range(1, count + 1)]
+
+
+def host_addr(name):
+    return "{}.{}".format(SUBNET, 10 + int(name[2:]))
+
+
+def host_dir(name):
+    return os.path.join(HOSTS_DIR, name)
+
+
+def netns_name(name):
+    return NETNS_PREFIX + name
+
+
+def load_state():
+    try:
+        with open(STATE_FILE) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def save_state(state):
+    write(STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n", 0o600)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not alive for our purposes
+    try:
+        with open("/proc/{}/stat".format(pid)) as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def existing_netns():
+    res = run(["ip", "netns", "list"], check=False)
+    names = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(NETNS_PREFIX)]
+
+
+def link_exists(name):
+    return run(["ip", "link", "show", name], check=False).returncode == 0
+
+
+# --------------------------------------------------------------------------- deps
+
+
+def missing_packages():
+    res = run(["dpkg-query", "-W", "-f=${Package} ${Status}\n"] + list(PACKAGES), check=False)
+    installed = {line.split()[0] for line in res.stdout.splitlines() if line.endswith("install ok installed")}
+    return [p for p in PACKAGES if p not in installed]
+
+
+def cmd_deps(_args=None):
+    missing = missing_packages()
+    if not missing:
+        return 0
+    log("installing " + " ".join(missing))
+    # Keep the packages' own daemons from starting in the root namespace (libvirt's default
+    # NAT network must never run there): a policy-rc.d denying starts, only while we install.
+    policy = "/usr/sbin/policy-rc.d"
+    made_policy = not os.path.exists(policy)
+    if made_policy:
+        write(policy, "#!/bin/sh\n# lockstep.virt lab: no service starts during package install\nexit 101\n", 0o755)
+    try:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends"] + missing,
+            check=True,
+            env=env,
+        )
+    finally:
+        if made_policy:
+            os.unlink(policy)
+    return 0
+
+
+# --------------------------------------------------------------------------- config files
+
+
+def libvirtd_conf(host_uuid):
+    return """# lockstep.virt lab host
+host_uuid = "{uuid}"
+unix_sock_group = "root"
+unix_sock_ro_perms = "0777"
+unix_sock_rw_perms = "0770"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+""".format(uuid=host_uuid)
+
+
+QEMU_CONF = """# lockstep.virt lab host
+lock_manager = "lockd"
+# Lab-only simplifications: QEMU runs as root without cgroups, mount namespaces or
+# labelling, so guests on the shared directory migrate between hosts of one machine.
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+cgroup_controllers = [ ]
+namespaces = [ ]
+stdio_handler = "logd"
+"""
+
+QEMU_LOCKD_CONF = """# lockstep.virt lab host: indirect leases on shared storage
+auto_disk_leases = 1
+file_lockspace_dir = "{lockspace}"
+""".format(lockspace=LOCKSPACE_DIR)
+
+VIRTLOCKD_CONF = 'log_outputs = "3:file:/var/log/libvirt/virtlockd.log"\n'
+VIRTLOGD_CONF = 'log_outputs = "3:file:/var/log/libvirt/virtlogd.log"\n'
+LIBVIRT_CLIENT_CONF = 'uri_default = "qemu:///system"\n'
+
+
+def sshd_config(name):
+    hdir = host_dir(name)
+    return """# lockstep.virt lab host {name}
+ListenAddress {addr}
+Port 22
+HostKey {hdir}/ssh_host_ed25519_key
+PidFile /run/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes yes
+AuthorizedKeysFile .ssh/authorized_keys
+AcceptEnv LANG LC_*
+MaxStartups 100:30:200
+MaxSessions 50
+Subsystem sftp /usr/lib/openssh/sftp-server
+""".format(name=name, addr=host_addr(name), hdir=hdir)
+
+
+def etc_hosts(names, me):
+    lines = ["127.0.0.1 localhost", "::1 localhost ip6-localhost ip6-loopback"]
+    for n in names:
+        lines.append("{} {}".format(host_addr(n), n))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- ssh material
+
+
+def ensure_ssh_material(names):
+    os.makedirs(SSH_DIR, mode=0o700, exist_ok=True)
+    key = os.path.join(SSH_DIR, "id_ed25519")
+    if not os.path.exists(key):
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lockstep-lab", "-f", key])
+    known = []
+    for n in names:
+        hkey = os.path.join(host_dir(n), "ssh_host_ed25519_key")
+        if not os.path.exists(hkey):
+            os.makedirs(host_dir(n), exist_ok=True)
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "lockstep-lab-" + n, "-f", hkey])
+        with open(hkey + ".pub") as fh:
+            kind, blob = fh.read().split()[:2]
+        known.append("{},{} {} {}".format(n, host_addr(n), kind, blob))
+    write(os.path.join(SSH_DIR, "known_hosts"), "\n".join(known) + "\n", 0o644)
+    with open(key + ".pub") as fh:
+        pub = fh.read()
+    config = []
+    for n in names:
+        config.append(
+            "Host {n} {addr}\n  HostName {addr}\n  User root\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
+            "  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n".format(
+                n=n, addr=host_addr(n), key=key, known=os.path.join(SSH_DIR, "known_hosts")
+            )
+        )
+    write(os.path.join(SSH_DIR, "config"), "\n".join(config), 0o600)
+    # each host's own /root: the lab key lets the controller and every peer log in, and the
+    # hosts' daemons reach each other for peer-to-peer migration with recorded host keys
+    for n in names:
+        root = os.path.join(host_dir(n), "root")
+        sshd = os.path.join(root, ".ssh")
+        os.makedirs(sshd, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)
+        os.chmod(sshd, 0o700)
+        write(os.path.join(sshd, "authorized_keys"), pub, 0o600)
+        shutil.copyfile(key, os.path.join(sshd, "id_ed25519"))
+        os.chmod(os.path.join(sshd, "id_ed25519"), 0o600)
+        write(os.path.join(sshd, "id_ed25519.pub"), pub, 0o644)
+        shutil.copyfile(os.path.join(SSH_DIR, "known_hosts"), os.path.join(sshd, "known_hosts"))
+        write(os.path.join(sshd, "config"), "StrictHostKeyChecking yes\nBatchMode yes\n", 0o600)
+
+
+def ssh_base_args():
+    return [
+        "ssh",
+        "-F",
+        os.path.join(SSH_DIR, "config"),
+        "-o",
+        "ConnectTimeout=5",
+        "-o",
+        "BatchMode=yes",
+    ]
+
+
+# --------------------------------------------------------------------------- kvm
+
+
+def kvm_prepare(state):
+    """Give /dev/kvm to group kvm (as udev would on a desktop), remembering how it was."""
+    if not os.path.exists("/dev/kvm"):
+        state["kvm"] = {"present": False}
+        return
+    st = os.stat("/dev/kvm")
+    info = state.get("kvm") or {"present": True, "orig_gid": st.st_gid, "orig_mode": st.st_mode & 0o777}
+    try:
+        import grp
+
+        gid = grp.getgrnam("kvm").gr_gid
+        os.chown("/dev/kvm", -1, gid)
+        os.chmod("/dev/kvm", 0o660)
+    except (KeyError, OSError) as exc:
+        info["error"] = str(exc)
+    state["kvm"] = info
+
+
+def kvm_usable():
+    try:
+        import fcntl
+
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, 0xAE00) == 12  # KVM_GET_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def kvm_restore(state):
+    info = (state or {}).get("kvm") or {}
+    if info.get("present") and os.path.exists("/dev/kvm") and "orig_gid" in info:
+        try:
+            os.chown("/dev/kvm", -1, info["orig_gid"])
+            os.chmod("/dev/kvm", info["orig_mode"])
+        except OSError as exc:
+            log("could not restore /dev/kvm: {}".format(exc))
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+def nsenter(anchor, argv):
+    return ["nsenter", "-t", str(anchor), "-m", "-u", "-n", "--"] + list(argv)
+
+
+def host_run(state, name, argv, check=True, input=None, timeout=120):
+    anchor = state["hosts"][name]["anchor"]
+    env_argv = ["env", "-i", "HOME=/root", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"] + list(argv)
+    return run(nsenter(anchor, env_argv), check=check, input=input, timeout=timeout)
+
+
+def prepare_host_tree(name, names, host_uuid):
+    hdir = host_dir(name)
+    etc = os.path.join(hdir, "etc-libvirt")
+    for sub in ("qemu/networks/autostart", "qemu/autostart", "storage/autostart", "nwfilter", "secrets"):
+        os.makedirs(os.path.join(etc, sub), exist_ok=True)
+    write(os.path.join(etc, "libvirtd.conf"), libvirtd_conf(host_uuid))
+    write(os.path.join(etc, "qemu.conf"), QEMU_CONF)
+    write(os.path.join(etc, "qemu-lockd.conf"), QEMU_LOCKD_CONF)
+    write(os.path.join(etc, "virtlockd.conf"), VIRTLOCKD_CONF)
+    write(os.path.join(etc, "virtlogd.conf"), VIRTLOGD_CONF)
+    write(os.path.join(etc, "libvirt.conf"), LIBVIRT_CLIENT_CONF)
+    for sub in ("var-lib-libvirt/images", "var-lib-libvirt/qemu", "var-log-libvirt/qemu", "var-cache-libvirt"):
+        os.makedirs(os.path.join(hdir, sub), exist_ok=True)
+    write(os.path.join(hdir, "etc-hosts"), etc_hosts(names, name))
+    write(os.path.join(hdir, "etc-hostname"), name + "\n")
+    write(os.path.join(hdir, "sshd_config"), sshd_config(name), 0o600)
+
+
+DAEMON_COMMANDS = {
+    "virtlogd": ["/usr/sbin/virtlogd", "-d", "-p", "/run/virtlogd.pid"],
+    "virtlockd": ["/usr/sbin/virtlockd", "-d", "-p", "/run/virtlockd.pid"],
+    "libvirtd": ["/usr/sbin/libvirtd", "-d", "-p", "/run/libvirtd.pid"],
+    "sshd": ["/usr/sbin/sshd", "-f", "{hdir}/sshd_config"],
+}
+
+
+def start_host(state, name):
+    """Start the host's anchor: the process that owns its mount + UTS namespaces inside its
+    netns, starts its daemons and reaps whatever they leave behind (QEMU, dnsmasq, sessions),
+    so no zombie outlives a guest."""
+    hdir = host_dir(name)
+    for marker in ("anchor.ready", "anchor.err"):
+        if os.path.exists(os.path.join(hdir, marker)):
+            os.unlink(os.path.join(hdir, marker))
+    log_fh = open(os.path.join(hdir, "anchor.log"), "w")
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", netns_name(name), "unshare", "--mount", "--uts", "--propagation", "private", "--"]
+        + [sys.executable, os.path.abspath(__file__), "_anchor", name],
+        stdin=subprocess.DEVNULL,
+        stdout=log_fh,
+        stderr=log_fh,
+        start_new_session=True,
+    )
+    log_fh.close()
+    state["hosts"][name]["anchor"] = proc.pid  # ip, unshare and python exec in place
+    save_state(state)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if os.path.exists(os.path.join(hdir, "anchor.ready")):
+            with open(os.path.join(hdir, "pids.json")) as fh:
+                state["hosts"][name]["pids"] = json.load(fh)
+            save_state(state)
+            return
+        if os.path.exists(os.path.join(hdir, "anchor.err")) or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    with open(os.path.join(hdir, "anchor.log")) as fh:
+        raise SystemExit("lab: host {} did not start:\n{}".format(name, fh.read()))
+
+
+def anchor_main(name):
+    """Runs inside the host's fresh namespaces (see start_host)."""
+    import ctypes
+
+    hdir = host_dir(name)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: daemons and guests reparent here
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    try:
+        script = """set -e
+hostname {name}
+mount -t tmpfs -o mode=0755 lab-run /run
+mkdir -p /run/lock /run/sshd /run/libvirt
+mount --bind {h}/etc-libvirt /etc/libvirt
+mount --bind {h}/var-lib-libvirt /var/lib/libvirt
+mount --bind {h}/var-log-libvirt /var/log/libvirt
+mount --bind {h}/var-cache-libvirt /var/cache/libvirt
+mount --bind {h}/etc-hosts /etc/hosts
+mount --bind {h}/etc-hostname /etc/hostname
+mount --bind {h}/root /root
+""".format(name=name, h=hdir)
+        subprocess.run(["sh", "-c", script], check=True)
+        env = {"HOME": "/root", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        pids = {}
+        for daemon in DAEMONS:
+            argv = [a.format(hdir=hdir) for a in DAEMON_COMMANDS[daemon]]
+            subprocess.run(argv, check=True, env=env, cwd="/", stdin=subprocess.DEVNULL)
+            pidfile = "/run/{}.pid".format(daemon)
+            for _attempt in range(200):
+                try:
+                    with open(pidfile) as fh:
+                        pid = int(fh.read().strip())
+                    if pid_alive(pid):
+                        break
+                except (OSError, ValueError):
+                    pass
+                time.sleep(0.05)
+            else:
+                raise RuntimeError("{} did not start (see {}/var-log-libvirt)".format(daemon, hdir))
+            pids[daemon] = pid
+        write(os.path.join(hdir, "pids.json"), json.dumps(pids) + "\n")
+        write(os.path.join(hdir, "anchor.ready"), "")
+    except Exception as exc:  # reported to `up` through the marker, then the anchor leaves
+        write(os.path.join(hdir, "anchor.err"), str(exc))
+        print("anchor {}: {}".format(name, exc), flush=True)
+        return 1
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            time.sleep(1)
+        except InterruptedError:
+            pass
+
+
+def wait_libvirt(state, name, timeout=90):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        res = host_run(state, name, ["virsh", "-c", "qemu:///system", "version"], check=False, timeout=60)
+        if res.returncode == 0:
+            return
+        time.sleep(0.5)
+    raise SystemExit("lab: libvirtd on {} does not answer: {}".format(name, res.stderr.strip()))
+
+
+def wait_ssh(name, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection((host_addr(name), 22), timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("lab: sshd on {} does not answer".format(name))
+
+
+def create_network(names):
+    if not link_exists(BRIDGE):
+        run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+        run(["ip", "addr", "add", "{}/{}".format(BRIDGE_ADDR, PREFIX_LEN), "dev", BRIDGE])
+        run(["ip", "link", "set", BRIDGE, "up"])
+    for n in names:
+        ns = netns_name(n)
+        veth = "lsv-" + n
+        run(["ip", "netns", "add", ns])
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        run(["ip", "link", "set", veth, "master", BRIDGE])
+        run(["ip", "link", "set", veth, "up"])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run(["ip", "-n", ns, "addr", "add", "{}/{}".format(host_addr(n), PREFIX_LEN), "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+def write_inventory(names):
+    key = os.path.join(SSH_DIR, "id_ed25519")
+    known = os.path.join(SSH_DIR, "known_hosts")
+    lines = [
+        "# Written by tests/lab/lab; the lab's hypervisor hosts.",
+        "all:",
+        "  children:",
+        "    hypervisors:",
+        "      hosts:",
+    ]
+    for n in names:
+        lines.append("        {}:".format(n))
+        lines.append("          ansible_host: {}".format(host_addr(n)))
+    lines += [
+        "      vars:",
+        "        ansible_user: root",
+        "        ansible_connection: ansible.builtin.ssh",
+        "        ansible_python_interpreter: /usr/bin/python3",
+        "        ansible_ssh_private_key_file: {}".format(key),
+        "        ansible_ssh_common_args: >-",
+        "          -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes".format(known),
+        "        lab_shared_dir: {}".format(SHARED_DIR),
+        "        lab_lockspace_dir: {}".format(LOCKSPACE_DIR),
+        "        lab_images_dir: {}".format(IMAGES_DIR),
+        "        lab_hosts: [{}]".format(", ".join(names)),
+    ]
+    write(INVENTORY, "\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def host_status(state, name):
+    info = state["hosts"].get(name, {})
+    anchor = info.get("anchor")
+    st = {"name": name, "address": host_addr(name), "host_uuid": info.get("host_uuid")}
+    st["namespace"] = bool(anchor and pid_alive(anchor)) and netns_name(name) in existing_netns()
+    st["daemons"] = {d: bool(info.get("pids", {}).get(d) and pid_alive(info["pids"][d])) for d in DAEMONS}
+    st["libvirt"] = False
+    if st["namespace"] and st["daemons"]["libvirtd"]:
+        res = host_run(state, name, ["virsh", "-c", "qemu:///system", "uri"], check=False, timeout=30)
+        st["libvirt"] = res.returncode == 0
+    st["ssh"] = False
+    if st["daemons"]["sshd"]:
+        res = run(ssh_base_args() + [name, "true"], check=False, timeout=30)
+        st["ssh"] = res.returncode == 0
+    st["healthy"] = st["namespace"] and all(st["daemons"].values()) and st["libvirt"] and st["ssh"]
+    return st
+
+
+def gather_status():
+    state = load_state()
+    if not state:
+        return {"up": False, "hosts": [], "stale": bool(existing_netns() or link_exists(BRIDGE))}
+    hosts = [host_status(state, n) for n in state["names"]]
+    return {
+        "up": all(h["healthy"] for h in hosts),
+        "stale": False,
+        "hosts": hosts,
+        "accel": "kvm" if kvm_usable() else "tcg (software emulation)",
+        "shared_dir": SHARED_DIR,
+        "lockspace_dir": LOCKSPACE_DIR,
+        "inventory": INVENTORY,
+    }
+
+
+def cmd_status(args):
+    st = gather_status()
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0 if st["up"] else 1
+    if not st["hosts"]:
+        print("lab: down" + (" (stale remnants: run `lab down`)" if st["stale"] else ""))
+        return 1
+    print(
+        "lab: {}   accel: {}   lockspace: {}".format("up" if st["up"] else "DEGRADED", st["accel"], st["lockspace_dir"])
+    )
+    for h in st["hosts"]:
+        daemons = " ".join("{}={}".format(d, "ok" if ok else "DOWN") for d, ok in h["daemons"].items())
+        print(
+            "  {:4} {:12} uuid={} libvirt={} ssh={} {}".format(
+                h["name"],
+                h["address"],
+                h["host_uuid"],
+                "ok" if h["libvirt"] else "DOWN",
+                "ok" if h["ssh"] else "DOWN",
+                daemons,
+            )
+        )
+    return 0 if st["up"] else 1
+
+
+# --------------------------------------------------------------------------- up / down
+
+
+def cmd_up(args):
+    if os.geteuid() != 0:
+        raise SystemExit("lab: must run as root")
+    cmd_deps()
+    names = host_names(args.hosts)
+    state = load_state()
+    if state and state.get("names") == names:
+        st = gather_status()
+        if st["up"]:
+            write_inventory(names)
+            log("already up ({})".format(", ".join(names)))
+            print(INVENTORY)
+            return 0
+    if state or existing_netns() or link_exists(BRIDGE):
+        log("removing a stale or different lab first")
+        teardown(purge=False)
+    for d in (LAB_ROOT, SHARED_DIR, IMAGES_DIR, LOCKSPACE_DIR, HOSTS_DIR, CACHE_DIR):
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+    state = {"names": names, "hosts": {}, "bridge": BRIDGE}
+    kvm_prepare(state)
+    save_state(state)
+    ensure_ssh_material(names)
+    create_network(names)
+    for n in names:
+        prepare_host_tree(n, names, str(uuid.uuid4()))
+    for n in names:
+        with open(os.path.join(host_dir(n), "etc-libvirt", "libvirtd.conf")) as fh:
+            host_uuid = fh.read().split('host_uuid = "')[1].split('"')[0]
+        state["hosts"][n] = {"host_uuid": host_uuid, "address": host_addr(n)}
+        start_host(state, n)
+    for n in names:
+        wait_libvirt(state, n)
+        wait_ssh(n)
+    write_inventory(names)
+    st = gather_status()
+    if not st["up"]:
+        cmd_status(argparse.Namespace(json=False))
+        raise SystemExit("lab: hosts came up unhealthy")
+    log("up: {} ({})".format(", ".join(names), st["accel"]))
+    print(INVENTORY)
+    return 0
+
+
+def kill_pids(pids, grace=5.0):
+    pids = [p for p in pids if p != os.getpid() and pid_alive(p)]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    while time.time() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.1)
+    for p in pids:
+        if pid_alive(p):
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def teardown(purge):
+    state = load_state() or {}
+    namespaces = set(existing_netns())
+    for n in state.get("names", []):
+        namespaces.add(netns_name(n))
+    # Every process in a lab namespace is the lab's: its daemons, their QEMU guests and
+    # dnsmasq, SSH sessions.  Stop guests first, so virtlockd releases their leases last.
+    for ns in sorted(namespaces):
+        res = run(["ip", "netns", "pids", ns], check=False)
+        pids = [int(p) for p in res.stdout.split()] if res.returncode == 0 else []
+        recorded = set()
+        info = state.get("hosts", {}).get(ns[len(NETNS_PREFIX) :], {})
+        recorded.update(info.get("pids", {}).values())
+        if info.get("anchor"):
+            recorded.add(info["anchor"])
+        guests = [p for p in pids if p not in recorded]
+        kill_pids(guests)
+        kill_pids([p for p in pids if p in recorded and p != info.get("anchor")])
+        kill_pids([p for p in recorded if p and pid_alive(p)])
+        run(["ip", "netns", "del", ns], check=False)
+    for n in state.get("names", []):
+        if link_exists("lsv-" + n):
+            run(["ip", "link", "del", "lsv-" + n], check=False)
+    if link_exists(BRIDGE):
+        run(["ip", "link", "del", BRIDGE], check=False)
+    kvm_restore(state)
+    if os.path.isdir(LAB_ROOT):
+        for entry in os.listdir(LAB_ROOT):
+            if entry == "cache" and not purge:
+                continue
+            path = os.path.join(LAB_ROOT, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        if purge or not os.listdir(LAB_ROOT):
+            shutil.rmtree(LAB_ROOT, ignore_errors=True)
+
+
+def cmd_down(args):
+    if os.geteuid() != 0:
+        raise SystemExit("lab: must run as root")
+    teardown(purge=args.purge)
+    log("down")
+    return 0
+
+
+def cmd_inventory(_args):
+    state = load_state()
+    if not state:
+        raise SystemExit("lab: the lab is down; run `tests/lab/lab up` first")
+    write_inventory(state["names"])
+    print(INVENTORY)
+    return 0
+
+
+def cmd_image(args):
+    """Build (or reuse) the lab's Linux guest image; prints its directory."""
+    argv = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest_image.py")]
+    if args.force:
+        argv.append("--force")
+    return subprocess.run(argv, check=False).returncode
+
+
+def cmd_exec(args):
+    state = load_state()
+    if not state or args.host not in state.get("hosts", {}):
+        raise SystemExit("lab: no such lab host: {}".format(args.host))
+    argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
+    if not argv:
+        raise SystemExit("lab: exec needs a command")
+    anchor = state["hosts"][args.host]["anchor"]
+    env_argv = ["env", "-i", "HOME=/root", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"] + argv
+    os.execvp("nsenter", nsenter(anchor, env_argv))
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        prog="lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("deps").set_defaults(func=cmd_deps)
+    p = sub.add_parser("up")
+    p.add_argument("--hosts", type=int, default=int(os.environ.get("LOCKSTEP_LAB_HOSTS", "2")))
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down")
+    p.add_argument("--purge", action="store_true", help="also remove the image cache")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    sub.add_parser("inventory").set_defaults(func=cmd_inventory)
+    p = sub.add_parser("image", help="build the Linux guest image (cached)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_image)
+    p = sub.add_parser("exec")
+    p.add_argument("host")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)
+    if len(sys.argv) == 3 and sys.argv[1] == "_anchor":
+        return anchor_main(sys.argv[2])
+    args = parser.parse_args()
+    if getattr(args, "hosts", 2) < 1 or getattr(args, "hosts", 2) > 9:
+        parser.error("--hosts must be between 1 and 9")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
