@@ -1,0 +1,54 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The collection's exception types.
+
+Every expected failure is raised as a :class:`VirtError` (or a subclass); a module's ``main()``
+catches it once and reports it with ``fail_json(**err.to_fail_kwargs())``: no traceback.
+"""
+
+from __future__ import annotations
+
+
+class VirtError(Exception):
+    """An expected failure, with libvirt's error code, domain and message when it came from libvirt.
+
+    ``result`` carries partial results (checkpoints, leases, ``changed``) that the failing module
+    still reports.
+    """
+
+    def __init__(self, msg, code=None, domain=None, libvirt_message=None, result=None):
+        super().__init__(msg)
+        self.msg = msg
+        self.code = code
+        self.domain = domain
+        self.libvirt_message = libvirt_message
+        self.result = dict(result or {})
+
+    def to_fail_kwargs(self):
+        out = dict(self.result)
+        out["msg"] = self.msg
+        if self.code is not None:
+            out["libvirt_error"] = {
+                "code": self.code,
+                "domain": self.domain,
+                "message": self.libvirt_message,
+            }
+        return out
+
+    @property
+    def is_busy(self):
+        """True when libvirt refused because a lease (or QEMU's own image lock) is held elsewhere."""
+        from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import busy_error_code
+
+        if self.code is not None and self.code == busy_error_code():
+            return True
+        text = self.libvirt_message or self.msg or ""
+        return "resource busy" in text or 'Failed to get "write" lock' in text
+
+
+class ValidationError(VirtError):
+    """Bad input (options, XML, spec): reported before anything is changed."""
+
+
+class LeaseError(VirtError):
+    """A lease could not be taken, was not held when required, or the lock manager is off."""

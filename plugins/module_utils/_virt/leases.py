@@ -1,0 +1,494 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Lease probe for libvirt's lock managers (virtlockd, and sanlock naming).
+
+- :func:`read_lock_config` reads the driver config (``lock_manager``) and the lock plugin config
+  (``auto_disk_leases``, ``require_lease_for_disks``, ``file_lockspace_dir``, ``lvm_lockspace_dir``,
+  ``scsi_lockspace_dir``). Paths come from the driver profile; the environment variables
+  ``LOCKSTEP_VIRT_LOCK_CONF`` and ``LOCKSTEP_VIRT_LOCKD_CONF`` override them (tests, odd installs).
+- :func:`domain_lease_resources` names the lease resource of every read-write, non-shareable file or
+  block disk (direct: the disk path; indirect: ``file_lockspace_dir/<sha256 hex of the path>``;
+  LVM under ``lvm_lockspace_dir``) and of every ``<lease>`` (``<target path>/<lockspace>/<key>``).
+- :func:`probe_lock` tests a lease file with POSIX ``fcntl(F_GETLK)`` on byte 0 and gives the holder's
+  pid; :func:`probe_resources` adds ``held``, ``held_here`` (the holder is this host's virtlockd) and
+  ``holder_pid`` to each resource.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import struct
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements
+
+ENV_LOCK_CONF = "LOCKSTEP_VIRT_LOCK_CONF"
+ENV_LOCKD_CONF = "LOCKSTEP_VIRT_LOCKD_CONF"
+VIRTLOCKD_PIDFILES = ("/run/virtlockd.pid", "/var/run/virtlockd.pid")
+
+_FLOCK_FMT = "hhqqi"  # struct flock on Linux with 64-bit off_t: l_type, l_whence, l_start, l_len, l_pid
+_FLOCK_SIZE = 32
+
+
+# --------------------------------------------------------------------------- config
+_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+def _conf_value(raw):
+    raw = raw.strip()
+    if raw.startswith('"'):
+        end = raw.find('"', 1)
+        return raw[1:end] if end > 0 else raw[1:]
+    if raw.startswith("["):
+        return re.findall(r'"([^"]*)"', raw)
+    raw = raw.split("#", 1)[0].strip()
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
+def parse_libvirt_conf(text):
+    """Parse libvirt's ``key = value`` config syntax (strings, integers, lists; # comments)."""
+    out = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _CONF_LINE.match(line)
+        if m:
+            out[m.group(1)] = _conf_value(m.group(2))
+    return out
+
+
+def _read_conf(path):
+    if not path:
+        return None, None
+    try:
+        with open(path) as fh:
+            return parse_libvirt_conf(fh.read()), None
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None, None
+        return None, "cannot read {}: {}".format(path, exc.strerror)
+
+
+class LockConfig:
+    """A host's lock manager configuration as one driver sees it."""
+
+    def __init__(
+        self,
+        manager=None,
+        auto_disk_leases=True,
+        require_lease_for_disks=None,
+        file_lockspace_dir=None,
+        lvm_lockspace_dir=None,
+        scsi_lockspace_dir=None,
+        disk_lease_dir=None,
+        lock_conf=None,
+        lockd_conf=None,
+        local=True,
+        errors=None,
+    ):
+        self.manager = manager
+        self.auto_disk_leases = bool(auto_disk_leases)
+        if require_lease_for_disks is None:
+            require_lease_for_disks = not self.auto_disk_leases
+        self.require_lease_for_disks = bool(require_lease_for_disks)
+        self.file_lockspace_dir = file_lockspace_dir or None
+        self.lvm_lockspace_dir = lvm_lockspace_dir or None
+        self.scsi_lockspace_dir = scsi_lockspace_dir or None
+        self.disk_lease_dir = disk_lease_dir or None
+        self.lock_conf = lock_conf
+        self.lockd_conf = lockd_conf
+        self.local = local
+        self.errors = list(errors or [])
+
+    @property
+    def enabled(self):
+        """True when a lock manager that takes leases (lockd, sanlock) is configured."""
+        return self.manager in ("lockd", "sanlock")
+
+    @property
+    def probeable(self):
+        """True when lease files can be tested from here (local host, lockd)."""
+        return self.local and self.manager == "lockd"
+
+    def to_dict(self):
+        return {
+            "manager": self.manager,
+            "auto_disk_leases": self.auto_disk_leases,
+            "require_lease_for_disks": self.require_lease_for_disks,
+            "file_lockspace_dir": self.file_lockspace_dir,
+            "lvm_lockspace_dir": self.lvm_lockspace_dir,
+            "scsi_lockspace_dir": self.scsi_lockspace_dir,
+            "lock_conf": self.lock_conf,
+            "lockd_conf": self.lockd_conf,
+            "local": self.local,
+        }
+
+
+def read_lock_config(profile=None, lock_conf=None, lockd_conf=None, local=True):
+    """Read the lock manager configuration.
+
+    ``lock_conf`` / ``lockd_conf`` default to the environment overrides, then to the profile's paths.
+    With ``local=False`` (a remote URI) nothing is read: the files here are not that host's.
+    """
+    lock_conf = lock_conf or os.environ.get(ENV_LOCK_CONF) or (profile.lock_conf if profile else None)
+    if not local:
+        return LockConfig(manager=None, local=False, lock_conf=lock_conf)
+    errors = []
+    driver_conf, err = _read_conf(lock_conf)
+    if err:
+        errors.append(err)
+    manager = (driver_conf or {}).get("lock_manager") or None
+    if manager == "nop":
+        manager = None
+    if lockd_conf is None:
+        lockd_conf = os.environ.get(ENV_LOCKD_CONF)
+    if lockd_conf is None and profile is not None:
+        lockd_conf = profile.sanlock_conf if manager == "sanlock" else profile.lockd_conf
+    plugin_conf, err = _read_conf(lockd_conf) if manager else (None, None)
+    if err:
+        errors.append(err)
+    plugin_conf = plugin_conf or {}
+    auto = plugin_conf.get("auto_disk_leases", 1 if manager == "lockd" else 0)
+    return LockConfig(
+        manager=manager,
+        auto_disk_leases=bool(int(auto)) if str(auto).isdigit() else bool(auto),
+        require_lease_for_disks=plugin_conf.get("require_lease_for_disks"),
+        file_lockspace_dir=plugin_conf.get("file_lockspace_dir"),
+        lvm_lockspace_dir=plugin_conf.get("lvm_lockspace_dir"),
+        scsi_lockspace_dir=plugin_conf.get("scsi_lockspace_dir"),
+        disk_lease_dir=plugin_conf.get("disk_lease_dir"),
+        lock_conf=lock_conf,
+        lockd_conf=lockd_conf,
+        local=True,
+        errors=errors,
+    )
+
+
+# --------------------------------------------------------------------------- naming
+def lease_name(path):
+    """virtlockd's indirect resource name for a disk: the sha256 hex digest of the full path."""
+    return hashlib.sha256(path.encode("utf-8")).hexdigest()
+
+
+def vm_lease_file(target_path, lockspace, key):
+    """The file backing a ``<lease>``: ``<target path>/<lockspace>/<key>``."""
+    return os.path.join(target_path or "", lockspace or "", key)
+
+
+def lvm_uuid(path):
+    """The LV UUID (as ``lvs -o uuid`` prints it) of a device-mapper block device, or None."""
+    try:
+        st = os.stat(path)
+        dm_uuid_path = "/sys/dev/block/{}:{}/dm/uuid".format(os.major(st.st_rdev), os.minor(st.st_rdev))
+        with open(dm_uuid_path) as fh:
+            dm_uuid = fh.read().strip()
+    except OSError:
+        return None
+    if not dm_uuid.startswith("LVM-") or len(dm_uuid) < 4 + 64:
+        return None
+    lv = dm_uuid[4 + 32 : 4 + 64]
+    parts = (6, 4, 4, 4, 4, 4, 6)
+    out, i = [], 0
+    for n in parts:
+        out.append(lv[i : i + n])
+        i += n
+    return "-".join(out)
+
+
+def disk_lease_resource(path, config, shared=False):
+    """(lockspace, resource file) virtlockd uses for a disk at ``path``, or None when not leased."""
+    if not path or config is None or not config.enabled or not config.auto_disk_leases:
+        return None
+    if config.manager == "sanlock":
+        if not config.disk_lease_dir:
+            return None
+        name = hashlib.md5(path.encode("utf-8")).hexdigest()
+        return config.disk_lease_dir, os.path.join(config.disk_lease_dir, name)
+    if config.lvm_lockspace_dir and path.startswith("/dev"):
+        key = lvm_uuid(path)
+        if key:
+            return config.lvm_lockspace_dir, os.path.join(config.lvm_lockspace_dir, key)
+    if config.file_lockspace_dir:
+        return config.file_lockspace_dir, os.path.join(config.file_lockspace_dir, lease_name(path))
+    return "", path
+
+
+# --------------------------------------------------------------------------- domain XML
+def _bool_child(el, tag):
+    return bool(elements(el, tag))
+
+
+def domain_disks(root, resolve_volume=None):
+    """Disks of a domain XML: [{target, device, type, path, format, bus, readonly, shareable, pool, volume}].
+
+    ``resolve_volume(pool, volume)`` gives the path of a ``type='volume'`` disk when possible.
+    """
+    out = []
+    devices = elements(root, "devices")
+    if not devices:
+        return out
+    for disk in elements(devices[0], "disk"):
+        dtype = disk.get("type", "file")
+        source = elements(disk, "source")
+        src = source[0] if source else None
+        target = elements(disk, "target")
+        driver = elements(disk, "driver")
+        path = None
+        pool = volume = None
+        if src is not None:
+            if dtype == "file":
+                path = src.get("file")
+            elif dtype == "block":
+                path = src.get("dev")
+            elif dtype == "dir":
+                path = src.get("dir")
+            elif dtype == "volume":
+                pool, volume = src.get("pool"), src.get("volume")
+                if resolve_volume is not None and pool and volume:
+                    path = resolve_volume(pool, volume)
+            elif dtype == "network":
+                path = src.get("name")
+        out.append(
+            {
+                "target": target[0].get("dev") if target else None,
+                "bus": target[0].get("bus") if target else None,
+                "device": disk.get("device", "disk"),
+                "type": dtype,
+                "path": path,
+                "format": driver[0].get("type") if driver else None,
+                "readonly": _bool_child(disk, "readonly"),
+                "shareable": _bool_child(disk, "shareable"),
+                "pool": pool,
+                "volume": volume,
+            }
+        )
+    return out
+
+
+def domain_vm_leases(root):
+    """``<lease>`` elements: [{key, lockspace, target_path, offset}]."""
+    out = []
+    devices = elements(root, "devices")
+    if not devices:
+        return out
+    for lease in elements(devices[0], "lease"):
+
+        def text(tag, _lease=lease):
+            found = elements(_lease, tag)
+            return (found[0].text or "").strip() if found else None
+
+        target = elements(lease, "target")
+        out.append(
+            {
+                "key": text("key"),
+                "lockspace": text("lockspace"),
+                "target_path": target[0].get("path") if target else None,
+                "offset": int(target[0].get("offset", "0")) if target else 0,
+            }
+        )
+    return out
+
+
+def domain_lease_resources(root, config, resolve_volume=None):
+    """Every lease the lock manager takes for this domain (disks first, then ``<lease>`` elements).
+
+    Each: {kind: disk|lease, resource, lockspace, disk, key, path, shared}. ``resource`` is the file
+    holding the lock (None when the disk is not leased). Read-only disks and disks of types other
+    than file/block/volume are never leased.
+    """
+    out = []
+    for disk in domain_disks(root, resolve_volume):
+        if disk["readonly"] or disk["type"] not in ("file", "block", "volume") or not disk["path"]:
+            continue
+        res = disk_lease_resource(disk["path"], config, shared=disk["shareable"])
+        out.append(
+            {
+                "kind": "disk",
+                "resource": res[1] if res else None,
+                "lockspace": res[0] if res else None,
+                "disk": disk["target"],
+                "key": None,
+                "path": disk["path"],
+                "shared": disk["shareable"],
+            }
+        )
+    for lease in domain_vm_leases(root):
+        if not lease["key"]:
+            continue
+        lockspace = os.path.join(lease["target_path"] or "", lease["lockspace"] or "")
+        out.append(
+            {
+                "kind": "lease",
+                "resource": vm_lease_file(lease["target_path"], lease["lockspace"], lease["key"]),
+                "lockspace": lockspace,
+                "disk": None,
+                "key": lease["key"],
+                "path": None,
+                "shared": False,
+            }
+        )
+    return out
+
+
+def rw_disks_without_lease(resources):
+    """Read-write, non-shareable disk entries that the lock manager will not lease."""
+    return [r for r in resources if r["kind"] == "disk" and not r["shared"] and not r["resource"]]
+
+
+# --------------------------------------------------------------------------- probing
+def probe_lock(path):
+    """Test the POSIX lock on byte 0 of ``path`` with F_GETLK.
+
+    Returns {exists, held, holder_pid, shared}. A missing file is not held. A lock held by this very
+    process is not reported (POSIX semantics).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return {"exists": False, "held": False, "holder_pid": None, "shared": False}
+        return {"exists": True, "held": None, "holder_pid": None, "shared": False, "error": exc.strerror}
+    try:
+        req = struct.pack(_FLOCK_FMT, fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+        req = req.ljust(_FLOCK_SIZE, b"\0")
+        res = fcntl.fcntl(fd, fcntl.F_GETLK, req)
+        l_type, _whence, _start, _len, l_pid = struct.unpack(_FLOCK_FMT, res[: struct.calcsize(_FLOCK_FMT)])
+    finally:
+        os.close(fd)
+    if l_type == fcntl.F_UNLCK:
+        return {"exists": True, "held": False, "holder_pid": None, "shared": False}
+    return {
+        "exists": True,
+        "held": True,
+        "holder_pid": l_pid if l_pid > 0 else None,
+        "shared": l_type == fcntl.F_RDLCK,
+    }
+
+
+def _comm(pid):
+    try:
+        with open("/proc/{}/comm".format(pid)) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def _mnt_ns(pid):
+    try:
+        return os.readlink("/proc/{}/ns/mnt".format(pid))
+    except OSError:
+        return None
+
+
+def virtlockd_pids(pidfiles=VIRTLOCKD_PIDFILES, proc="/proc"):
+    """Pids of this host's virtlockd: from its pid file, else a /proc scan for comm ``virtlockd`` in
+    the same mount namespace as this process."""
+    pids = set()
+    for pidfile in pidfiles:
+        try:
+            with open(pidfile) as fh:
+                pid = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if _comm(pid) in ("virtlockd", None) and os.path.exists("/proc/{}".format(pid)):
+            pids.add(pid)
+    if pids:
+        return pids
+    mine = _mnt_ns("self")
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        if _comm(entry) == "virtlockd" and _mnt_ns(entry) == mine:
+            pids.add(int(entry))
+    return pids
+
+
+def probe_resources(resources, config=None, here_pids=None):
+    """Copy of ``resources`` with held, held_here, holder_pid (None when not probeable from here)."""
+    if here_pids is None:
+        here_pids = virtlockd_pids() if (config is None or config.probeable) else set()
+    out = []
+    for r in resources:
+        r = dict(r)
+        if not r.get("resource") or (config is not None and not config.local):
+            r.update(held=None, held_here=None, holder_pid=None)
+        elif config is not None and config.manager == "sanlock":
+            r.update(held=None, held_here=None, holder_pid=None)
+        else:
+            p = probe_lock(r["resource"])
+            r["held"] = p["held"]
+            r["holder_pid"] = p["holder_pid"]
+            r["held_here"] = bool(p["held"] and p["holder_pid"] in here_pids)
+        out.append(r)
+    return out
+
+
+def public_lease(r):
+    """The form returned to users: {resource, lockspace, disk or key, held, held_here, holder_pid, kind}."""
+    out = {
+        "kind": r["kind"],
+        "resource": r.get("resource"),
+        "lockspace": r.get("lockspace"),
+        "held": r.get("held"),
+        "held_here": r.get("held_here"),
+        "holder_pid": r.get("holder_pid"),
+    }
+    if r["kind"] == "disk":
+        out["disk"] = r.get("disk")
+        out["path"] = r.get("path")
+    else:
+        out["key"] = r.get("key")
+    return out
+
+
+def ensure_lease_file(path, mode=0o600):
+    """Create an empty ``<lease>`` key file when missing (virtlockd creates disk lease files, not
+    these). Returns True when created. The lockspace directory must exist."""
+    if os.path.exists(path):
+        return False
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise OSError(errno.ENOENT, "lockspace directory {} does not exist".format(directory))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.close(fd)
+    return True
+
+
+def default_lease_lockspace(config):
+    """Default ``<lockspace>`` of a VM lease: the last component of file_lockspace_dir, else ``lockd``."""
+    if config is None or not config.file_lockspace_dir:
+        return "lockd"
+    return os.path.basename(config.file_lockspace_dir.rstrip("/")) or "lockd"
+
+
+def default_lease_target(config, lockspace="lockd"):
+    """The ``<target path>`` for a VM lease such that path + '/' + lockspace == file_lockspace_dir."""
+    if config is None or not config.file_lockspace_dir:
+        return None
+    lsdir = config.file_lockspace_dir.rstrip("/")
+    suffix = "/" + lockspace
+    if lsdir.endswith(suffix):
+        return lsdir[: -len(suffix)] or "/"
+    return os.path.dirname(lsdir)
+
+
+def describe_holder(r):
+    """Human text for who holds a lease."""
+    if not r.get("held"):
+        return "not held"
+    if r.get("held_here"):
+        return "held by this host's virtlockd (pid {})".format(r.get("holder_pid"))
+    if r.get("holder_pid"):
+        return "held by pid {}, not this host's virtlockd".format(r["holder_pid"])
+    return "held by another host"

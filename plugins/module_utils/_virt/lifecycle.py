@@ -1,0 +1,381 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Starting and stopping guests with their leases made explicit, verified and recorded.
+
+The ordering rule (see docs on lease semantics): a guest takes its leases after it was created and
+before its vCPUs run. ``start(acquire='after_create')`` creates the guest paused, resumes it (qemu's
+lock manager takes the leases as vCPUs start; libxl's already took them at creation), verifies that
+this host's virtlockd holds them and only then reports it running. If taking the leases fails, the
+paused guest is destroyed: it holds nothing, so there is nothing to release.
+
+Every step is a checkpoint in the caller's CheckpointRecorder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
+    describe_holder,
+    domain_lease_resources,
+    ensure_lease_file,
+    probe_resources,
+    rw_disks_without_lease,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LEASES_ON_CREATE
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
+
+ACQUIRE_AFTER_CREATE = "after_create"
+ACQUIRE_LIBVIRT = "libvirt"
+
+STATE_NAMES = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+_BUSY_NAME = re.compile(r"resource '([^']+)' is locked")
+
+
+def state_name(dom):
+    """libvirt state of ``dom`` as a word: running, paused, shutoff, crashed, pmsuspended, ..."""
+    with libvirt_errors("cannot read the state of {}".format(dom.name())):
+        state, _reason = dom.state()
+    return STATE_NAMES.get(state, "unknown")
+
+
+def is_active(dom):
+    with libvirt_errors():
+        return bool(dom.isActive())
+
+
+class Lifecycle:
+    """Start, resume, pause, shut down and destroy guests on one connection.
+
+    ``conn``: a Connection; ``recorder``: CheckpointRecorder; ``lock_config``: the host's LockConfig.
+    ``sleep``/``clock``/``poll`` are injectable for tests.
+    """
+
+    def __init__(self, conn, recorder, lock_config, sleep=time.sleep, clock=time.monotonic, poll=0.25):
+        self.conn = conn
+        self.profile = conn.profile
+        self.recorder = recorder
+        self.lock_config = lock_config
+        self.sleep = sleep
+        self.clock = clock
+        self.poll = poll
+
+    # ------------------------------------------------------------------ leases
+    def _resolve_volume(self, pool, volume):
+        try:
+            return self.conn.virt.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
+        except Exception:
+            return None
+
+    def expected_leases(self, dom, inactive=False):
+        """The leases the lock manager takes for ``dom`` (unprobed)."""
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        with libvirt_errors("cannot read the XML of {}".format(dom.name())):
+            root = parse_xml(dom.XMLDesc(flags), "domain", "libvirt's domain XML")
+        return domain_lease_resources(root, self.lock_config, self._resolve_volume)
+
+    def probe(self, dom, inactive=False):
+        """The domain's leases with held / held_here / holder_pid."""
+        return probe_resources(self.expected_leases(dom, inactive), self.lock_config)
+
+    def precheck(self, dom, required):
+        """With ``required``: refuse (before anything runs) a start whose leases cannot be held."""
+        resources = self.expected_leases(dom, inactive=not is_active(dom))
+        if not required:
+            return resources
+        cfg = self.lock_config
+        if not cfg.local:
+            raise LeaseError("lock.required: leases cannot be verified over the remote URI {}".format(self.conn.uri))
+        if not cfg.enabled:
+            raise LeaseError(
+                "lock.required: no lock manager is configured for the {} driver on {} ({} has no "
+                "lock_manager), so {} would run without leases".format(
+                    self.profile.name, self.conn.hostname, cfg.lock_conf or "its config", dom.name()
+                )
+            )
+        if cfg.manager != "lockd":
+            raise LeaseError("lock.required: leases of lock manager {} cannot be verified".format(cfg.manager))
+        unleased = rw_disks_without_lease(resources)
+        if unleased and not any(r["kind"] == "lease" for r in resources):
+            raise LeaseError(
+                "lock.required: {} would run with read-write disk(s) {} not leased (auto_disk_leases is off "
+                "and the guest has no <lease>)".format(dom.name(), ", ".join(r["disk"] or "?" for r in unleased))
+            )
+        return resources
+
+    def prepare_vm_leases(self, resources):
+        """Create missing ``<lease>`` key files (lockd does not create them). Returns the created paths."""
+        created = []
+        if not self.lock_config.local:
+            return created
+        for r in resources:
+            if r["kind"] != "lease" or not r["resource"]:
+                continue
+            try:
+                if ensure_lease_file(r["resource"]):
+                    created.append(r["resource"])
+            except OSError as exc:
+                raise LeaseError(
+                    "cannot create the lease file {}: {}".format(r["resource"], exc.strerror or exc)
+                ) from None
+        if created:
+            self.recorder.record("lease_files_created", resources=created)
+        return created
+
+    def verify(self, dom, required, what="leases_verified"):
+        """Probe the leases; record ``what``; with ``required`` raise when one is not held here."""
+        leases = self.probe(dom)
+        wanted = [r for r in leases if r["resource"]]
+        names = [r["resource"] for r in wanted]
+        cfg = self.lock_config
+        if not wanted and not rw_disks_without_lease(leases):
+            self.recorder.record(what, ok=True, detail="nothing to lease")
+            return leases, True
+        if not cfg.enabled:
+            detail = "no lock manager is configured for the {} driver: the guest holds no lease".format(
+                self.profile.name
+            )
+            self.recorder.record(what, ok=False, resources=names, detail=detail)
+            return leases, False
+        if not cfg.probeable:
+            self.recorder.record(what, ok=False, resources=names, detail="leases cannot be probed from here")
+            return leases, False
+        missing = [r for r in wanted if not r["held"] or (not r["shared"] and not r["held_here"])]
+        unleased = rw_disks_without_lease(leases)
+        ok = not missing and not unleased
+        detail = None
+        if missing:
+            detail = "; ".join("{}: {}".format(r["resource"], describe_holder(r)) for r in missing)
+        elif unleased:
+            detail = "read-write disk(s) not leased: " + ", ".join(r["disk"] or "?" for r in unleased)
+        else:
+            detail = "held by this host's virtlockd"
+        self.recorder.record(what, ok=ok, resources=names, detail=detail)
+        return leases, ok
+
+    # ------------------------------------------------------------------ start
+    def _create_paused(self, dom):
+        if self.profile.can_start_paused:
+            with libvirt_errors("cannot create {} paused".format(dom.name())):
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            self.recorder.record("created_paused", detail="vCPUs not started")
+        else:
+            with libvirt_errors("cannot create {}".format(dom.name())):
+                dom.create()
+                dom.suspend()
+            self.recorder.record(
+                "created_paused",
+                detail="the {} driver cannot start paused: created, then suspended".format(self.profile.name),
+            )
+
+    def _busy_error(self, dom, err, resources, waited):
+        m = _BUSY_NAME.search(err.libvirt_message or err.msg or "")
+        name = m.group(1) if m else None
+        probed = probe_resources(resources, self.lock_config)
+        culprit = None
+        for r in probed:
+            if (
+                name
+                and r["resource"]
+                and (name in (r["resource"], r.get("key"), os.path.basename(r["resource"]), r.get("path")))
+            ):
+                culprit = r
+                break
+        if culprit is None:
+            held = [r for r in probed if r.get("held") and not r.get("held_here")]
+            culprit = held[0] if held else None
+        if culprit is not None:
+            what = "lease {} ({})".format(
+                culprit["resource"],
+                "key {}".format(culprit["key"]) if culprit["kind"] == "lease" else "disk {}".format(culprit["disk"]),
+            )
+            holder = describe_holder(culprit)
+        else:
+            what = "lease {}".format(name) if name else "a lease or image lock"
+            holder = "held elsewhere"
+        waited_txt = " after waiting {:.0f}s".format(waited) if waited else ""
+        return LeaseError(
+            "cannot start {}: {} is {}{} ({})".format(dom.name(), what, holder, waited_txt, err.msg),
+            code=err.code,
+            domain=err.domain,
+            libvirt_message=err.libvirt_message,
+        )
+
+    def _destroy_quietly(self, dom, name, detail):
+        try:
+            if dom.isActive():
+                dom.destroy()
+                self.recorder.record(name, detail=detail)
+        except Exception as exc:  # libvirtError: report, keep the original error
+            self.recorder.record(name, ok=False, detail="could not destroy: {}".format(exc))
+
+    def start(self, dom, acquire=ACQUIRE_AFTER_CREATE, required=False, acquire_timeout=0, verify=True, paused=False):
+        """Start ``dom`` (shut off) and return its probed leases.
+
+        ``paused``: leave it paused (a qemu guest then holds no lease). Raises LeaseError/VirtError;
+        on failure nothing of this start is left running.
+        """
+        resources = self.precheck(dom, required)
+        self.prepare_vm_leases(resources)
+        started_at = self.clock()
+        deadline = started_at + max(0, acquire_timeout or 0)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if acquire == ACQUIRE_AFTER_CREATE or paused:
+                    self._create_paused(dom)
+                    if self.profile.leases_taken == LEASES_ON_CREATE:
+                        self.recorder.record(
+                            "leases_acquired",
+                            resources=[r["resource"] for r in resources if r["resource"]],
+                            detail="taken at creation by the {} driver".format(self.profile.name),
+                        )
+                    if paused:
+                        self.recorder.record("paused", detail="left paused as requested")
+                        return self.probe(dom)
+                    with libvirt_errors("cannot resume {}".format(dom.name())):
+                        dom.resume()
+                    self.recorder.record(
+                        "resumed",
+                        resources=[r["resource"] for r in resources if r["resource"]],
+                        detail="leases taken as vCPUs started",
+                    )
+                else:
+                    with libvirt_errors("cannot start {}".format(dom.name())):
+                        dom.create()
+                    self.recorder.record("started", detail="started by libvirt in one call")
+                break
+            except VirtError as err:
+                busy = err.is_busy
+                self.recorder.record("acquire_failed" if busy else "start_failed", ok=False, detail=err.msg)
+                self._destroy_quietly(dom, "destroyed_paused", "no lease was taken: nothing to release")
+                now = self.clock()
+                if busy and now < deadline:
+                    self.sleep(min(1.0, max(0.05, deadline - now)))
+                    continue
+                if busy:
+                    raise self._busy_error(dom, err, resources, now - started_at if acquire_timeout else 0) from None
+                raise
+        if verify:
+            leases, ok = self.verify(dom, required)
+            if not ok and required:
+                self._destroy_quietly(dom, "rolled_back", "destroyed: leases not held here")
+                raise LeaseError(
+                    "lock.required: {} started but its leases are not held by this host ({}); it was destroyed".format(
+                        dom.name(), self.recorder.last() and self.recorder.last()["detail"]
+                    )
+                )
+        else:
+            leases = self.probe(dom)
+        self.recorder.record("running", detail="attempts: {}".format(attempt))
+        return leases
+
+    def resume(self, dom, required=False, acquire_timeout=0, verify=True):
+        """Resume a paused guest (qemu takes the leases now); the guest stays paused on failure."""
+        resources = self.precheck(dom, required)
+        self.prepare_vm_leases(resources)
+        started_at = self.clock()
+        deadline = started_at + max(0, acquire_timeout or 0)
+        while True:
+            try:
+                with libvirt_errors("cannot resume {}".format(dom.name())):
+                    dom.resume()
+                self.recorder.record("resumed", resources=[r["resource"] for r in resources if r["resource"]])
+                break
+            except VirtError as err:
+                self.recorder.record("acquire_failed" if err.is_busy else "resume_failed", ok=False, detail=err.msg)
+                now = self.clock()
+                if err.is_busy and now < deadline:
+                    self.sleep(min(1.0, max(0.05, deadline - now)))
+                    continue
+                if err.is_busy:
+                    raise self._busy_error(dom, err, resources, now - started_at) from None
+                raise
+        leases = self.probe(dom)
+        if verify:
+            leases, ok = self.verify(dom, required)
+            if not ok and required:
+                with libvirt_errors("cannot pause {}".format(dom.name())):
+                    dom.suspend()
+                self.recorder.record("paused", ok=False, detail="paused again: leases not held here")
+                raise LeaseError(
+                    "lock.required: {} resumed without holding its leases; paused again".format(dom.name())
+                )
+        self.recorder.record("running")
+        return leases
+
+    def suspend(self, dom):
+        held = self.probe(dom)
+        with libvirt_errors("cannot pause {}".format(dom.name())):
+            dom.suspend()
+        self.recorder.record("paused")
+        return self._released(dom, held)
+
+    # ------------------------------------------------------------------ stop
+    def _released(self, dom, before):
+        """Record which leases held here before a stop are no longer held here."""
+        was = [r for r in before if r.get("held_here")]
+        if not was:
+            return self.probe(dom, inactive=not is_active(dom))
+        after = probe_resources(was, self.lock_config)
+        still = [r["resource"] for r in after if r.get("held_here")]
+        self.recorder.record(
+            "leases_released",
+            ok=not still,
+            resources=[r["resource"] for r in was],
+            detail=("still held here: " + ", ".join(still)) if still else None,
+        )
+        return self.probe(dom, inactive=not is_active(dom))
+
+    def wait_stopped(self, dom, timeout):
+        deadline = self.clock() + max(0, timeout)
+        while True:
+            if not is_active(dom):
+                return True
+            now = self.clock()
+            if now >= deadline:
+                return False
+            self.sleep(min(self.poll, deadline - now))
+
+    def shutdown(self, dom, timeout=60, force=False):
+        """Graceful shutdown waiting up to ``timeout`` s; then destroy with ``force``, else raise."""
+        before = self.probe(dom)
+        with libvirt_errors("cannot shut down {}".format(dom.name())):
+            dom.shutdown()
+        self.recorder.record("shutdown_requested", detail="timeout {}s".format(timeout))
+        if self.wait_stopped(dom, timeout):
+            self.recorder.record("stopped")
+            return self._released(dom, before)
+        if not force:
+            self.recorder.record("stop_timeout", ok=False, detail="still running after {}s".format(timeout))
+            raise VirtError(
+                "guest {} did not stop within {}s (does it handle ACPI shutdown?); use force: true to destroy it "
+                "after the timeout".format(dom.name(), timeout)
+            )
+        self.recorder.record("stop_timeout", ok=False, detail="still running after {}s: destroying".format(timeout))
+        with libvirt_errors("cannot destroy {}".format(dom.name())):
+            dom.destroy()
+        self.recorder.record("destroyed", detail="forced after {}s".format(timeout))
+        return self._released(dom, before)
+
+    def destroy(self, dom):
+        before = self.probe(dom)
+        with libvirt_errors("cannot destroy {}".format(dom.name())):
+            dom.destroy()
+        self.recorder.record("destroyed")
+        return self._released(dom, before)

@@ -1,0 +1,397 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Structured ``spec`` -> libvirt domain XML, and the argument spec of that ``spec``.
+
+``DOMAIN_SPEC_OPTIONS`` is the ``options`` of the module's ``spec`` dict option (documented in the
+domain module). :func:`normalize_domain_spec` validates a spec dict against it (unknown keys, types,
+choices, sizes) and fills defaults; :func:`build_domain_xml` turns it into an lxml element.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
+    default_lease_lockspace,
+    default_lease_target,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed, set_user_metadata
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import etree
+
+MIN_MEMORY_MIB = 1
+MAX_MEMORY_MIB = 16 * 1024 * 1024  # 16 TiB: anything larger is a typo
+MAX_VCPUS = 4096
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+DISK_OPTIONS = {
+    "type": {"type": "str", "choices": ["file", "block", "volume"]},
+    "path": {"type": "str"},
+    "pool": {"type": "str"},
+    "volume": {"type": "str"},
+    "target": {"type": "str"},
+    "bus": {"type": "str", "choices": ["virtio", "sata", "scsi", "ide", "usb"]},
+    "device": {"type": "str", "choices": ["disk", "cdrom", "floppy", "lun"], "default": "disk"},
+    "format": {"type": "str"},
+    "cache": {"type": "str", "choices": ["default", "none", "writethrough", "writeback", "directsync", "unsafe"]},
+    "readonly": {"type": "bool", "default": False},
+    "shareable": {"type": "bool", "default": False},
+    "boot_order": {"type": "int"},
+}
+
+INTERFACE_OPTIONS = {
+    "network": {"type": "str"},
+    "bridge": {"type": "str"},
+    "model": {"type": "str", "default": "virtio"},
+    "mac": {"type": "str"},
+}
+
+GRAPHICS_OPTIONS = {
+    "type": {"type": "str", "choices": ["vnc", "spice"], "default": "vnc"},
+    "listen": {"type": "str"},
+    "port": {"type": "int"},
+}
+
+CHANNEL_OPTIONS = {
+    "name": {"type": "str", "required": True},
+    "type": {"type": "str", "choices": ["unix", "pty", "spicevmc"], "default": "unix"},
+}
+
+LEASE_OPTIONS = {
+    "key": {"type": "str", "no_log": False},
+    "lockspace": {"type": "str"},
+    "path": {"type": "str"},
+}
+
+CPU_OPTIONS = {
+    "mode": {"type": "str", "choices": ["host-passthrough", "host-model", "custom", "maximum"], "default": "custom"},
+    "model": {"type": "str"},
+}
+
+_LIFECYCLE_ACTIONS = ["destroy", "restart", "preserve", "rename-restart", "coredump-destroy", "coredump-restart"]
+
+DOMAIN_SPEC_OPTIONS = {
+    "type": {"type": "str", "choices": ["qemu", "kvm"], "default": "qemu"},
+    "uuid": {"type": "str"},
+    "title": {"type": "str"},
+    "description": {"type": "str"},
+    "memory": {"type": "raw", "required": True},
+    "current_memory": {"type": "raw"},
+    "vcpus": {"type": "int", "default": 1},
+    "cpu": {"type": "dict", "options": CPU_OPTIONS},
+    "arch": {"type": "str"},
+    "machine": {"type": "str"},
+    "firmware": {"type": "str", "choices": ["bios", "uefi"], "default": "bios"},
+    "boot": {"type": "list", "elements": "str", "choices": ["hd", "cdrom", "network", "fd"]},
+    "kernel": {"type": "str"},
+    "initrd": {"type": "str"},
+    "cmdline": {"type": "str"},
+    "features": {"type": "list", "elements": "str", "default": ["acpi", "apic"]},
+    "on_poweroff": {"type": "str", "choices": _LIFECYCLE_ACTIONS},
+    "on_reboot": {"type": "str", "choices": _LIFECYCLE_ACTIONS},
+    "on_crash": {"type": "str", "choices": _LIFECYCLE_ACTIONS},
+    "disks": {"type": "list", "elements": "dict", "options": DISK_OPTIONS, "default": []},
+    "interfaces": {"type": "list", "elements": "dict", "options": INTERFACE_OPTIONS, "default": []},
+    "graphics": {"type": "dict", "options": GRAPHICS_OPTIONS},
+    "serial_console": {"type": "bool", "default": False},
+    "guest_agent": {"type": "bool", "default": False},
+    "channels": {"type": "list", "elements": "dict", "options": CHANNEL_OPTIONS, "default": []},
+    "lease": {"type": "dict", "options": LEASE_OPTIONS},
+    "metadata": {"type": "dict", "default": {}},
+}
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS_MIB = {
+    "": 1,
+    "m": 1,
+    "mb": 1,
+    "mib": 1,
+    "g": 1024,
+    "gb": 1024,
+    "gib": 1024,
+    "t": 1024 * 1024,
+    "tb": 1024 * 1024,
+    "tib": 1024 * 1024,
+}
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def memory_mib(value, what="spec.memory"):
+    """MiB from an int (MiB) or a string like ``512``, ``512MiB``, ``2G``, ``1 GiB``, ``1024KiB``."""
+    if isinstance(value, bool) or value is None:
+        raise ValidationError(
+            "{} must be a size in MiB or with a unit (e.g. 512 or 2GiB), got {!r}".format(what, value)
+        )
+    if isinstance(value, int):
+        mib = value
+    elif isinstance(value, float) and value.is_integer():
+        mib = int(value)
+    else:
+        text = str(value)
+        m = _SIZE_RE.match(text)
+        if not m:
+            raise ValidationError(
+                "{} must be a size in MiB or with a unit (e.g. 512 or 2GiB), got {!r}".format(what, value)
+            )
+        number, unit = int(m.group(1)), m.group(2).lower()
+        if unit in ("k", "kb", "kib"):
+            if number % 1024:
+                raise ValidationError("{} must be a whole number of MiB, got {!r}".format(what, value))
+            mib = number // 1024
+        elif unit in _SIZE_UNITS_MIB:
+            mib = number * _SIZE_UNITS_MIB[unit]
+        else:
+            raise ValidationError("{} has an unknown unit {!r}".format(what, m.group(2)))
+    if mib < MIN_MEMORY_MIB or mib > MAX_MEMORY_MIB:
+        raise ValidationError(
+            "{} must be between {} MiB and {} MiB (16 TiB), got {!r}".format(
+                what, MIN_MEMORY_MIB, MAX_MEMORY_MIB, value
+            )
+        )
+    return mib
+
+
+def normalize_domain_spec(spec):
+    """Validate ``spec`` against DOMAIN_SPEC_OPTIONS, fill defaults and check values.
+
+    Returns a new dict; raises ValidationError (unknown keys, wrong types, bad sizes, conflicts).
+    """
+    if not isinstance(spec, dict):
+        raise ValidationError("spec must be a dictionary")
+    validator = ArgumentSpecValidator({"spec": {"type": "dict", "options": DOMAIN_SPEC_OPTIONS}})
+    result = validator.validate({"spec": spec})
+    if result.errors:
+        msgs = []
+        for err in result.errors:
+            m = str(getattr(err, "msg", err))
+            if type(err).__name__ == "UnsupportedError":
+                m = "unsupported keys " + m.split(". Supported parameters include", 1)[0]
+            msgs.append(m)
+        raise ValidationError("invalid spec: " + "; ".join(msgs))
+    s = result.validated_parameters["spec"]
+    s["memory_mib"] = memory_mib(s["memory"])
+    if s.get("current_memory") is not None:
+        s["current_memory_mib"] = memory_mib(s["current_memory"], "spec.current_memory")
+        if s["current_memory_mib"] > s["memory_mib"]:
+            raise ValidationError("spec.current_memory must not exceed spec.memory")
+    else:
+        s["current_memory_mib"] = s["memory_mib"]
+    if s["vcpus"] < 1 or s["vcpus"] > MAX_VCPUS:
+        raise ValidationError("spec.vcpus must be between 1 and {}, got {}".format(MAX_VCPUS, s["vcpus"]))
+    if s.get("uuid"):
+        try:
+            s["uuid"] = str(uuidlib.UUID(s["uuid"]))
+        except ValueError:
+            raise ValidationError("spec.uuid is not a UUID: {!r}".format(s["uuid"])) from None
+    if s.get("kernel") is None and (s.get("initrd") or s.get("cmdline")):
+        raise ValidationError("spec.initrd and spec.cmdline need spec.kernel")
+    if s.get("kernel") and s.get("boot"):
+        raise ValidationError("spec.boot and spec.kernel are mutually exclusive")
+    if s.get("cpu") and s["cpu"].get("mode") == "custom" and not s["cpu"].get("model"):
+        raise ValidationError("spec.cpu.model is required when spec.cpu.mode is custom")
+    targets = set()
+    for i, d in enumerate(s["disks"]):
+        where = "spec.disks[{}]".format(i)
+        if d.get("pool") or d.get("volume"):
+            if not (d.get("pool") and d.get("volume")):
+                raise ValidationError("{}: pool and volume go together".format(where))
+            if d.get("path"):
+                raise ValidationError("{}: give path or pool+volume, not both".format(where))
+            if d.get("type") not in (None, "volume"):
+                raise ValidationError("{}: pool+volume means type volume".format(where))
+            d["type"] = "volume"
+        elif d.get("path"):
+            if not d["path"].startswith("/"):
+                raise ValidationError("{}.path must be absolute, got {!r}".format(where, d["path"]))
+            if d.get("type") is None:
+                d["type"] = "block" if d["path"].startswith("/dev/") else "file"
+            if d["type"] == "volume":
+                raise ValidationError("{}: type volume needs pool and volume".format(where))
+        elif d["device"] != "cdrom":
+            raise ValidationError("{}: give path, or pool and volume".format(where))
+        else:
+            d["type"] = d.get("type") or "file"
+        if d["device"] == "cdrom":
+            d["readonly"] = True
+        if d.get("bus") is None:
+            if d["device"] == "cdrom":
+                d["bus"] = "sata" if (s.get("machine") or "").startswith(("q35", "pc-q35")) else "ide"
+            else:
+                d["bus"] = "virtio"
+        if d.get("boot_order") is not None and s.get("boot"):
+            raise ValidationError("{}.boot_order conflicts with spec.boot".format(where))
+    _assign_disk_targets(s["disks"])
+    for d in s["disks"]:
+        if d["target"] in targets:
+            raise ValidationError("two disks use target {}".format(d["target"]))
+        targets.add(d["target"])
+    for i, nic in enumerate(s["interfaces"]):
+        where = "spec.interfaces[{}]".format(i)
+        if bool(nic.get("network")) == bool(nic.get("bridge")):
+            raise ValidationError("{}: give exactly one of network or bridge".format(where))
+        if nic.get("mac"):
+            if not _MAC_RE.match(nic["mac"]):
+                raise ValidationError("{}.mac is not a MAC address: {!r}".format(where, nic["mac"]))
+            nic["mac"] = nic["mac"].lower()
+    for key, value in (s.get("metadata") or {}).items():
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", str(key)):
+            raise ValidationError("spec.metadata key {!r} is not a valid name".format(key))
+        if isinstance(value, (dict, list)):
+            raise ValidationError("spec.metadata values must be strings or numbers ({})".format(key))
+    return s
+
+
+_PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd", "ide": "hd"}
+
+
+def _disk_letter(i):
+    letters = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        letters = chr(ord("a") + r) + letters
+    return letters
+
+
+def _assign_disk_targets(disks):
+    used = set(d["target"] for d in disks if d.get("target"))
+    for d in disks:
+        if d.get("target"):
+            continue
+        prefix = _PREFIX.get(d["bus"], "vd")
+        i = 0
+        while prefix + _disk_letter(i) in used:
+            i += 1
+        d["target"] = prefix + _disk_letter(i)
+        used.add(d["target"])
+
+
+def _sub(parent, tag, text=None, **attrs):
+    el = etree.SubElement(parent, tag)
+    for k, v in attrs.items():
+        if v is not None:
+            el.set(k.rstrip("_"), str(v))
+    if text is not None:
+        el.text = str(text)
+    return el
+
+
+def lease_settings(spec, uuid, lock_config=None):
+    """(key, lockspace, target path) of spec.lease with its defaults; ValidationError when unknowable."""
+    lease = spec.get("lease")
+    if not lease:
+        return None
+    key = lease.get("key") or uuid
+    lockspace = lease.get("lockspace") or default_lease_lockspace(lock_config)
+    path = lease.get("path") or default_lease_target(lock_config, lockspace)
+    if not path:
+        raise ValidationError(
+            "spec.lease.path is required: this host's lock configuration has no file_lockspace_dir "
+            "(or it cannot be read from here)"
+        )
+    return key, lockspace, path
+
+
+def build_domain_xml(name, spec, uuid=None, lock_config=None, normalized=False):
+    """Domain XML (an lxml element) for ``spec``.
+
+    ``uuid``: the UUID to write when spec.uuid is not given (the existing domain's, or a new one);
+    a VM lease's key defaults to it. ``lock_config``: the host's LockConfig (VM lease defaults).
+    """
+    s = spec if normalized else normalize_domain_spec(spec)
+    uuid = s.get("uuid") or uuid or str(uuidlib.uuid4())
+    root = etree.Element("domain")
+    root.set("type", s["type"])
+    _sub(root, "name", name)
+    _sub(root, "uuid", uuid)
+    if s.get("title"):
+        _sub(root, "title", s["title"])
+    if s.get("description"):
+        _sub(root, "description", s["description"])
+    mark_managed(root, "domain")
+    if s.get("metadata"):
+        set_user_metadata(root, s["metadata"])
+    _sub(root, "memory", s["memory_mib"] * 1024, unit="KiB")
+    _sub(root, "currentMemory", s["current_memory_mib"] * 1024, unit="KiB")
+    _sub(root, "vcpu", s["vcpus"])
+    os_el = _sub(root, "os", firmware="efi" if s["firmware"] == "uefi" else None)
+    _sub(os_el, "type", "hvm", arch=s.get("arch"), machine=s.get("machine"))
+    if s.get("kernel"):
+        _sub(os_el, "kernel", s["kernel"])
+        if s.get("initrd"):
+            _sub(os_el, "initrd", s["initrd"])
+        if s.get("cmdline"):
+            _sub(os_el, "cmdline", s["cmdline"])
+    for dev in s.get("boot") or []:
+        _sub(os_el, "boot", dev=dev)
+    if s.get("features"):
+        feats = _sub(root, "features")
+        for f in s["features"]:
+            _sub(feats, f)
+    if s.get("cpu"):
+        cpu = _sub(root, "cpu", mode=s["cpu"]["mode"])
+        if s["cpu"].get("model"):
+            _sub(cpu, "model", s["cpu"]["model"])
+    for action in ("on_poweroff", "on_reboot", "on_crash"):
+        if s.get(action):
+            _sub(root, action, s[action])
+    devices = _sub(root, "devices")
+    for d in s["disks"]:
+        _disk(devices, d)
+    lease = lease_settings(s, uuid, lock_config)
+    if lease:
+        key, lockspace, path = lease
+        el = _sub(devices, "lease")
+        _sub(el, "lockspace", lockspace)
+        _sub(el, "key", key)
+        _sub(el, "target", path=path)
+    for nic in s["interfaces"]:
+        el = _sub(devices, "interface", type_="network" if nic.get("network") else "bridge")
+        if nic.get("mac"):
+            _sub(el, "mac", address=nic["mac"])
+        if nic.get("network"):
+            _sub(el, "source", network=nic["network"])
+        else:
+            _sub(el, "source", bridge=nic["bridge"])
+        if nic.get("model"):
+            _sub(el, "model", type_=nic["model"])
+    if s.get("graphics"):
+        g = s["graphics"]
+        if g.get("port") is not None:
+            _sub(devices, "graphics", type_=g["type"], port=g["port"], autoport="no", listen=g.get("listen"))
+        else:
+            _sub(devices, "graphics", type_=g["type"], autoport="yes", listen=g.get("listen"))
+    if s["serial_console"]:
+        serial = _sub(devices, "serial", type_="pty")
+        _sub(serial, "target", port="0")
+        console = _sub(devices, "console", type_="pty")
+        _sub(console, "target", type_="serial", port="0")
+    channels = list(s["channels"])
+    if s["guest_agent"] and not any(c["name"] == GUEST_AGENT_CHANNEL for c in channels):
+        channels.insert(0, {"name": GUEST_AGENT_CHANNEL, "type": "unix"})
+    for c in channels:
+        el = _sub(devices, "channel", type_=c["type"])
+        _sub(el, "target", type_="virtio", name=c["name"])
+    return root
+
+
+def _disk(devices, d):
+    el = _sub(devices, "disk", type_=d["type"], device=d["device"])
+    _sub(el, "driver", name="qemu", type_=d.get("format"), cache=d.get("cache"))
+    if d["type"] == "file" and d.get("path"):
+        _sub(el, "source", file=d["path"])
+    elif d["type"] == "block":
+        _sub(el, "source", dev=d["path"])
+    elif d["type"] == "volume":
+        _sub(el, "source", pool=d["pool"], volume=d["volume"])
+    _sub(el, "target", dev=d["target"], bus=d["bus"])
+    if d.get("boot_order") is not None:
+        _sub(el, "boot", order=d["boot_order"])
+    if d["readonly"]:
+        _sub(el, "readonly")
+    if d["shareable"]:
+        _sub(el, "shareable")
+    return el

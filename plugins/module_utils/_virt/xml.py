@@ -1,0 +1,467 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Safe XML parsing, canonical form and intent-based drift detection for libvirt XML.
+
+Intent-based comparison: only what the user specified (the *desired* tree) is compared against
+libvirt's XML (the *actual* tree). libvirt fills in a lot (a UUID, MAC and PCI/drive addresses,
+aliases, controllers, default models, generated paths); none of that counts as a difference unless
+the desired tree names it. Devices the user manages (disks, interfaces, leases, ...) are compared as
+whole sets, so removing one from the definition is a difference too.
+
+:func:`project` gives the actual tree "seen through" the desired one; comparing that projection
+with the desired tree is the drift test, and the two rendered texts are the Ansible diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid as uuidlib
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+
+try:
+    from lxml import etree
+
+    HAS_LXML = True
+except ImportError:  # pragma: no cover
+    etree = None
+    HAS_LXML = False
+
+
+# --------------------------------------------------------------------------- parsing
+def _parser():
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_blank_text=True,
+        remove_comments=True,
+        remove_pis=True,
+    )
+
+
+_DOCTYPE_RE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
+_ENTITY_RE = re.compile(r"<!ENTITY\s+%?\s*\S+\s+(SYSTEM|PUBLIC)\b", re.IGNORECASE)
+
+
+def parse_xml(text, root_tag=None, what="XML"):
+    """Parse ``text`` safely and return its root element.
+
+    Entities are never expanded, nothing is fetched from the network, no DTD is loaded. A document
+    declaring an external entity (or any DOCTYPE: libvirt XML never needs one) is refused.
+    Raises ValidationError with a message naming ``what``.
+    """
+    if not HAS_LXML:
+        raise ValidationError("the lxml Python library is required")
+    if text is None or not str(text).strip():
+        raise ValidationError("{} is empty".format(what))
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if _ENTITY_RE.search(text):
+        raise ValidationError(
+            "{} declares an external entity (<!ENTITY ... SYSTEM/PUBLIC>), which is refused".format(what)
+        )
+    if _DOCTYPE_RE.search(text):
+        raise ValidationError("{} has a DOCTYPE declaration, which is refused (libvirt XML needs none)".format(what))
+    text = re.sub(r"^\s*<\?xml[^>]*\?>", "", text)
+    try:
+        root = etree.fromstring(text, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise ValidationError("{} is not well-formed: {}".format(what, exc)) from None
+    for node in root.iter():
+        if isinstance(node, etree._Entity):
+            raise ValidationError("{} uses an entity reference ({}), which is refused".format(what, node))
+    if root_tag is not None and local(root.tag) != root_tag:
+        raise ValidationError("{} must have a <{}> root element, not <{}>".format(what, root_tag, local(root.tag)))
+    return root
+
+
+def local(tag):
+    """Local name of an element tag ('{ns}name' -> 'name')."""
+    if not isinstance(tag, str):
+        return ""
+    return tag.rsplit("}", 1)[-1]
+
+
+def elements(el, tag=None):
+    """Element children of ``el`` (optionally only those with local name ``tag``)."""
+    return [c for c in el if isinstance(c.tag, str) and (tag is None or local(c.tag) == tag)]
+
+
+def to_text(el, pretty=True):
+    """Serialise an element (or None -> '')."""
+    if el is None:
+        return ""
+    el = copy.deepcopy(el)
+    _strip_whitespace(el)
+    return etree.tostring(el, pretty_print=pretty, encoding="unicode")
+
+
+def _strip_whitespace(el):
+    for node in el.iter():
+        if not isinstance(node.tag, str):
+            continue
+        if node.text is not None and not node.text.strip():
+            node.text = None
+        if node.tail is not None and not node.tail.strip():
+            node.tail = None
+        elif node.tail is not None:
+            node.tail = node.tail.strip()
+
+
+def canonical(el):
+    """A canonical copy: whitespace stripped, text trimmed, attributes sorted, units normalised."""
+    el = normalize(el)
+    return _sorted_copy(el)
+
+
+def canonical_text(el):
+    return to_text(canonical(el)) if el is not None else ""
+
+
+def _sorted_copy(el, parent=None):
+    if parent is None:
+        new = etree.Element(el.tag, nsmap=el.nsmap)
+    else:
+        new = etree.SubElement(parent, el.tag, nsmap=el.nsmap)
+    for k in sorted(el.attrib.keys()):
+        new.set(k, el.get(k))
+    if el.text is not None and el.text.strip():
+        new.text = el.text.strip()
+    for c in elements(el):
+        _sorted_copy(c, new)
+    return new
+
+
+def structure(el):
+    """A hashable structural form (namespace URIs, not prefixes) used for equality."""
+    if el is None:
+        return None
+    text = (el.text or "").strip()
+    return (
+        el.tag,
+        tuple(sorted(el.attrib.items())),
+        text,
+        tuple(structure(c) for c in elements(el)),
+    )
+
+
+# --------------------------------------------------------------------------- normalisation
+_UNITS = {
+    "b": 1,
+    "bytes": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+    "p": 1024**5,
+    "pib": 1024**5,
+    "pb": 1000**5,
+}
+MEMORY_TAGS = ("memory", "currentMemory", "maxMemory", "hard_limit", "soft_limit", "swap_hard_limit", "min_guarantee")
+
+
+def to_bytes(value, unit="KiB"):
+    """Bytes in ``value`` ``unit`` (libvirt's unit names, case-insensitive)."""
+    factor = _UNITS.get((unit or "KiB").lower())
+    if factor is None:
+        raise ValidationError("unknown size unit {!r}".format(unit))
+    return int(value) * factor
+
+
+def normalize(el):
+    """Copy of ``el`` with memory sizes in KiB, MAC addresses lower case and UUIDs in canonical form."""
+    el = copy.deepcopy(el)
+    _strip_whitespace(el)
+    for node in el.iter():
+        if not isinstance(node.tag, str):
+            continue
+        name = local(node.tag)
+        parent = node.getparent()
+        if name in MEMORY_TAGS and parent is not None and local(parent.tag) in ("domain", "memtune"):
+            if node.text and node.text.strip().isdigit():
+                node.text = str(to_bytes(node.text.strip(), node.get("unit", "KiB")) // 1024)
+                node.set("unit", "KiB")
+        if name == "mac" and node.get("address"):
+            node.set("address", node.get("address").lower())
+        if name == "uuid" and node.text and node.getparent() is not None and local(node.getparent().tag) == "domain":
+            try:
+                node.text = str(uuidlib.UUID(node.text.strip()))
+            except ValueError:
+                pass
+    return el
+
+
+# --------------------------------------------------------------------------- projection
+# How children are paired between desired and actual: (parent, child) -> key function.
+def _attr_of(child_tag, attr):
+    def key(el):
+        sub = elements(el, child_tag)
+        return sub[0].get(attr) if sub else None
+
+    return key
+
+
+def _texts(*tags):
+    def key(el):
+        vals = []
+        for t in tags:
+            sub = elements(el, t)
+            vals.append((sub[0].text or "").strip() if sub else None)
+        return tuple(vals) if any(v is not None for v in vals) else None
+
+    return key
+
+
+KEYS = {
+    ("devices", "disk"): _attr_of("target", "dev"),
+    ("devices", "interface"): _attr_of("mac", "address"),
+    ("devices", "controller"): lambda el: (el.get("type"), el.get("index")) if el.get("index") is not None else None,
+    ("devices", "channel"): _attr_of("target", "name"),
+    ("devices", "lease"): _texts("lockspace", "key"),
+    ("devices", "filesystem"): _attr_of("target", "dir"),
+    ("devices", "graphics"): lambda el: el.get("type"),
+}
+
+# Child tags compared as whole sets under a parent, even when the desired tree has none of them.
+EXACT_ALWAYS = {
+    "devices": {
+        "disk",
+        "interface",
+        "lease",
+        "hostdev",
+        "filesystem",
+        "channel",
+        "graphics",
+        "redirdev",
+        "smartcard",
+        "rng",
+        "tpm",
+        "sound",
+        "shmem",
+    },
+}
+# Child tags compared as whole sets only when the desired tree has at least one of them
+# (libvirt adds some on its own: a console for a serial port, video for graphics, a boot device).
+EXACT_IF_GIVEN = {
+    "devices": {"serial", "console", "video", "input", "parallel", "watchdog", "memballoon"},
+    "os": {"boot"},
+    "metadata": None,  # None: every child tag
+}
+# Never shown for devices libvirt has that the user does not manage.
+VOLATILE_CHILDREN = {"alias", "address"}
+VOLATILE_BY_PARENT = {"interface": {"target"}}
+
+# Attributes whose actual value counts as equal to a different desired value.
+_MACHINE_ALIASES = {"pc": "pc-i440fx-", "q35": "pc-q35-"}
+
+
+def _equivalent(tag, attr, desired, actual):
+    if desired == actual:
+        return True
+    if tag == "type" and attr == "machine" and actual is not None:
+        prefix = _MACHINE_ALIASES.get(desired)
+        return bool(prefix and actual.startswith(prefix))
+    return False
+
+
+def _strip_volatile(el):
+    el = copy.deepcopy(el)
+    for node in list(el.iter()):
+        if not isinstance(node.tag, str):
+            continue
+        parent = node.getparent()
+        if parent is None:
+            continue
+        drop = VOLATILE_CHILDREN | VOLATILE_BY_PARENT.get(local(parent.tag), set())
+        if local(node.tag) in drop:
+            parent.remove(node)
+    return el
+
+
+def _match(parent_name, d_children, a_children):
+    """Pair desired and actual children of one tag. Returns (pairs, unmatched_actual)."""
+    tag = local(d_children[0].tag) if d_children else None
+    keyfn = KEYS.get((parent_name, tag))
+    remaining = list(a_children)
+    pairs = []
+    pending = []
+    for d in d_children:
+        k = keyfn(d) if keyfn else None
+        found = None
+        if k is not None:
+            for a in remaining:
+                if keyfn(a) == k:
+                    found = a
+                    break
+        if found is not None:
+            remaining.remove(found)
+            pairs.append([d, found])
+        else:
+            pairs.append([d, None])
+            pending.append(len(pairs) - 1)
+    # positional pairing for what keys could not pair
+    for idx in pending:
+        if not remaining:
+            break
+        pairs[idx][1] = remaining.pop(0)
+    return pairs, remaining
+
+
+def _is_exact(parent_name, tag, given):
+    if tag in EXACT_ALWAYS.get(parent_name, ()):
+        return True
+    if given and parent_name in EXACT_IF_GIVEN:
+        tags = EXACT_IF_GIVEN[parent_name]
+        return tags is None or tag in tags
+    return False
+
+
+def project(desired, actual, ignore=()):
+    """The actual element seen through the desired one.
+
+    Keeps from ``actual`` the attributes, text and children ``desired`` names (recursively) plus,
+    for device sets the user manages, the devices libvirt has that the desired tree lacks.
+    ``ignore``: local tag names whose content is not compared (e.g. ``cpu`` for a live XML).
+    Both inputs should be :func:`normalize`d. Returns None when ``actual`` is None.
+    """
+    if actual is None:
+        return None
+    return _project(desired, actual, set(ignore), None)
+
+
+def _project(d, a, ignore, parent):
+    out = etree.Element(a.tag, nsmap=a.nsmap) if parent is None else etree.SubElement(parent, a.tag, nsmap=a.nsmap)
+    name = local(d.tag)
+    if name in ignore:
+        # not compared: show what the user asked for
+        for k, v in d.attrib.items():
+            out.set(k, v)
+        out.text = d.text
+        for c in elements(d):
+            out.append(copy.deepcopy(c))
+        return out
+    for k, v in d.attrib.items():
+        if k in a.attrib:
+            av = a.get(k)
+            out.set(k, v if _equivalent(name, k, v, av) else av)
+    dtext = (d.text or "").strip()
+    if dtext:
+        out.text = (a.text or "").strip()
+    # group by tag, keeping the desired order of first appearance
+    d_groups = []
+    seen = {}
+    for c in elements(d):
+        if c.tag not in seen:
+            seen[c.tag] = []
+            d_groups.append(c.tag)
+        seen[c.tag].append(c)
+    a_by_tag = {}
+    for c in elements(a):
+        a_by_tag.setdefault(c.tag, []).append(c)
+    for tag in d_groups:
+        pairs, extra = _match(name, seen[tag], a_by_tag.get(tag, []))
+        for dc, ac in pairs:
+            if ac is not None:
+                _project(dc, ac, ignore, out)
+        if _is_exact(name, local(tag), True):
+            for ac in extra:
+                out.append(_strip_volatile(ac))
+    for tag, acs in a_by_tag.items():
+        if tag in seen:
+            continue
+        if _is_exact(name, local(tag), False):
+            for ac in acs:
+                out.append(_strip_volatile(ac))
+    return out
+
+
+class Drift:
+    """Result of :func:`compare`: ``changed``, ``before``/``after`` texts, ``differences`` (paths)."""
+
+    def __init__(self, changed, before, after, differences):
+        self.changed = changed
+        self.before = before
+        self.after = after
+        self.differences = differences
+
+    def as_diff(self, before_header="before", after_header="after"):
+        return {
+            "before": self.before,
+            "after": self.after,
+            "before_header": before_header,
+            "after_header": after_header,
+        }
+
+
+def compare(desired, actual, ignore=()):
+    """Intent-based drift between a desired and an actual element (either may be None)."""
+    d = normalize(desired) if desired is not None else None
+    a = normalize(actual) if actual is not None else None
+    if d is None:
+        return Drift(a is not None, canonical_text(a), "", ["/"] if a is not None else [])
+    if a is None:
+        return Drift(True, "", canonical_text(d), ["/" + local(d.tag)])
+    p = project(d, a, ignore)
+    diffs = differences(d, p)
+    before = to_text(_sorted_copy(p))
+    after = to_text(_sorted_copy(d))
+    return Drift(bool(diffs), before, after, diffs)
+
+
+def differences(desired, projected, path=""):
+    """Paths (like /domain/devices/disk[2]) where ``projected`` differs from ``desired``."""
+    out = []
+    here = "{}/{}".format(path, local(desired.tag))
+    if projected is None:
+        return [here]
+    if desired.tag != projected.tag:
+        return [here]
+    if sorted(desired.attrib.items()) != sorted(projected.attrib.items()):
+        keys = set(desired.attrib) | set(projected.attrib)
+        for k in sorted(keys):
+            if desired.get(k) != projected.get(k):
+                out.append("{}/@{}".format(here, local(k)))
+    if (desired.text or "").strip() != (projected.text or "").strip():
+        out.append(here + "/text()")
+    dch = elements(desired)
+    pch = elements(projected)
+    # projection keeps matched children in desired order, with extras after their group
+    p_by_tag = {}
+    for c in pch:
+        p_by_tag.setdefault(c.tag, []).append(c)
+    d_by_tag = {}
+    for c in dch:
+        d_by_tag.setdefault(c.tag, []).append(c)
+    for tag, group in d_by_tag.items():
+        pgroup = p_by_tag.get(tag, [])
+        for i, dc in enumerate(group):
+            pc = pgroup[i] if i < len(pgroup) else None
+            if pc is None:
+                out.append("{}/{}[{}] (missing)".format(here, local(tag), i + 1))
+            elif structure(dc) != structure(pc):
+                plain = "{}/{}".format(here, local(tag))
+                indexed = "{}/{}[{}]".format(here, local(tag), i + 1)
+                out.extend(p.replace(plain, indexed, 1) for p in differences(dc, pc, here))
+        for j in range(len(group), len(pgroup)):
+            out.append("{}/{}[{}] (not in the definition)".format(here, local(tag), j + 1))
+    for tag, pgroup in p_by_tag.items():
+        if tag not in d_by_tag:
+            for j in range(len(pgroup)):
+                out.append("{}/{}[{}] (not in the definition)".format(here, local(tag), j + 1))
+    return out
+
+
+def ansible_diff(before, after, before_header="before", after_header="after"):
+    return {"before": before, "after": after, "before_header": before_header, "after_header": after_header}
