@@ -12,12 +12,12 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv collection lab lab-down lab-status demo test unit integration lint bench build clean
+.PHONY: help deps venv collection lab lab-down lab-status demo test unit integration lint sanity docs bench build clean
 
 help:
 	@echo "make demo    set up everything and run the main job on the local lab"
 	@echo "make test    run every test (unit, lab integration, lint) on the local lab"
-	@echo "make lab | lab-down | lab-status | unit | integration | lint | bench | build"
+	@echo "make lab | lab-down | lab-status | unit | integration | lint | sanity | docs | bench | build"
 
 # Debian packages for the controller and the lab (python3 first: the lab tool needs it)
 deps:
@@ -62,6 +62,13 @@ integration: venv collection lab
 lint: venv collection
 	ruff check .
 	ruff format --check .
+	ansible-lint
+
+sanity: venv collection
+	tests/sanity/run
+
+docs: venv collection
+	python docs/generate.py
 
 bench: venv collection lab
 	python benchmarks/run.py
