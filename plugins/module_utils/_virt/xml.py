@@ -451,9 +451,12 @@ def differences(desired, projected, path=""):
             if pc is None:
                 out.append("{}/{}[{}] (missing)".format(here, local(tag), i + 1))
             elif structure(dc) != structure(pc):
-                plain = "{}/{}".format(here, local(tag))
-                indexed = "{}/{}[{}]".format(here, local(tag), i + 1)
-                out.extend(p.replace(plain, indexed, 1) for p in differences(dc, pc, here))
+                sub = differences(dc, pc, here)
+                if len(group) > 1 or len(pgroup) > 1:
+                    plain = "{}/{}".format(here, local(tag))
+                    indexed = "{}/{}[{}]".format(here, local(tag), i + 1)
+                    sub = [p.replace(plain, indexed, 1) for p in sub]
+                out.extend(sub)
         for j in range(len(group), len(pgroup)):
             out.append("{}/{}[{}] (not in the definition)".format(here, local(tag), j + 1))
     for tag, pgroup in p_by_tag.items():

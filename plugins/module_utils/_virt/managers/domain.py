@@ -189,10 +189,12 @@ class DomainManager:
             return build_domain_xml(self.name, self._spec, uuid=uuid, lock_config=self.lock_config, normalized=True)
         return None
 
-    def _finish(self, dom, state=None):
+    def _finish(self, dom, predicted=None):
         r = self.result
         if dom is not None:
-            r["domain"] = domain_summary(dom, state)
+            r["domain"] = domain_summary(dom)
+            if predicted is not None:  # check mode: what the domain would be
+                r["domain"].update(predicted)
             if r["domain"]["state"] == "blocked":
                 r["domain"]["state"] = "running"
             try:
@@ -290,7 +292,7 @@ class DomainManager:
                 "autostart": predicted["autostart"],
             }
             return self._finish(None)
-        return self._finish(dom, state=after_state if self.check_mode else None)
+        return self._finish(dom, predicted if self.check_mode else None)
 
     def _create_lease_files(self, dom):
         try:

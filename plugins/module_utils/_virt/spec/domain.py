@@ -154,6 +154,15 @@ def memory_mib(value, what="spec.memory"):
     return mib
 
 
+def _drop_none(value):
+    """Copy without None values (an already validated spec carries None for every unset option)."""
+    if isinstance(value, dict):
+        return dict((k, _drop_none(v)) for k, v in value.items() if v is not None)
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
 def normalize_domain_spec(spec):
     """Validate ``spec`` against DOMAIN_SPEC_OPTIONS, fill defaults and check values.
 
@@ -162,10 +171,10 @@ def normalize_domain_spec(spec):
     if not isinstance(spec, dict):
         raise ValidationError("spec must be a dictionary")
     validator = ArgumentSpecValidator({"spec": {"type": "dict", "options": DOMAIN_SPEC_OPTIONS}})
-    result = validator.validate({"spec": spec})
-    if result.errors:
+    result = validator.validate({"spec": _drop_none(spec)})
+    if result.error_messages:
         msgs = []
-        for err in result.errors:
+        for err in result.errors.errors:
             m = str(getattr(err, "msg", err))
             if type(err).__name__ == "UnsupportedError":
                 m = "unsupported keys " + m.split(". Supported parameters include", 1)[0]

@@ -1,0 +1,527 @@
+#!/usr/bin/python
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: domain
+short_description: Define, start, stop and remove libvirt guests, with their leases verified
+version_added: 0.1.0
+description:
+  - Manages one libvirt domain (guest) declaratively, from libvirt XML or from a structured O(spec).
+  - Compares only what you specify with libvirt's definition, so a second identical run reports no change;
+    what libvirt fills in (a UUID you did not give, MAC and PCI addresses, aliases, controllers,
+    default models) is never a difference. Devices you manage (disks, interfaces, leases, channels,
+    graphics, ...) are compared as sets, so removing one from the definition is a change.
+  - A change to the definition of a running guest applies at its next boot and is reported with
+    RV(pending_restart); O(restart_on_change=true) restarts it.
+  - Starting a guest follows the lock manager's ordering rule (O(lock.acquire=after_create)) - the guest is
+    created paused, resumed (the lock manager takes its leases as the vCPUs start), its leases are checked
+    to be held by this host's virtlockd, and only then is it reported running. Every step is returned as a
+    checkpoint in RV(lock_checkpoints).
+extends_documentation_fragment:
+  - lockstep.virt.attributes
+  - lockstep.virt.attributes.actiongroup_libvirt
+  - lockstep.virt.connection
+attributes:
+  check_mode:
+    support: full
+    details: Predicts every action (define, start, shutdown, undefine, ...) without doing it.
+  diff_mode:
+    support: full
+    details: The diff shows state, autostart and the part of the definition you manage, before and after.
+  idempotent:
+    support: full
+options:
+  name:
+    description: Name of the domain.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) - the domain is defined (from O(xml) or O(spec) when given); its run state is left alone.
+      - V(running) - defined and running; a paused guest is resumed, a stopped one started (see O(lock)).
+      - V(paused) - defined and running with its vCPUs paused (a qemu guest started paused holds no lease).
+      - V(shutdown) - gracefully shut down, waiting up to O(timeout) seconds; see O(force).
+      - V(destroyed) - forcefully stopped (power cut).
+      - V(absent) - stopped and undefined (see O(undefine), O(remove_storage)). Absent already is no change.
+    type: str
+    choices: [present, absent, running, paused, shutdown, destroyed]
+    default: present
+  xml:
+    description:
+      - libvirt domain XML. Its C(<name>) must equal O(name) (it is added when missing).
+      - Parsed without entity expansion or network access; an XML with a DOCTYPE or an external entity is refused.
+      - Mutually exclusive with O(spec).
+    type: str
+  spec:
+    description:
+      - Structured description of the domain, turned into libvirt XML. Mutually exclusive with O(xml).
+      - Unknown keys are an error.
+    type: dict
+    suboptions:
+      type:
+        description: Domain type. V(qemu) (emulation) works everywhere; V(kvm) needs /dev/kvm.
+        type: str
+        choices: [qemu, kvm]
+        default: qemu
+      uuid:
+        description:
+          - UUID of the domain. When not given, the existing domain's UUID is kept; a new domain gets a
+            generated one.
+        type: str
+      title:
+        description: Short title.
+        type: str
+      description:
+        description: Free text description.
+        type: str
+      memory:
+        description:
+          - Maximum memory. An integer is MiB; a string may carry a unit (V(512MiB), V(2G), V(1GiB), V(65536KiB)).
+          - Must be between 1 MiB and 16 TiB.
+        type: raw
+        required: true
+      current_memory:
+        description: Memory at boot (balloon), same units as O(spec.memory); defaults to O(spec.memory).
+        type: raw
+      vcpus:
+        description: Number of virtual CPUs (1 to 4096).
+        type: int
+        default: 1
+      cpu:
+        description: CPU model.
+        type: dict
+        suboptions:
+          mode:
+            description: CPU mode. V(host-passthrough) and V(host-model) need V(kvm).
+            type: str
+            choices: [host-passthrough, host-model, custom, maximum]
+            default: custom
+          model:
+            description: CPU model name (required with V(custom)), for example V(qemu64).
+            type: str
+      arch:
+        description: Guest architecture (for example V(x86_64)); libvirt's default when not given.
+        type: str
+      machine:
+        description: Machine type, for example V(pc) or V(q35) (versioned names such as V(pc-i440fx-7.2) match V(pc)).
+        type: str
+      firmware:
+        description: V(bios) (SeaBIOS) or V(uefi) (OVMF, chosen by libvirt's firmware autoselection).
+        type: str
+        choices: [bios, uefi]
+        default: bios
+      boot:
+        description: Boot device order. Mutually exclusive with O(spec.kernel) and per-disk O(spec.disks[].boot_order).
+        type: list
+        elements: str
+        choices: [hd, cdrom, network, fd]
+      kernel:
+        description: Path (on the hypervisor) of a kernel to boot directly.
+        type: str
+      initrd:
+        description: Path of the initrd for O(spec.kernel).
+        type: str
+      cmdline:
+        description: Kernel command line for O(spec.kernel).
+        type: str
+      features:
+        description: Hypervisor features to enable (C(<features>) children), for example V(acpi), V(apic), V(pae).
+        type: list
+        elements: str
+        default: [acpi, apic]
+      on_poweroff:
+        description: Action when the guest powers off.
+        type: str
+        choices: [destroy, restart, preserve, rename-restart, coredump-destroy, coredump-restart]
+      on_reboot:
+        description: Action when the guest reboots.
+        type: str
+        choices: [destroy, restart, preserve, rename-restart, coredump-destroy, coredump-restart]
+      on_crash:
+        description: Action when the guest crashes.
+        type: str
+        choices: [destroy, restart, preserve, rename-restart, coredump-destroy, coredump-restart]
+      disks:
+        description: Disks, in order.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          type:
+            description: V(file), V(block) or V(volume); derived from O(spec.disks[].path) (V(/dev/...) is a block
+              device) or O(spec.disks[].pool) when not given.
+            type: str
+            choices: [file, block, volume]
+          path:
+            description: Absolute path of the image file or block device on the hypervisor.
+            type: str
+          pool:
+            description: Storage pool of a volume disk (with O(spec.disks[].volume)).
+            type: str
+          volume:
+            description: Volume name in O(spec.disks[].pool).
+            type: str
+          target:
+            description: Target device name (V(vda), V(sdb), ...); assigned in order per bus when not given.
+            type: str
+          bus:
+            description: Disk bus; V(virtio) by default, V(ide) (V(sata) on q35) for a cdrom.
+            type: str
+            choices: [virtio, sata, scsi, ide, usb]
+          device:
+            description: Device kind. A cdrom is always read-only.
+            type: str
+            choices: [disk, cdrom, floppy, lun]
+            default: disk
+          format:
+            description: Image format (V(raw), V(qcow2), ...).
+            type: str
+          cache:
+            description: Cache mode.
+            type: str
+            choices: [default, none, writethrough, writeback, directsync, unsafe]
+          readonly:
+            description: Read-only disk (never leased by the lock manager).
+            type: bool
+            default: false
+          shareable:
+            description: Shareable disk (leased with a shared lock).
+            type: bool
+            default: false
+          boot_order:
+            description: Per-device boot order (instead of O(spec.boot)).
+            type: int
+      interfaces:
+        description: Network interfaces, in order. Give exactly one of O(spec.interfaces[].network) or
+          O(spec.interfaces[].bridge).
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          network:
+            description: libvirt network to attach to.
+            type: str
+          bridge:
+            description: Host bridge to attach to.
+            type: str
+          model:
+            description: NIC model.
+            type: str
+            default: virtio
+          mac:
+            description: MAC address; libvirt generates one when not given, and a redefinition keeps it.
+            type: str
+      graphics:
+        description: A graphical console. None when not given.
+        type: dict
+        suboptions:
+          type:
+            description: Protocol.
+            type: str
+            choices: [vnc, spice]
+            default: vnc
+          listen:
+            description: Address to listen on.
+            type: str
+          port:
+            description: Fixed port; an automatic port when not given.
+            type: int
+      serial_console:
+        description: Add a serial port on a pty with a console on it (C(virsh console)).
+        type: bool
+        default: false
+      guest_agent:
+        description: Add the qemu guest agent channel (C(org.qemu.guest_agent.0)).
+        type: bool
+        default: false
+      channels:
+        description: Other virtio channels.
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          name:
+            description: Channel target name, for example V(org.qemu.guest_agent.0).
+            type: str
+            required: true
+          type:
+            description: Channel host side.
+            type: str
+            choices: [unix, pty, spicevmc]
+            default: unix
+      lease:
+        description:
+          - A VM lease held while the guest runs, whatever its disks (lockd never leases network disks such as rbd).
+          - Written as C(<lease><lockspace/><key/><target path/></lease>); its file is
+            C(path/lockspace/key), which the module creates when missing (lockd creates disk lease files, not these).
+          - O(spec.lease.path) + C(/) + O(spec.lease.lockspace) must be the host's C(file_lockspace_dir).
+        type: dict
+        suboptions:
+          key:
+            description: Lease key; defaults to the guest's UUID.
+            type: str
+          lockspace:
+            description: Lockspace name; defaults to the last component of C(file_lockspace_dir) (usually V(lockd)).
+            type: str
+          path:
+            description: Directory holding the lockspace; defaults to the parent of C(file_lockspace_dir).
+            type: str
+      metadata:
+        description: Flat string key/values stored in the domain's C(<metadata>) under the collection's namespace.
+        type: dict
+        default: {}
+  autostart:
+    description: Start the domain when the host's libvirt starts. Left alone when not given.
+    type: bool
+  timeout:
+    description: Seconds to wait for a graceful shutdown (O(state=shutdown), and restarts).
+    type: int
+    default: 60
+  force:
+    description:
+      - With O(state=shutdown) (and restarts) destroy the guest when it has not stopped after O(timeout).
+      - When false the task fails saying the guest did not stop.
+    type: bool
+    default: false
+  restart_on_change:
+    description:
+      - Restart a running guest whose definition changed (graceful shutdown as for O(state=shutdown), then a
+        start as for O(state=running)). Otherwise the change applies at its next boot (RV(pending_restart)).
+    type: bool
+    default: false
+  undefine:
+    description: With O(state=absent), what to remove with the definition.
+    type: list
+    elements: str
+    choices: [nvram, managed_save, snapshots_metadata, checkpoints_metadata]
+    default: [nvram, managed_save, snapshots_metadata, checkpoints_metadata]
+  remove_storage:
+    description:
+      - With O(state=absent), also delete the guest's read-write, non-shareable disks (storage volumes through
+        libvirt; plain files only on a local URI). Never done otherwise.
+    type: bool
+    default: false
+  lock:
+    description: How leases are taken and checked when the guest starts.
+    type: dict
+    default: {}
+    suboptions:
+      acquire:
+        description:
+          - V(after_create) - create the guest paused, resume it (the lock manager takes the leases as the vCPUs
+            start), verify the leases, then report it running. If taking the leases fails the paused guest is
+            destroyed - it holds nothing, so there is nothing to release.
+          - V(libvirt) - start it in one call and only verify afterwards.
+        type: str
+        choices: [after_create, libvirt]
+        default: after_create
+      required:
+        description:
+          - Fail (and leave nothing running) when the guest would run with read-write disks or a VM lease not
+            held by this host - the lock manager is off or misconfigured, or the leases are held elsewhere.
+        type: bool
+        default: false
+      acquire_timeout:
+        description:
+          - Seconds to keep retrying a start refused with "resource busy" (another host still tearing the guest
+            down). The final error names the lease and, when known, its holder.
+        type: int
+        default: 0
+      verify:
+        description: Probe the leases after the start (F_GETLK on the lease files) and record the result.
+        type: bool
+        default: true
+seealso:
+  - module: lockstep.virt.domain_info
+  - name: libvirt lock managers
+    description: virtlockd and its lease files.
+    link: https://libvirt.org/kbase/locking-lockd.html
+author:
+  - lockstep.virt maintainers
+"""
+
+EXAMPLES = r"""
+# Hosts whose qemu-lockd.conf has file_lockspace_dir = "/var/lib/lockstep-lab/shared/lockd"
+- name: Define a small BIOS guest from a spec, with a VM lease, and start it
+  lockstep.virt.domain:
+    name: web1
+    state: running
+    spec:
+      type: qemu
+      memory: 32
+      vcpus: 1
+      boot: [hd]
+      disks:
+        - path: /var/lib/lockstep-lab/shared/images/web1.qcow2
+          format: qcow2
+      interfaces:
+        - network: default
+      serial_console: true
+      lease: {}   # key = the guest's UUID, in /var/lib/lockstep-lab/shared/lockd
+    lock:
+      acquire: after_create
+      required: true
+      acquire_timeout: 20
+  register: web1
+
+- name: Show when each lease was taken
+  ansible.builtin.debug:
+    var: web1.lock_checkpoints
+
+- name: Define a guest from libvirt XML without starting it
+  lockstep.virt.domain:
+    name: db1
+    state: present
+    autostart: false
+    xml: |
+      <domain type='qemu'>
+        <name>db1</name>
+        <memory unit='MiB'>32</memory>
+        <vcpu>1</vcpu>
+        <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+        <devices>
+          <disk type='file' device='disk'>
+            <driver name='qemu' type='qcow2'/>
+            <source file='/var/lib/lockstep-lab/shared/images/db1.qcow2'/>
+            <target dev='vda' bus='virtio'/>
+          </disk>
+        </devices>
+      </domain>
+
+- name: Give web1 more memory; it applies at the next boot unless restart_on_change is set
+  lockstep.virt.domain:
+    name: web1
+    spec:
+      memory: 64
+      boot: [hd]
+      disks:
+        - path: /var/lib/lockstep-lab/shared/images/web1.qcow2
+          format: qcow2
+      interfaces:
+        - network: default
+      serial_console: true
+      lease: {}
+  register: changed_web1   # changed_web1.pending_restart is true while web1 runs
+
+- name: Shut down gracefully, destroying it after 30 seconds if it ignores ACPI
+  lockstep.virt.domain:
+    name: web1
+    state: shutdown
+    timeout: 30
+    force: true
+
+- name: Remove the guest with its nvram and snapshot metadata, keeping its disks
+  lockstep.virt.domain:
+    name: db1
+    state: absent
+"""
+
+RETURN = r"""
+domain:
+  description: The domain after the task (predicted in check mode); null when absent.
+  returned: always
+  type: dict
+  contains:
+    name: {description: Name., type: str, returned: success}
+    uuid: {description: UUID., type: str, returned: success}
+    id: {description: libvirt id while running, else null., type: int, returned: success}
+    state:
+      description: running, paused, shutoff, crashed, pmsuspended, ...
+      type: str
+      returned: success
+    persistent: {description: Whether the domain has a persistent definition., type: bool, returned: success}
+    autostart: {description: Whether it starts with libvirt., type: bool, returned: success}
+  sample: {name: web1, uuid: 3c1c4b4e-9a4e-4c32-9f0a-1b4f1b0f2a11, id: 4, state: running, persistent: true,
+           autostart: false}
+actions:
+  description: What was done (or would be, in check mode), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: [define, start]
+pending_restart:
+  description: The guest runs an older definition than the persistent one; the change applies at its next boot.
+  returned: always
+  type: bool
+differences:
+  description: Paths in the definition that differed from what you specified.
+  returned: when the definition changed
+  type: list
+  elements: str
+  sample: ["/domain/memory/text()"]
+lock_checkpoints:
+  description: Ordered checkpoints of the lease-relevant steps.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: >-
+        defined, lease_files_created, created_paused, resumed, leases_acquired, leases_verified, running,
+        acquire_failed, destroyed_paused, rolled_back, paused, shutdown_requested, stopped, stop_timeout,
+        destroyed, leases_released, undefined, storage_removed, pending_restart.
+      type: str
+    host: {description: Hypervisor host name., type: str}
+    at: {description: UTC time, ISO 8601 with milliseconds., type: str, sample: "2025-01-01T12:00:00.123Z"}
+    ok: {description: Whether the step succeeded as expected., type: bool}
+    resources: {description: Lease files concerned., type: list, elements: str}
+    detail: {description: Explanation., type: str}
+leases:
+  description: Leases of the domain (disk leases and VM leases) and who holds them.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    kind: {description: disk or lease., type: str}
+    resource: {description: The lease file (null when the disk is not leased)., type: str}
+    lockspace: {description: Lockspace directory., type: str}
+    disk: {description: Disk target, for disk leases., type: str}
+    path: {description: Disk path, for disk leases., type: str}
+    key: {description: Lease key, for VM leases., type: str}
+    held: {description: Whether the lease file is locked (null when it cannot be probed from here)., type: bool}
+    held_here: {description: Whether this host's virtlockd holds it., type: bool}
+    holder_pid: {description: Pid of the holder, when visible., type: int}
+removed_storage:
+  description: Storage removed with O(remove_storage=true).
+  returned: when storage was removed
+  type: list
+  elements: dict
+libvirt_error:
+  description: libvirt's error code, domain and message, when a libvirt call failed.
+  returned: failure
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+    Connection,
+    check_libvirt,
+    merge_argument_spec,
+    run_module,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import (
+    DOMAIN_ARGUMENT_SPEC,
+    DOMAIN_MUTUALLY_EXCLUSIVE,
+    DomainManager,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=merge_argument_spec(DOMAIN_ARGUMENT_SPEC),
+        mutually_exclusive=DOMAIN_MUTUALLY_EXCLUSIVE,
+        supports_check_mode=True,
+    )
+    check_libvirt(module)
+
+    def work():
+        with Connection(module.params["uri"]) as conn:
+            return DomainManager(conn, module.params, module.check_mode, module._diff).run()
+
+    run_module(module, work)
+
+
+if __name__ == "__main__":
+    main()

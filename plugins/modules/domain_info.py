@@ -1,0 +1,189 @@
+#!/usr/bin/python
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: domain_info
+short_description: Facts about libvirt guests, their disks, leases and addresses
+version_added: 0.1.0
+description:
+  - Reports all, one, or a filtered set of domains of a hypervisor - state, UUID, memory, vCPUs, disks with
+    their lease resource and whether it is held, VM leases, interfaces (with addresses on request),
+    autostart, persistence, whether this collection manages the domain, and optionally the inactive XML.
+  - Lease files are probed with F_GETLK; C(held_here) tells whether this host's virtlockd holds one.
+extends_documentation_fragment:
+  - lockstep.virt.attributes
+  - lockstep.virt.attributes.info_module
+  - lockstep.virt.attributes.actiongroup_libvirt
+  - lockstep.virt.connection
+options:
+  name:
+    description: Only this domain (no error when it does not exist - RV(domains) is empty).
+    type: str
+  pattern:
+    description: Only domains whose name matches this shell-style pattern (V(web*)). Mutually exclusive with O(name).
+    type: str
+  state:
+    description: Only domains in one of these states.
+    type: list
+    elements: str
+    choices: [running, paused, shutoff, crashed, pmsuspended, shutdown, blocked, nostate]
+  managed:
+    description: V(true) - only domains this collection manages; V(false) - only the others. All when not given.
+    type: bool
+  addresses:
+    description:
+      - Where to read the IP addresses of running guests' interfaces - V(lease) (libvirt network DHCP leases),
+        V(agent) (qemu guest agent, which must run in the guest), V(arp) (host ARP table), or V(none).
+    type: str
+    choices: [none, lease, agent, arp]
+    default: none
+  inactive_xml:
+    description: Also return each domain's inactive (persistent) XML.
+    type: bool
+    default: false
+seealso:
+  - module: lockstep.virt.domain
+author:
+  - lockstep.virt maintainers
+"""
+
+EXAMPLES = r"""
+- name: All guests of the hypervisor
+  lockstep.virt.domain_info:
+  register: guests
+
+- name: Running guests whose name starts with web, with their DHCP addresses
+  lockstep.virt.domain_info:
+    pattern: "web*"
+    state: [running]
+    addresses: lease
+  register: web
+
+- name: Is web1's VM lease held by this host?
+  ansible.builtin.assert:
+    that:
+      - web.domains | selectattr('name', 'equalto', 'web1') | map(attribute='leases') | first
+        | selectattr('held_here') | list | length == 1
+
+- name: The definition of one guest
+  lockstep.virt.domain_info:
+    name: db1
+    inactive_xml: true
+  register: db1
+
+# Ad hoc, from the checkout: ansible hypervisors -m lockstep.virt.domain_info
+"""
+
+RETURN = r"""
+count:
+  description: Number of domains returned.
+  returned: always
+  type: int
+domains:
+  description: The selected domains, sorted by name.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Name., type: str}
+    uuid: {description: UUID., type: str}
+    id: {description: libvirt id while running, else null., type: int}
+    state: {description: running, paused, shutoff, crashed, pmsuspended, ..., type: str}
+    persistent: {description: Has a persistent definition., type: bool}
+    autostart: {description: Starts with libvirt., type: bool}
+    managed: {description: Carries this collection's managed mark., type: bool}
+    type: {description: Domain type (qemu, kvm, ...)., type: str}
+    memory_mib: {description: Maximum memory in MiB., type: int}
+    current_memory_mib: {description: Current memory in MiB., type: int}
+    vcpus: {description: Number of vCPUs., type: int}
+    disks:
+      description: Disks with their lease.
+      type: list
+      elements: dict
+      contains:
+        target: {description: Target device (vda)., type: str}
+        device: {description: disk, cdrom, ..., type: str}
+        type: {description: file, block, volume, network., type: str}
+        path: {description: Source path (a volume's path when resolvable)., type: str}
+        format: {description: Image format., type: str}
+        bus: {description: Bus., type: str}
+        readonly: {description: Read-only., type: bool}
+        shareable: {description: Shareable., type: bool}
+        pool: {description: Pool of a volume disk., type: str}
+        volume: {description: Volume of a volume disk., type: str}
+        lease_resource: {description: The lease file of the disk, null when not leased., type: str}
+        held: {description: Whether the lease is held (null when it cannot be probed)., type: bool}
+        held_here: {description: Whether this host's virtlockd holds it., type: bool}
+        holder_pid: {description: Holder's pid., type: int}
+    leases:
+      description: VM leases (C(<lease>) elements).
+      type: list
+      elements: dict
+      contains:
+        key: {description: Lease key., type: str}
+        lockspace: {description: Lockspace name., type: str}
+        target_path: {description: Directory of the lockspace., type: str}
+        offset: {description: Offset (always 0 for lockd)., type: int}
+        resource: {description: Lease file., type: str}
+        held: {description: Held., type: bool}
+        held_here: {description: Held by this host's virtlockd., type: bool}
+        holder_pid: {description: Holder's pid., type: int}
+    interfaces:
+      description: Network interfaces.
+      type: list
+      elements: dict
+      contains:
+        type: {description: network, bridge, ..., type: str}
+        mac: {description: MAC address., type: str}
+        network: {description: libvirt network., type: str}
+        bridge: {description: Host bridge., type: str}
+        model: {description: NIC model., type: str}
+        device: {description: Host-side device while running., type: str}
+        addresses:
+          description: Addresses from O(addresses) ({address, prefix, type}).
+          type: list
+          elements: dict
+    metadata: {description: Key/values set with the domain module's spec.metadata., type: dict}
+    inactive_xml: {description: Inactive XML., type: str, returned: when O(inactive_xml=true)}
+lock_config:
+  description: The host's lock manager configuration as read from the driver's config files.
+  returned: always
+  type: dict
+  sample: {manager: lockd, auto_disk_leases: true, require_lease_for_disks: false,
+           file_lockspace_dir: /var/lib/lockstep-lab/shared/lockd, lvm_lockspace_dir: null, scsi_lockspace_dir: null,
+           lock_conf: /etc/libvirt/qemu.conf, lockd_conf: /etc/libvirt/qemu-lockd.conf, local: true}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+    Connection,
+    check_libvirt,
+    merge_argument_spec,
+    run_module,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain_info import (
+    DOMAIN_INFO_ARGUMENT_SPEC,
+    DOMAIN_INFO_MUTUALLY_EXCLUSIVE,
+    DomainInfoManager,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=merge_argument_spec(DOMAIN_INFO_ARGUMENT_SPEC),
+        mutually_exclusive=DOMAIN_INFO_MUTUALLY_EXCLUSIVE,
+        supports_check_mode=True,
+    )
+    check_libvirt(module)
+
+    def work():
+        with Connection(module.params["uri"]) as conn:
+            return DomainInfoManager(conn, module.params).run()
+
+    run_module(module, work)
+
+
+if __name__ == "__main__":
+    main()
