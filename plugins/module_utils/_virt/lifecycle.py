@@ -120,7 +120,8 @@ class Lifecycle:
     def prepare_vm_leases(self, resources):
         """Create missing ``<lease>`` key files (lockd does not create them). Returns the created paths."""
         created = []
-        if not self.lock_config.local:
+        cfg = self.lock_config
+        if not cfg.local or cfg.manager != "lockd":  # without lockd a <lease> is not used
             return created
         for r in resources:
             if r["kind"] != "lease" or not r["resource"]:
@@ -274,10 +275,11 @@ class Lifecycle:
         if verify:
             leases, ok = self.verify(dom, required)
             if not ok and required:
+                why = self.recorder.last()["detail"]
                 self._destroy_quietly(dom, "rolled_back", "destroyed: leases not held here")
                 raise LeaseError(
                     "lock.required: {} started but its leases are not held by this host ({}); it was destroyed".format(
-                        dom.name(), self.recorder.last() and self.recorder.last()["detail"]
+                        dom.name(), why
                     )
                 )
         else:

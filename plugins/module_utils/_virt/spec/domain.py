@@ -154,6 +154,15 @@ def memory_mib(value, what="spec.memory"):
     return mib
 
 
+_DERIVED = ("memory_mib", "current_memory_mib")
+_XML_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _check_text(value, what):
+    if value is not None and _XML_UNSAFE.search(str(value)):
+        raise ValidationError("{} contains characters XML cannot hold (control characters)".format(what))
+
+
 def _drop_none(value):
     """Copy without None values (an already validated spec carries None for every unset option)."""
     if isinstance(value, dict):
@@ -171,6 +180,7 @@ def normalize_domain_spec(spec):
     if not isinstance(spec, dict):
         raise ValidationError("spec must be a dictionary")
     validator = ArgumentSpecValidator({"spec": {"type": "dict", "options": DOMAIN_SPEC_OPTIONS}})
+    spec = dict((k, v) for k, v in spec.items() if k not in _DERIVED)
     result = validator.validate({"spec": _drop_none(spec)})
     if result.error_messages:
         msgs = []
@@ -250,6 +260,9 @@ def normalize_domain_spec(spec):
             raise ValidationError("spec.metadata key {!r} is not a valid name".format(key))
         if isinstance(value, (dict, list)):
             raise ValidationError("spec.metadata values must be strings or numbers ({})".format(key))
+        _check_text(value, "spec.metadata.{}".format(key))
+    for key in ("title", "description", "cmdline"):
+        _check_text(s.get(key), "spec." + key)
     return s
 
 

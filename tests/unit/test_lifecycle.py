@@ -1,0 +1,233 @@
+"""Starting and stopping with leases: lock config from temp files, real locks held by another process."""
+
+import os
+import subprocess
+import sys
+
+import libvirt
+import pytest
+from test_leases import HOLDER
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig, read_lock_config
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle
+from ansible_collections.lockstep.virt.plugins.modules import domain as domain_module
+
+URI = "test:///default"
+
+
+@pytest.fixture
+def lockd_host(tmp_path, monkeypatch):
+    """Point the lock config at temp files: lockd on, file_lockspace_dir under tmp_path."""
+    shared = tmp_path / "shared"
+    (shared / "lockd").mkdir(parents=True)
+    qemu = tmp_path / "qemu.conf"
+    qemu.write_text('lock_manager = "lockd"\n')
+    lockd = tmp_path / "qemu-lockd.conf"
+    lockd.write_text('auto_disk_leases = 1\nfile_lockspace_dir = "{}"\n'.format(shared / "lockd"))
+    monkeypatch.setenv("LOCKSTEP_VIRT_LOCK_CONF", str(qemu))
+    monkeypatch.setenv("LOCKSTEP_VIRT_LOCKD_CONF", str(lockd))
+    return shared
+
+
+@pytest.fixture
+def hold():
+    procs = []
+
+    def start(path):
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "write"], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "locked"
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+LEASED = {"memory": 32, "lease": {"key": "vm-key"}, "disks": [{"path": "/img/leased.qcow2"}]}
+
+
+def test_required_rolls_back_when_leases_are_not_held_here(hv, run_module, lockd_host):
+    res = run_module(
+        domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running", "lock": {"required": True}}
+    )
+    assert res["failed"] is True
+    assert "not held by this host" in res["msg"]
+    names = [c["name"] for c in res["lock_checkpoints"]]
+    assert names == ["defined", "lease_files_created", "created_paused", "resumed", "leases_verified", "rolled_back"]
+    assert res["lock_checkpoints"][4]["ok"] is False
+    assert not hv.lookupByName("lk").isActive()
+    # the module created the <lease> key file lockd would not create
+    assert os.path.isfile(str(lockd_host / "lockd" / "vm-key"))
+
+
+def test_required_names_the_holder_of_a_lease_held_elsewhere(hv, run_module, lockd_host, hold):
+    proc = hold(lockd_host / "lockd" / "vm-key")
+    res = run_module(
+        domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running", "lock": {"required": True}}
+    )
+    assert res["failed"] is True
+    assert "held by pid {}".format(proc.pid) in res["msg"]
+    assert not hv.lookupByName("lk").isActive()
+    lease = [x for x in res["lock_checkpoints"] if x["name"] == "leases_verified"][0]
+    assert str(lockd_host / "lockd" / "vm-key") in lease["resources"]
+
+
+def test_not_required_runs_and_reports_leases(hv, run_module, lockd_host, hold):
+    proc = hold(lockd_host / "lockd" / "vm-key")
+    res = run_module(domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running"})
+    assert res["changed"] is True and res["domain"]["state"] == "running"
+    by_kind = dict((x["kind"], x) for x in res["leases"])
+    assert by_kind["lease"]["held"] is True and by_kind["lease"]["held_here"] is False
+    assert by_kind["lease"]["holder_pid"] == proc.pid
+    assert by_kind["disk"]["resource"].startswith(str(lockd_host / "lockd") + "/")
+    assert by_kind["disk"]["held"] is False
+    # lease target path defaults so that path/lockspace == file_lockspace_dir
+    xml = hv.lookupByName("lk").XMLDesc(0)
+    assert "<target path='{}'/>".format(lockd_host) in xml
+
+
+class Guest:
+    """A real test-driver domain whose first ``busy`` resumes are refused like virtlockd refuses them,
+    and whose shutdown can be ignored like a guest without ACPI ignores it."""
+
+    def __init__(self, dom, busy=0, ignore_shutdown=False):
+        self._dom = dom
+        self.busy = busy
+        self.ignore_shutdown = ignore_shutdown
+
+    def __getattr__(self, name):
+        return getattr(self._dom, name)
+
+    def resume(self):
+        if self.busy:
+            self.busy -= 1
+            raise VirtError(
+                "cannot resume: resource busy: Lockspace resource 'vm-key' is locked",
+                code=libvirt.VIR_ERR_RESOURCE_BUSY,
+                libvirt_message="resource busy: Lockspace resource 'vm-key' is locked",
+            )
+        return self._dom.resume()
+
+    def shutdown(self):
+        if not self.ignore_shutdown:
+            return self._dom.shutdown()
+        return 0
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def lifecycle(conn, clock):
+    rec = CheckpointRecorder(host="hv1")
+    return Lifecycle(conn, rec, read_lock_config(conn.profile), sleep=clock.sleep, clock=clock), rec
+
+
+def define(conn, name="lc"):
+    xml = (
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>32</memory><os><type>hvm</type></os><devices>"
+        "<lease><lockspace>lockd</lockspace><key>vm-key</key><target path='/nonexistent'/></lease>"
+        "</devices></domain>"
+    ).format(name)
+    return conn.virt.defineXML(xml)
+
+
+def test_busy_start_is_retried_until_acquire_timeout(hv):
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        lc, rec = lifecycle(conn, clock)
+        guest = Guest(define(conn), busy=2)
+        lc.start(guest, acquire_timeout=10)
+        assert guest.isActive() and guest.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert rec.names() == [
+            "created_paused",
+            "acquire_failed",
+            "destroyed_paused",
+            "created_paused",
+            "acquire_failed",
+            "destroyed_paused",
+            "created_paused",
+            "resumed",
+            "leases_verified",
+            "running",
+        ]
+        assert rec.as_list()[2]["detail"] == "no lease was taken: nothing to release"
+        assert 0 < clock.now < 10
+
+
+def test_busy_start_fails_naming_the_lease_and_leaves_nothing_running(hv):
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        lc, rec = lifecycle(conn, clock)
+        guest = Guest(define(conn), busy=100)
+        with pytest.raises(LeaseError) as exc:
+            lc.start(guest, acquire_timeout=3)
+        msg = exc.value.msg
+        assert "lease /nonexistent/lockd/vm-key (key vm-key)" in msg and "after waiting 3s" in msg
+        assert exc.value.code == libvirt.VIR_ERR_RESOURCE_BUSY
+        assert not guest.isActive()
+        assert rec.names()[-2:] == ["acquire_failed", "destroyed_paused"]
+        assert clock.now >= 3
+
+
+def test_busy_without_timeout_fails_at_once(hv):
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        lc, rec = lifecycle(conn, clock)
+        guest = Guest(define(conn), busy=1)
+        with pytest.raises(LeaseError):
+            lc.start(guest)
+        assert clock.now == 0 and rec.names() == ["created_paused", "acquire_failed", "destroyed_paused"]
+
+
+def test_shutdown_of_a_guest_ignoring_acpi_honours_timeout_and_force(hv):
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        lc, rec = lifecycle(conn, clock)
+        guest = Guest(define(conn), ignore_shutdown=True)
+        guest.create()
+        with pytest.raises(VirtError) as exc:
+            lc.shutdown(guest, timeout=5, force=False)
+        assert "did not stop within 5s" in exc.value.msg and guest.isActive()
+        assert 5 <= clock.now < 6
+        assert rec.names() == ["shutdown_requested", "stop_timeout"]
+        lc.shutdown(guest, timeout=5, force=True)
+        assert not guest.isActive()
+        assert rec.names()[-3:] == ["shutdown_requested", "stop_timeout", "destroyed"]
+
+
+def test_graceful_shutdown_and_released_leases(hv, tmp_path):
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        rec = CheckpointRecorder(host="hv1")
+        cfg = LockConfig(manager="lockd", file_lockspace_dir=str(tmp_path))
+        lc = Lifecycle(conn, rec, cfg, sleep=clock.sleep, clock=clock)
+        dom = define(conn)
+        dom.create()
+        lc.shutdown(dom, timeout=5)
+        assert rec.names() == ["shutdown_requested", "stopped"] and not dom.isActive()
+
+
+def test_paused_start_holds_no_lease_and_stays_paused(hv):
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        lc, rec = lifecycle(conn, clock)
+        dom = define(conn)
+        lc.start(dom, paused=True)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        assert rec.names() == ["created_paused", "paused"]
+        lc.resume(dom)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert rec.names()[-3:] == ["resumed", "leases_verified", "running"]
