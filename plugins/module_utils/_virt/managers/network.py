@@ -1,0 +1,566 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The network manager: read -> desired -> diff -> apply (unless check mode).
+
+Drift uses the XML engine's intent-based projection. On top of it, a network's repeated parts
+(``<ip>`` by address, ``<forward>``, ``<dns>``, ``<domain>``, ``<mtu>``, routes, port groups) are
+compared as whole sets, so dropping one from the definition is a difference too; static DHCP hosts
+and DNS hosts are compared as sets on their own, because they are changed live with
+``virNetworkUpdate`` (LIVE and CONFIG) without restarting the network (dnsmasq only re-reads its
+host files). Any other change redefines the network; a running network is restarted only with
+``restart_on_change``, otherwise the result says ``pending_restart``.
+
+It never calls exit_json/fail_json: :meth:`NetworkManager.run` returns the result dict or raises
+VirtError (with partial results in ``err.result``).
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+    error_code,
+    libvirt,
+    libvirt_errors,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import is_managed, mark_managed
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.network import (
+    NETWORK_SPEC_OPTIONS,
+    build_network_xml,
+    normalize_network_spec,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
+    canonical,
+    canonical_text,
+    differences,
+    elements,
+    etree,
+    local,
+    normalize,
+    parse_xml,
+    project,
+    to_text,
+)
+
+NETWORK_STATES = ["present", "absent", "active", "inactive"]
+
+NETWORK_ARGUMENT_SPEC = {
+    "name": {"type": "str", "required": True},
+    "state": {"type": "str", "choices": NETWORK_STATES, "default": "present"},
+    "xml": {"type": "str"},
+    "spec": {"type": "dict", "options": NETWORK_SPEC_OPTIONS},
+    "autostart": {"type": "bool"},
+    "restart_on_change": {"type": "bool", "default": False},
+}
+NETWORK_MUTUALLY_EXCLUSIVE = [("xml", "spec")]
+
+# Children of <network> compared as whole sets (libvirt never adds them on its own).
+EXACT_TAGS = ("forward", "domain", "mtu", "dns", "ip", "route", "portgroup")
+
+
+# --------------------------------------------------------------------------- reading
+def lookup_network(conn, name):
+    """The network called ``name``, or None."""
+    try:
+        return conn.virt.networkLookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == error_code("NO_NETWORK", 43):
+            return None
+        raise VirtError(
+            "cannot look up network {}: {}".format(name, exc.get_error_message()), code=exc.get_error_code()
+        ) from None
+
+
+def network_xml(net, inactive=True):
+    """The network's XML element: its persistent definition (``inactive``) or what runs."""
+    with libvirt_errors("cannot read the XML of network {}".format(net.name())):
+        text = None
+        if inactive:
+            try:
+                text = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
+            except libvirt.libvirtError as exc:  # drivers without the flag (test://) have one definition
+                if exc.get_error_code() not in (error_code("INVALID_ARG", 8), error_code("NO_SUPPORT", 3)):
+                    raise
+        if text is None:
+            text = net.XMLDesc(0)
+    return parse_xml(text, "network", "libvirt's network XML")
+
+
+def desired_network_from_xml(name, text):
+    """Parse user XML for network ``name``: safe parse, <name> check, managed mark."""
+    root = parse_xml(text, "network", "xml")
+    names = elements(root, "name")
+    if not names:
+        el = etree.Element("name")
+        el.text = name
+        root.insert(0, el)
+    elif (names[0].text or "").strip() != name:
+        raise ValidationError(
+            "the <name> in xml ({!r}) differs from name ({!r})".format((names[0].text or "").strip(), name)
+        )
+    mark_managed(root, "network")
+    return root
+
+
+def prepare_network_for_define(desired, existing):
+    """Copy of ``desired`` keeping what libvirt generated for ``existing``: its UUID and bridge MAC."""
+    out = copy.deepcopy(desired)
+    if existing is None:
+        return out
+    for tag in ("uuid", "mac"):
+        if elements(out, tag):
+            continue
+        old = elements(existing, tag)
+        if old:
+            names = elements(out, "name")
+            out.insert(out.index(names[0]) + 1 if names else 0, copy.deepcopy(old[0]))
+    return out
+
+
+# --------------------------------------------------------------------------- drift
+def _ip_key(el):
+    addr = el.get("address") or ""
+    try:
+        addr = str(ipaddress.ip_address(addr))
+    except ValueError:
+        pass
+    family = el.get("family") or ("ipv6" if ":" in addr else "ipv4")
+    return (family, addr)
+
+
+def _canon(el):
+    return etree.tostring(canonical(el), encoding="unicode")
+
+
+class _Parts:
+    """A network split into what the projection compares, the set-compared groups and the hosts."""
+
+    def __init__(self, root):
+        self.rest = copy.deepcopy(root)
+        self.groups = {}
+        self.ip_order = []
+        self.dhcp_hosts = {}
+        self.dns_hosts = []
+        for child in elements(self.rest):
+            tag = local(child.tag)
+            if tag not in EXACT_TAGS:
+                continue
+            self.rest.remove(child)
+            if tag == "ip":
+                key = _ip_key(child)
+                self.ip_order.append(key)
+                hosts = self.dhcp_hosts.setdefault(key, [])
+                for dhcp in elements(child, "dhcp"):
+                    for host in elements(dhcp, "host"):
+                        dhcp.remove(host)
+                        hosts.append(host)
+                    if not elements(dhcp) and not dhcp.attrib:
+                        child.remove(dhcp)
+            elif tag == "dns":
+                for host in elements(child, "host"):
+                    child.remove(host)
+                    self.dns_hosts.append(host)
+                if not elements(child) and not child.attrib:
+                    continue
+            self.groups.setdefault(tag, []).append(child)
+
+
+def _pair(tag, desired, actual):
+    remaining = list(actual)
+    pairs = []
+    for d in desired:
+        found = None
+        if tag == "ip":
+            for a in remaining:
+                if _ip_key(a) == _ip_key(d):
+                    found = a
+                    break
+        elif remaining:
+            found = remaining[0]
+        if found is not None:
+            remaining.remove(found)
+        pairs.append((d, found))
+    return pairs, remaining
+
+
+def _host_set(hosts):
+    out = {}
+    for h in hosts:
+        out[_canon(h)] = h
+    return out
+
+
+def _append_hosts(root, where, hosts):
+    """Append ``hosts`` (sorted) to <ip key>/<dhcp> (where=('ip', key)) or <dns> (where=('dns',))."""
+    if not hosts:
+        return
+    if where[0] == "ip":
+        ips = [ip for ip in elements(root, "ip") if _ip_key(ip) == where[1]]
+        if not ips:
+            return
+        dhcp = elements(ips[0], "dhcp")
+        parent = dhcp[0] if dhcp else etree.SubElement(ips[0], "dhcp")
+    else:
+        dns = elements(root, "dns")
+        parent = dns[0] if dns else etree.SubElement(root, "dns")
+    for key in sorted(_host_set(hosts)):
+        parent.append(copy.deepcopy(_host_set(hosts)[key]))
+
+
+class NetworkDrift:
+    """``changed``; ``rest_changed`` (needs a redefinition); ``host_ops`` (live updates);
+    ``before``/``after`` texts; ``differences`` (paths)."""
+
+    def __init__(self, rest_changed, host_ops, before, after, diffs):
+        self.rest_changed = rest_changed
+        self.host_ops = host_ops
+        self.changed = rest_changed or bool(host_ops)
+        self.before = before
+        self.after = after
+        self.differences = diffs
+
+
+def network_drift(desired, actual):
+    """Intent-based drift of a network definition, with set semantics for its repeated parts."""
+    if actual is None:
+        return NetworkDrift(True, [], "", canonical_text(desired), ["/network"])
+    dp = _Parts(normalize(desired))
+    ap = _Parts(normalize(actual))
+    before = project(dp.rest, ap.rest)
+    after = copy.deepcopy(dp.rest)
+    diffs = differences(dp.rest, before)
+    for tag in EXACT_TAGS:
+        pairs, extra = _pair(tag, dp.groups.get(tag, []), ap.groups.get(tag, []))
+        for i, (d, a) in enumerate(pairs):
+            after.append(copy.deepcopy(d))
+            if a is None:
+                diffs.append("/network/{}[{}] (missing)".format(tag, i + 1))
+                continue
+            p = project(d, a)
+            diffs.extend(differences(d, p, "/network"))
+            before.append(p)
+        for a in extra:
+            diffs.append("/network/{} (not in the definition)".format(tag))
+            before.append(copy.deepcopy(a))
+    host_ops = []
+    deletes, adds = [], []
+    for key in list(dict.fromkeys(ap.ip_order + dp.ip_order)):
+        want = _host_set(dp.dhcp_hosts.get(key, []))
+        have = _host_set(ap.dhcp_hosts.get(key, []))
+        index = ap.ip_order.index(key) if key in ap.ip_order else -1
+        for k in sorted(set(have) - set(want)):
+            deletes.append(("dhcp_host", index, have[k]))
+            diffs.append("/network/ip[@address='{}']/dhcp/host (not in the definition): {}".format(key[1], k))
+        for k in sorted(set(want) - set(have)):
+            adds.append(("dhcp_host", index, want[k]))
+            diffs.append("/network/ip[@address='{}']/dhcp/host (missing): {}".format(key[1], k))
+        _append_hosts(before, ("ip", key), ap.dhcp_hosts.get(key, []))
+        _append_hosts(after, ("ip", key), dp.dhcp_hosts.get(key, []))
+    want = _host_set(dp.dns_hosts)
+    have = _host_set(ap.dns_hosts)
+    for k in sorted(set(have) - set(want)):
+        deletes.append(("dns_host", -1, have[k]))
+        diffs.append("/network/dns/host (not in the definition): {}".format(k))
+    for k in sorted(set(want) - set(have)):
+        adds.append(("dns_host", -1, want[k]))
+        diffs.append("/network/dns/host (missing): {}".format(k))
+    _append_hosts(before, ("dns",), ap.dns_hosts)
+    _append_hosts(after, ("dns",), dp.dns_hosts)
+    host_ops = [("delete",) + op for op in deletes] + [("add",) + op for op in adds]
+    rest_changed = len(diffs) > len(host_ops)
+    # A host op whose <ip> does not exist on the other side goes with the redefinition.
+    if any(op[2] < 0 and op[1] == "dhcp_host" for op in host_ops):
+        rest_changed = True
+    return NetworkDrift(rest_changed, host_ops, to_text(canonical(before)), to_text(canonical(after)), diffs)
+
+
+# --------------------------------------------------------------------------- facts
+def _prefix(ip):
+    if ip.get("prefix"):
+        return int(ip.get("prefix"))
+    if ip.get("netmask"):
+        try:
+            return ipaddress.ip_network("0.0.0.0/{}".format(ip.get("netmask"))).prefixlen
+        except ValueError:
+            return None
+    return None
+
+
+def network_summary(net):
+    with libvirt_errors("cannot read network {}".format(net.name())):
+        persistent = bool(net.isPersistent())
+        out = {
+            "name": net.name(),
+            "uuid": net.UUIDString(),
+            "active": bool(net.isActive()),
+            "persistent": persistent,
+            "autostart": bool(net.autostart()) if persistent else False,
+        }
+    try:
+        out["bridge"] = net.bridgeName()
+    except libvirt.libvirtError:
+        out["bridge"] = None
+    return out
+
+
+def network_facts(net):
+    """Everything network_info reports about ``net``."""
+    out = network_summary(net)
+    root = network_xml(net, inactive=True)
+    fwd = elements(root, "forward")
+    out["forward_mode"] = (fwd[0].get("mode") or "nat") if fwd else "isolated"
+    mtu = elements(root, "mtu")
+    out["mtu"] = int(mtu[0].get("size")) if mtu and (mtu[0].get("size") or "").isdigit() else None
+    dom = elements(root, "domain")
+    out["domain"] = dom[0].get("name") if dom else None
+    out["managed"] = is_managed(root)
+    addresses = []
+    for ip in elements(root, "ip"):
+        family, address = _ip_key(ip)
+        entry = {"family": family, "address": address, "prefix": _prefix(ip), "dhcp_range": None, "dhcp_hosts": []}
+        for dhcp in elements(ip, "dhcp"):
+            for rng in elements(dhcp, "range"):
+                entry["dhcp_range"] = {"start": rng.get("start"), "end": rng.get("end")}
+            for host in elements(dhcp, "host"):
+                entry["dhcp_hosts"].append({"mac": host.get("mac"), "name": host.get("name"), "ip": host.get("ip")})
+        addresses.append(entry)
+    out["addresses"] = addresses
+    out["dns_hosts"] = [
+        {"ip": h.get("ip"), "hostnames": [(n.text or "").strip() for n in elements(h, "hostname")]}
+        for dns in elements(root, "dns")
+        for h in elements(dns, "host")
+    ]
+    leases = []
+    if out["active"]:
+        try:
+            raw = net.DHCPLeases()
+        except libvirt.libvirtError:
+            raw = []
+        for lease in raw or []:
+            leases.append(
+                {
+                    "mac": lease.get("mac"),
+                    "ip": lease.get("ipaddr"),
+                    "prefix": lease.get("prefix"),
+                    "hostname": lease.get("hostname"),
+                    "client_id": lease.get("clientid"),
+                    "expiry": lease.get("expirytime"),
+                }
+            )
+    out["dhcp_leases"] = leases
+    out["xml"] = to_text(root)
+    return out
+
+
+def list_networks(conn, name=None):
+    if name is not None:
+        net = lookup_network(conn, name)
+        return [network_facts(net)] if net is not None else []
+    with libvirt_errors("cannot list networks"):
+        nets = list(conn.virt.listAllNetworks(0))
+    return [network_facts(n) for n in sorted(nets, key=lambda n: n.name())]
+
+
+# --------------------------------------------------------------------------- manager
+_SECTIONS = {"dhcp_host": "VIR_NETWORK_SECTION_IP_DHCP_HOST", "dns_host": "VIR_NETWORK_SECTION_DNS_HOST"}
+_COMMANDS = {"add": "VIR_NETWORK_UPDATE_COMMAND_ADD_LAST", "delete": "VIR_NETWORK_UPDATE_COMMAND_DELETE"}
+
+
+def _diff_text(xml_text, state, autostart):
+    return "state: {}\nautostart: {}\n{}".format(state, "yes" if autostart else "no", xml_text or "")
+
+
+class NetworkManager:
+    """Bring one network to the state described by the module parameters."""
+
+    def __init__(self, conn, params, check_mode=False, diff_mode=False):
+        self.conn = conn
+        self.params = params
+        self.check_mode = check_mode
+        self.diff_mode = diff_mode
+        self.name = params["name"]
+        self.result = {"changed": False, "actions": [], "pending_restart": False}
+
+    def _act(self, action):
+        self.result["changed"] = True
+        self.result["actions"].append(action)
+
+    def run(self):
+        try:
+            return self._run()
+        except VirtError as err:
+            err.result.update(changed=self.result["changed"], actions=list(self.result["actions"]))
+            raise
+
+    def _desired(self):
+        p = self.params
+        if p.get("xml") and p.get("spec") is not None:
+            raise ValidationError("xml and spec are mutually exclusive")
+        if p.get("xml"):
+            return desired_network_from_xml(self.name, p["xml"])
+        if p.get("spec") is not None:
+            return build_network_xml(self.name, normalize_network_spec(p["spec"]), normalized=True)
+        return None
+
+    def _run(self):
+        p = self.params
+        desired = self._desired()  # validated before anything is looked at or changed
+        net = lookup_network(self.conn, self.name)
+        if p["state"] == "absent":
+            return self._absent(net)
+        if net is None and desired is None:
+            raise VirtError(
+                "network {} is not defined on {}; give xml or spec to define it".format(self.name, self.conn.hostname)
+            )
+        existing = network_xml(net) if net is not None else None
+        active = bool(net.isActive()) if net is not None else False
+        persistent = bool(net.isPersistent()) if net is not None else False
+        before_state = "absent" if net is None else ("active" if active else "inactive")
+        before_autostart = bool(net.autostart()) if persistent else False
+        before_xml = after_xml = to_text(existing) if existing is not None else ""
+
+        if desired is not None:
+            drift = network_drift(desired, existing)
+            before_xml, after_xml = drift.before, drift.after
+            if drift.changed:
+                self.result["differences"] = drift.differences
+            if net is None:
+                self._act("define")
+                if not self.check_mode:
+                    with libvirt_errors("cannot define network {}".format(self.name)):
+                        net = self.conn.virt.networkDefineXML(to_text(desired))
+            elif drift.rest_changed or not persistent:
+                self._act("redefine")
+                if not self.check_mode:
+                    with libvirt_errors("cannot define network {}".format(self.name)):
+                        net = self.conn.virt.networkDefineXML(to_text(prepare_network_for_define(desired, existing)))
+                if active and drift.host_ops:
+                    self._update_hosts(net, drift.host_ops, live_only=True)
+            elif drift.host_ops:
+                self._update_hosts(net, drift.host_ops, live_only=False)
+
+        predicted = {"state": "inactive" if before_state == "absent" else before_state, "autostart": before_autostart}
+        self._autostart(net, predicted)
+        self._state(net, predicted)
+        if desired is not None and predicted["state"] == "active" and before_state == "active":
+            self._pending_restart(net, desired, predicted)
+
+        self.result["diff"] = {
+            "before": _diff_text(before_xml, before_state, before_autostart),
+            "after": _diff_text(after_xml, predicted["state"], predicted["autostart"]),
+            "before_header": "network {} (on {})".format(self.name, self.conn.hostname),
+            "after_header": "network {} (desired)".format(self.name),
+        }
+        if net is None:  # check mode, new network
+            self.result["network"] = {
+                "name": self.name,
+                "uuid": None,
+                "active": predicted["state"] == "active",
+                "persistent": True,
+                "autostart": predicted["autostart"],
+                "bridge": None,
+            }
+        else:
+            self.result["network"] = network_summary(net)
+            if self.check_mode:
+                self.result["network"].update(active=predicted["state"] == "active", autostart=predicted["autostart"])
+        return self.result
+
+    def _update_hosts(self, net, ops, live_only):
+        self._act("update_hosts")
+        self.result["host_updates"] = [
+            {"command": c, "section": s, "xml": etree.tostring(canonical(e), encoding="unicode")} for c, s, _i, e in ops
+        ]
+        if self.check_mode:
+            return
+        if live_only:
+            flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+        else:
+            flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+            if net.isActive():
+                flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+        for command, section, index, el in ops:
+            text = etree.tostring(el, encoding="unicode")
+            with libvirt_errors(
+                "cannot update network {} ({} {})".format(self.name, command, section.replace("_", " "))
+            ):
+                net.update(
+                    getattr(libvirt, _COMMANDS[command]),
+                    getattr(libvirt, _SECTIONS[section]),
+                    index,
+                    text,
+                    flags,
+                )
+
+    def _autostart(self, net, predicted):
+        want = self.params.get("autostart")
+        if want is None or predicted["autostart"] == want:
+            return
+        self._act("autostart" if want else "no_autostart")
+        predicted["autostart"] = want
+        if not self.check_mode:
+            with libvirt_errors("cannot set autostart of network {}".format(self.name)):
+                net.setAutostart(1 if want else 0)
+
+    def _state(self, net, predicted):
+        want = self.params["state"]
+        if want == "active" and predicted["state"] != "active":
+            self._act("start")
+            predicted["state"] = "active"
+            if not self.check_mode:
+                with libvirt_errors("cannot start network {}".format(self.name)):
+                    net.create()
+        elif want == "inactive" and predicted["state"] == "active":
+            self._act("stop")
+            predicted["state"] = "inactive"
+            if not self.check_mode:
+                with libvirt_errors("cannot stop network {}".format(self.name)):
+                    net.destroy()
+
+    def _pending_restart(self, net, desired, predicted):
+        """A running network whose definition differs from what runs: restart it, or say so."""
+        if self.check_mode and "redefine" in self.result["actions"]:
+            pending = True
+        else:
+            pending = network_drift(desired, network_xml(net, inactive=False)).rest_changed
+        if not pending:
+            return
+        if not self.params["restart_on_change"]:
+            self.result["pending_restart"] = True
+            return
+        self._act("restart")
+        if self.check_mode:
+            return
+        with libvirt_errors("cannot restart network {}".format(self.name)):
+            net.destroy()
+            net.create()
+
+    def _absent(self, net):
+        if net is None:
+            self.result["diff"] = {"before": "", "after": ""}
+            self.result["network"] = None
+            return self.result
+        persistent = bool(net.isPersistent())
+        active = bool(net.isActive())
+        self.result["diff"] = {
+            "before": _diff_text(
+                to_text(network_xml(net)), "active" if active else "inactive", persistent and net.autostart()
+            ),
+            "after": "",
+            "before_header": "network {} (on {})".format(self.name, self.conn.hostname),
+            "after_header": "network {} (absent)".format(self.name),
+        }
+        if active:
+            self._act("stop")
+            if not self.check_mode:
+                with libvirt_errors("cannot stop network {}".format(self.name)):
+                    net.destroy()
+        if persistent:
+            self._act("undefine")
+            if not self.check_mode:
+                with libvirt_errors("cannot undefine network {}".format(self.name)):
+                    net.undefine()
+        self.result["network"] = None
+        return self.result
