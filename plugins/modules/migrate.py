@@ -1,0 +1,317 @@
+#!/usr/bin/python
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: migrate
+short_description: Live-migrate a libvirt guest with a verified lock-manager lease handoff
+version_added: 0.1.0
+description:
+  - Runs on the source hypervisor and migrates the running guest O(name) to O(dest_uri).
+  - "The lease handoff is explicit and verified (O(lock.release=after_send), the default): libvirt sends the
+    guest with the destination kept paused (C(VIR_MIGRATE_PAUSED)), so with QEMU the destination holds no
+    lease yet. After a successful send the module verifies that the source holds none of the guest's leases,
+    resumes the guest on the destination - which takes them - retrying a C(resource busy) refusal until
+    O(lock.acquire_timeout), verifies that they are held there and not by the source's virtlockd, and only
+    then reports success."
+  - "Checkpoints of a successful run, in order: C(begin/inquire) (source running, holding its leases),
+    C(prepare/register) (incoming guest created paused on the destination, holding no lease),
+    C(perform/send) (sent, destination paused), C(perform/source_released) (the source holds none of
+    the leases), C(finish/dest_acquired) (the destination holds them all), C(finish/resumed) (running on
+    the destination), C(confirm/source_stopped) (no copy left on the source)."
+  - "Send failure (the destination refused or the transfer broke, or O(timeout) aborted it): C(begin/inquire),
+    C(prepare/register) (if the destination got that far), C(perform/send) with C(ok=false),
+    C(finish/dest_clean) (the destination removed its half-received copy and holds no lease) and
+    C(confirm/source_kept) (the guest still runs on the source and holds its leases). The module fails with
+    the phase and libvirt's message. Nothing had to be taken back."
+  - "Destination lease conflict: after C(perform/source_released), every refused resume is a
+    C(finish/acquire_busy) checkpoint (C(ok=false)); once O(lock.acquire_timeout) is over,
+    C(finish/dest_acquired) fails, C(confirm/source_stopped) is recorded and the module fails naming the
+    lease and its holder: the guest is left paused on the destination and runs nowhere."
+  - "Verification failures: C(perform/source_released) with C(ok=false) (the source still holds a lease
+    after the send; the destination is not resumed) or C(finish/dest_acquired) with C(ok=false) (the
+    destination runs without holding its leases; it is paused again). The module fails in both cases."
+  - "O(lock.release=before_send) reproduces the old ordering for tests (with a warning): C(begin/inquire),
+    C(perform/source_paused), C(perform/source_released), C(prepare/register), C(perform/send), then as
+    above. If that send fails the source has to take the leases back: C(confirm/source_reacquired), or
+    C(confirm/source_reacquire_busy) when the destination still holds them - the guest then stays paused on
+    the source and runs nowhere."
+  - Idempotent - a guest already running on the destination and not on the source is C(changed=false).
+  - "The lease names come from the source host's lock manager configuration and are probed there with
+    F_GETLK: the lockspace is shared, so source and destination must use the same configuration."
+extends_documentation_fragment:
+  - lockstep.virt.attributes
+  - lockstep.virt.attributes.actiongroup_libvirt
+  - lockstep.virt.connection
+attributes:
+  check_mode:
+    support: full
+    details: Reports the plan (flags, parameters, checkpoints) and every check that would fail, touching nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details: A guest already running on the destination and absent from the source is not migrated again.
+options:
+  uri:
+    description:
+      - libvirt URI of the source hypervisor (where the guest runs now), as seen from the managed host.
+      - Leases are only verified when this is the managed host's own daemon (the default).
+  name:
+    description: Name of the guest.
+    type: str
+    required: true
+  dest_uri:
+    description:
+      - libvirt URI of the destination as seen from the source host, for example C(qemu+ssh://hv2/system).
+      - With O(mode=peer2peer) or O(mode=tunnelled) the source libvirtd connects to it too.
+    type: str
+    required: true
+  live:
+    description: Live migration (the guest keeps running during the transfer). V(false) pauses it for the transfer.
+    type: bool
+    default: true
+  mode:
+    description:
+      - V(peer2peer) - the source libvirtd drives the migration protocol (C(VIR_MIGRATE_PEER2PEER)).
+      - V(tunnelled) - peer-to-peer with the data tunnelled through the libvirtd connection (C(VIR_MIGRATE_TUNNELLED)).
+      - V(direct) - the module drives the protocol itself, connected to both daemons (managed direct migration).
+    type: str
+    choices: [peer2peer, direct, tunnelled]
+    default: peer2peer
+  persistent:
+    description: Define the guest persistently on the destination (C(VIR_MIGRATE_PERSIST_DEST)).
+    type: bool
+    default: true
+  undefine_source:
+    description: Remove the guest's definition from the source after success (C(VIR_MIGRATE_UNDEFINE_SOURCE)).
+    type: bool
+    default: true
+  copy_storage:
+    description: Copy non-shared disks - V(all) (full copy) or V(incremental) (images exist on the destination).
+    type: str
+    choices: [none, all, incremental]
+    default: none
+  bandwidth:
+    description: Maximum bandwidth in MiB/s.
+    type: int
+  max_downtime:
+    description: Maximum tolerated downtime in milliseconds (set on the source before the transfer).
+    type: int
+  auto_converge:
+    description: Throttle the guest's vCPUs so that a busy guest converges (C(VIR_MIGRATE_AUTO_CONVERGE)).
+    type: bool
+    default: false
+  postcopy:
+    description:
+      - Switch to post-copy after this many seconds without convergence (C(VIR_MIGRATE_POSTCOPY)).
+      - Post-copy runs the guest on the destination as soon as it switches, so the destination cannot be
+        kept paused - the lease handoff is then libvirt's own and the module verifies it afterwards.
+      - Needs O(live=true).
+    type: int
+  compressed:
+    description: Compress the migration data (C(VIR_MIGRATE_COMPRESSED)).
+    type: bool
+    default: false
+  parallel_connections:
+    description: Use this many parallel connections (C(VIR_MIGRATE_PARALLEL)).
+    type: int
+  unsafe:
+    description:
+      - Force a migration libvirt considers unsafe (C(VIR_MIGRATE_UNSAFE)).
+      - A lab-only escape - libvirt refuses disks on a local filesystem that only looks shared; never use it
+        with real local storage.
+    type: bool
+    default: false
+  timeout:
+    description: Abort the migration job after this many seconds; the guest keeps running on the source.
+    type: int
+  extra_flags:
+    description: Further libvirt migration flags (without the C(VIR_MIGRATE_) prefix) no other option sets.
+    type: list
+    elements: str
+    choices: [ABORT_ON_ERROR, CHANGE_PROTECTION, TLS, TUNNELLED, PEER2PEER, NON_SHARED_SYNCHRONOUS_WRITES]
+    default: []
+  lock:
+    description: How the lease handoff is done and verified.
+    type: dict
+    default: {}
+    suboptions:
+      release:
+        description:
+          - V(after_send) - the source gives its leases up only after a successful send, the destination takes
+            them when the guest has arrived, before it runs (verified).
+          - V(before_send) - the old ordering (source paused and leases released first); for reproducing
+            its failure only, with a warning.
+        type: str
+        choices: [after_send, before_send]
+        default: after_send
+      verify:
+        description: Probe the leases at each step and fail when they are not where they must be. V(false) trusts the lock manager.
+        type: bool
+        default: true
+      acquire_timeout:
+        description: Seconds to keep retrying a resume refused with C(resource busy) (a lease held elsewhere).
+        type: int
+        default: 30
+notes:
+  - The driver profile decides which flags are legal; the libxl driver accepts only live, peer2peer, tunnelled,
+    persistent, undefine_source and the paused handoff, and takes leases when the guest is created (so its
+    destination already holds them while paused).
+  - C(downtime_ms) and C(lease_gap_ms) come from libvirt lifecycle events received on both connections
+    (RV(timing_source=events)); without events they are derived from the module's own checkpoint times.
+seealso:
+  - module: lockstep.virt.lease_info
+  - module: lockstep.virt.domain
+author:
+  - lockstep.virt maintainers
+"""
+
+EXAMPLES = r"""
+- name: Move web1 from hv1 to hv2 (lab - the shared directory is local, so libvirt needs unsafe)
+  hosts: hv1
+  gather_facts: false
+  tasks:
+    - name: Migrate with a verified lease handoff
+      lockstep.virt.migrate:
+        name: web1
+        dest_uri: qemu+ssh://hv2/system
+        unsafe: true
+        lock:
+          acquire_timeout: 20
+      register: moved
+
+    - name: Show the handoff
+      ansible.builtin.debug:
+        msg: "{{ moved.lock_checkpoints | map(attribute='name') | list }} gap={{ moved.lease_gap_ms }}ms"
+
+- name: Plan only - which flags, and would the destination have the guest's network and pool?
+  lockstep.virt.migrate:
+    name: web1
+    dest_uri: qemu+ssh://hv2/system
+    unsafe: true
+  check_mode: true
+
+- name: Busy guest - bandwidth cap, auto-converge, abort after two minutes
+  lockstep.virt.migrate:
+    name: db1
+    dest_uri: qemu+ssh://hv2/system
+    bandwidth: 500
+    max_downtime: 300
+    auto_converge: true
+    timeout: 120
+"""
+
+RETURN = r"""
+changed:
+  description: Whether the guest was moved.
+  returned: always
+  type: bool
+name:
+  description: The guest.
+  returned: always
+  type: str
+source:
+  description: Host name of the source hypervisor.
+  returned: always
+  type: str
+  sample: hv1
+dest:
+  description: Host name of the destination hypervisor.
+  returned: when the destination was reached
+  type: str
+  sample: hv2
+state:
+  description: State of the guest on the destination (C(absent) when it has no domain there).
+  returned: always
+  type: str
+  sample: running
+lock_checkpoints:
+  description: Ordered checkpoints of the handoff (see the description for the order on each path).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: C(phase/step), for example C(perform/source_released).
+      type: str
+    host:
+      description: The host the checkpoint is about.
+      type: str
+    at:
+      description: UTC time, ISO 8601 with milliseconds.
+      type: str
+    ok:
+      description: Whether the step succeeded or its verification passed.
+      type: bool
+    resources:
+      description: Lease resources concerned.
+      type: list
+      elements: str
+    detail:
+      description: What happened, who holds what.
+      type: str
+    leases:
+      description: The probe at this checkpoint - C(resource), C(kind), C(held), C(holder) (C(source), C(other) or null), C(holder_pid), C(holder_process).
+      type: list
+      elements: dict
+  sample:
+    - {name: begin/inquire, host: hv1, at: "2025-01-01T10:00:00.001Z", ok: true, resources: [], detail: ""}
+leases:
+  description:
+    - The guest's leases at the end, probed on the source host - C(held), C(held_here) (by the source's virtlockd),
+      C(holder_pid), C(holder).
+  returned: when the guest was found
+  type: list
+  elements: dict
+lease_gap_ms:
+  description: Milliseconds during which no host held the guest's leases (source released until destination acquired).
+  returned: always
+  type: int
+downtime_ms:
+  description: Milliseconds from the guest stopping on the source to running on the destination.
+  returned: always
+  type: int
+timing_source:
+  description: C(events) (libvirt lifecycle events on both connections) or C(checkpoints) (the module's own times).
+  returned: always
+  type: str
+events:
+  description: The lifecycle events received (role, event, detail, at).
+  returned: when events were watched
+  type: list
+  elements: dict
+job:
+  description: libvirt's completed job statistics - C(elapsed_ms), C(downtime_ms) (libvirt's own), C(data_total), C(memory_iterations), ...
+  returned: always
+  type: dict
+plan:
+  description: Flags, typed parameters, handoff style and lock settings the migration uses.
+  returned: always
+  type: dict
+checks:
+  description: Pre-flight checks (destination network and pools, lock manager, leases held by the source) with C(ok) and C(detail).
+  returned: always
+  type: list
+  elements: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+    check_libvirt,
+    merge_argument_spec,
+    run_module,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import MIGRATE_ARGUMENT_SPEC
+
+
+def main():
+    module = AnsibleModule(argument_spec=merge_argument_spec(MIGRATE_ARGUMENT_SPEC), supports_check_mode=True)
+    check_libvirt(module)
+    run_module(module, lambda: MigrationManager(module.params, module.check_mode).run())
+
+
+if __name__ == "__main__":
+    main()
