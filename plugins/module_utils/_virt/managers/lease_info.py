@@ -1,0 +1,92 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Lease facts of a host: its lock manager configuration and every guest's leases, held or not, by whom.
+
+``unleased_running`` lists running guests exposed to a split brain: a read-write disk no lease covers, or a
+lease the guest should hold that this host's virtlockd does not hold.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
+    public_lease,
+    read_lock_config,
+    rw_disks_without_lease,
+    virtlockd_pids,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, is_active, state_name
+
+LEASE_INFO_ARGUMENT_SPEC = {
+    "names": {"type": "list", "elements": "str", "aliases": ["name"]},
+}
+
+
+class LeaseInfoManager:
+    def __init__(self, conn, params, read_config=read_lock_config):
+        self.conn = conn
+        self.params = params
+        self.config = read_config(conn.profile, local=conn.local)
+
+    def _domains(self):
+        names = self.params.get("names")
+        if not names:
+            return sorted(self.conn.list_domains(), key=lambda d: d.name())
+        out = []
+        for name in names:
+            dom = self.conn.lookup_domain(name)
+            if dom is not None:
+                out.append(dom)
+        return out
+
+    def run(self):
+        cfg = self.config
+        lc = Lifecycle(self.conn, CheckpointRecorder(host=self.conn.hostname), cfg)
+        guests = []
+        unleased = []
+        missing = []
+        found = set()
+        for dom in self._domains():
+            name = dom.name()
+            active = is_active(dom)
+            probed = lc.probe(dom, inactive=not active)
+            leases = [public_lease(r) for r in probed]
+            state = state_name(dom)
+            guests.append({"name": name, "state": state, "leases": leases})
+            found.add(name)
+            if state != "running":
+                continue
+            reasons = []
+            for r in rw_disks_without_lease(probed):
+                reasons.append("read-write disk {} ({}) has no lease".format(r["disk"], r["path"]))
+            if cfg.probeable:
+                for r in probed:
+                    if r.get("resource") and not r.get("held_here") and not r.get("shared"):
+                        reasons.append(
+                            "{} {} not held by this host's virtlockd ({})".format(
+                                r["kind"],
+                                r.get("key") or r.get("disk"),
+                                "held by pid {}".format(r["holder_pid"]) if r.get("held") else "not held",
+                            )
+                        )
+            if reasons:
+                unleased.append({"name": name, "reasons": reasons})
+        if self.params.get("names"):
+            missing = [n for n in self.params["names"] if n not in found]
+        dirs = (cfg.file_lockspace_dir, cfg.lvm_lockspace_dir, cfg.scsi_lockspace_dir, cfg.disk_lease_dir)
+        lockspaces = sorted(
+            set(d for d in dirs if d) | set(r["lockspace"] for g in guests for r in g["leases"] if r.get("lockspace"))
+        )
+        lock_manager = cfg.to_dict()
+        lock_manager["enabled"] = cfg.enabled
+        lock_manager["probeable"] = cfg.probeable
+        lock_manager["lockspace_dirs"] = lockspaces
+        lock_manager["virtlockd_pids"] = sorted(virtlockd_pids()) if cfg.probeable else []
+        return {
+            "changed": False,
+            "host": self.conn.hostname,
+            "lock_manager": lock_manager,
+            "guests": guests,
+            "unleased_running": unleased,
+            "missing": missing,
+        }

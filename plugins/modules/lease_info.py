@@ -1,0 +1,154 @@
+#!/usr/bin/python
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+DOCUMENTATION = r"""
+module: lease_info
+short_description: Which lock-manager leases a hypervisor's guests hold, and the host's lock configuration
+version_added: 0.1.0
+description:
+  - For all guests of the hypervisor, or the named ones, reports every read-write disk's lease resource and every
+    VM lease (C(<lease>)), its lockspace directory, whether it is held, and whether this host's virtlockd holds it
+    (POSIX F_GETLK on the lease file, which also gives the holder's pid).
+  - Reports the host's lock manager configuration - plugin, C(auto_disk_leases), C(require_lease_for_disks),
+    lockspace directories - and RV(unleased_running), the running guests exposed to a split brain.
+  - Run across all hypervisors, it shows which host holds what.
+extends_documentation_fragment:
+  - lockstep.virt.attributes
+  - lockstep.virt.attributes.info_module
+  - lockstep.virt.attributes.actiongroup_libvirt
+  - lockstep.virt.connection
+options:
+  names:
+    description: Only these guests (names not found are listed in RV(missing)). All guests when not given.
+    type: list
+    elements: str
+    aliases: [name]
+seealso:
+  - module: lockstep.virt.migrate
+  - module: lockstep.virt.domain_info
+author:
+  - lockstep.virt maintainers
+"""
+
+EXAMPLES = r"""
+- name: Who holds what, on every hypervisor
+  hosts: hypervisors
+  gather_facts: false
+  tasks:
+    - name: Leases of all guests
+      lockstep.virt.lease_info:
+      register: leases
+
+    - name: Fail on a split-brain risk
+      ansible.builtin.assert:
+        that: leases.unleased_running | length == 0
+        fail_msg: "{{ leases.unleased_running }}"
+
+- name: One guest only
+  lockstep.virt.lease_info:
+    names: [web1]
+"""
+
+RETURN = r"""
+host:
+  description: Host name of the hypervisor.
+  returned: always
+  type: str
+  sample: hv1
+lock_manager:
+  description: The host's lock manager configuration for the connection's driver.
+  returned: always
+  type: dict
+  contains:
+    manager:
+      description: C(lockd), C(sanlock) or null (none).
+      type: str
+    enabled:
+      description: Whether a lock manager takes leases.
+      type: bool
+    auto_disk_leases:
+      description: Whether disks are leased automatically.
+      type: bool
+    require_lease_for_disks:
+      description: Whether a guest must have a lease for its disks.
+      type: bool
+    file_lockspace_dir:
+      description: Directory of indirect disk leases.
+      type: str
+    lockspace_dirs:
+      description: Every lockspace directory configured or used by a guest.
+      type: list
+      elements: str
+    probeable:
+      description: Whether leases can be probed from here (lockd, local connection).
+      type: bool
+    virtlockd_pids:
+      description: Pids of this host's virtlockd.
+      type: list
+      elements: int
+  sample:
+    manager: lockd
+    auto_disk_leases: true
+    require_lease_for_disks: false
+    file_lockspace_dir: /var/lib/lockstep-lab/shared/lockd
+guests:
+  description: Each guest with its leases.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Guest name.
+      type: str
+    state:
+      description: libvirt state.
+      type: str
+    leases:
+      description:
+        - C(kind) (C(disk) or C(lease)), C(resource) (lease file; null when the disk is not leased), C(lockspace),
+          C(disk) and C(path) or C(key), C(held), C(held_here) (by this host's virtlockd), C(holder_pid).
+      type: list
+      elements: dict
+unleased_running:
+  description:
+    - Running guests with a read-write disk no lease covers or a lease this host's virtlockd does not hold,
+      with the C(reasons).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{name: web1, reasons: ["lease web1-lease not held by this host's virtlockd (not held)"]}]
+missing:
+  description: Requested names with no guest on this host.
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+    Connection,
+    check_libvirt,
+    merge_argument_spec,
+    run_module,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.lease_info import (
+    LEASE_INFO_ARGUMENT_SPEC,
+    LeaseInfoManager,
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=merge_argument_spec(LEASE_INFO_ARGUMENT_SPEC), supports_check_mode=True)
+    check_libvirt(module)
+
+    def work():
+        with Connection(module.params["uri"]) as conn:
+            return LeaseInfoManager(conn, module.params).run()
+
+    run_module(module, work)
+
+
+if __name__ == "__main__":
+    main()
