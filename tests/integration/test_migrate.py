@@ -1,0 +1,364 @@
+"""lockstep.virt.migrate on the lab: real QEMU, libvirtd and virtlockd on two namespaced hosts.
+
+Guests: 32 MiB, a qcow2 disk on the shared directory (disk lease) and a VM <lease>. The shared directory is a
+local filesystem, so every migration passes ``unsafe: true`` (the lab-only escape).
+
+Lease conflicts are injected with a process inside the destination's namespaces that takes the guest's VM
+lease file with the same POSIX lock virtlockd uses (byte 0) the instant it is free: it stands for a stale
+guest or a half-received one that the destination has not cleaned up yet. Unlike a second guest it wins the
+race deterministically, within a few milliseconds of the source releasing.
+"""
+
+import hashlib
+import os
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+from labkit import LAB, define_and_start, lock_holder, tiny_domain_xml
+
+MODULE = "lockstep.virt.migrate"
+SUCCESS_ORDER = [
+    "begin/inquire",
+    "prepare/register",
+    "perform/send",
+    "perform/source_released",
+    "finish/dest_acquired",
+    "finish/resumed",
+    "confirm/source_stopped",
+]
+MIGRATION_PORTS = "49152:49215"
+
+HOLDER = r"""
+import fcntl, os, sys, time
+path, marker, hold, limit = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+fd = os.open(path, os.O_RDWR)
+end = time.time() + limit
+while True:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, 0)
+        break
+    except OSError:
+        if time.time() > end or os.path.exists(marker + ".release"):
+            sys.exit(3)
+        time.sleep(0.002)
+with open(marker, "w") as fh:
+    fh.write(str(os.getpid()))
+stop = time.time() + hold
+while time.time() < stop and not os.path.exists(marker + ".release"):
+    time.sleep(0.02)
+"""
+
+
+class Guest:
+    def __init__(self, lab, name, host):
+        self.name = name
+        self.disk = lab.new_disk(name)
+        self.key = name + "-lease"
+        self.vm_lease = lab.lease_file(self.key)
+        self.disk_lease = os.path.join(lab.lockspace_dir, hashlib.sha256(self.disk.encode()).hexdigest())
+        self.leases = [self.disk_lease, self.vm_lease]
+        res = define_and_start(
+            lab, host, tiny_domain_xml(name, disk=self.disk, lease=self.key, lockspace_dir=lab.lockspace_dir)
+        )
+        assert res.returncode == 0, res.stderr
+
+    def holders(self):
+        return [lock_holder(p) for p in self.leases]
+
+
+@pytest.fixture
+def guest(lab, guest_name):
+    g = Guest(lab, guest_name, "hv1")
+    yield g
+    lab.cleanup_domain(guest_name)
+    for path in (g.disk, g.vm_lease):
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def migrate(lab, src, dst, name, check=False, **kwargs):
+    args = {"name": name, "dest_uri": "qemu+ssh://{}/system".format(dst), "unsafe": True}
+    args.update(kwargs)
+    return lab.module(src, MODULE, args, check=check)
+
+
+def names(result):
+    return [c["name"] for c in result["lock_checkpoints"]]
+
+
+class Sampler:
+    """Samples the holders of the guest's lease files every few ms during a run (from the controller)."""
+
+    def __init__(self, paths):
+        self.paths = paths
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append(tuple(lock_holder(p) for p in self.paths))
+            time.sleep(0.003)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def max_holders(self):
+        return max(len(set(h for h in s if h)) for s in self.samples)
+
+
+@contextmanager
+def blocked_migration_ports(lab, host, target="REJECT"):
+    rule = ["INPUT", "-p", "tcp", "--dport", MIGRATION_PORTS, "-j", target]
+    lab.exec(host, "iptables", "-I", *rule)
+    try:
+        yield
+    finally:
+        lab.exec(host, "iptables", "-D", *rule, check=False)
+
+
+@contextmanager
+def lease_grabber(lab, host, path, hold, limit=60):
+    """A process on ``host`` that takes ``path`` as soon as it is free and keeps it ``hold`` seconds."""
+    marker = os.path.join(lab.shared_dir, ".grab-{}-{}".format(os.path.basename(path), os.getpid()))
+    for p in (marker, marker + ".release"):
+        if os.path.exists(p):
+            os.unlink(p)
+    proc = subprocess.Popen(
+        [LAB, "exec", host, "--", "python3", "-c", HOLDER, path, marker, str(hold), str(limit)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    grab = {"marker": marker, "proc": proc}
+    try:
+        yield grab
+    finally:
+        open(marker + ".release", "w").close()
+        try:
+            proc.wait(timeout=30)
+        finally:
+            for p in (marker, marker + ".release"):
+                if os.path.exists(p):
+                    os.unlink(p)
+
+
+def assert_runs_only_on(lab, guest, host, other):
+    assert lab.domain_state(host, guest.name) == "running"
+    assert lab.domain_state(other, guest.name) in (None, "shut off")
+    assert guest.holders() == [lab.virtlockd_pid(host)] * 2
+
+
+def assert_checkpoints_sound(lab, result, src, dst):
+    stamps = [c["at"] for c in result["lock_checkpoints"]]
+    assert stamps == sorted(stamps), stamps
+    allowed = {lab.virtlockd_pid(src), lab.virtlockd_pid(dst)}
+    for c in result["lock_checkpoints"]:
+        held = set(lease["holder_pid"] for lease in c.get("leases", []) if lease["held"])
+        assert len(held) <= 1, c
+        assert held <= allowed, c
+
+
+# --------------------------------------------------------------------------- success
+def test_round_trip_with_verified_handoff(lab, guest):
+    vl1, vl2 = lab.virtlockd_pid("hv1"), lab.virtlockd_pid("hv2")
+    assert guest.holders() == [vl1, vl1]
+
+    started = time.monotonic()
+    with Sampler(guest.leases) as sampler:
+        res = migrate(lab, "hv1", "hv2", guest.name)
+    wall = time.monotonic() - started
+    assert not res.get("failed"), res.get("msg")
+    assert res["changed"] is True
+    assert res["source"] == "hv1" and res["dest"] == "hv2" and res["state"] == "running"
+    assert names(res) == SUCCESS_ORDER
+    assert all(c["ok"] for c in res["lock_checkpoints"])
+    assert_checkpoints_sound(lab, res, "hv1", "hv2")
+    cps = {c["name"]: c for c in res["lock_checkpoints"]}
+    assert [x["holder_pid"] for x in cps["begin/inquire"]["leases"]] == [vl1, vl1]
+    assert [x["held"] for x in cps["prepare/register"]["leases"]] == [True, True]  # still the source's
+    assert [x["held"] for x in cps["perform/source_released"]["leases"]] == [False, False]
+    assert [x["holder_pid"] for x in cps["finish/dest_acquired"]["leases"]] == [vl2, vl2]
+    assert sampler.max_holders() <= 1
+    assert res["lease_gap_ms"] is not None and res["downtime_ms"] is not None
+    assert res["job"]["elapsed_ms"] > 0
+    assert_runs_only_on(lab, guest, "hv2", "hv1")
+    print(
+        "hv1->hv2 wall {:.2f}s lease_gap_ms {} downtime_ms {} ({}) libvirt downtime {} ms".format(
+            wall, res["lease_gap_ms"], res["downtime_ms"], res["timing_source"], res["job"]["downtime_ms"]
+        )
+    )
+
+    again = migrate(lab, "hv1", "hv2", guest.name)
+    assert not again.get("failed"), again.get("msg")
+    assert again["changed"] is False and again["state"] == "running"
+    assert_runs_only_on(lab, guest, "hv2", "hv1")
+
+    with Sampler(guest.leases) as sampler:
+        back = migrate(lab, "hv2", "hv1", guest.name)
+    assert not back.get("failed"), back.get("msg")
+    assert back["changed"] is True and names(back) == SUCCESS_ORDER
+    assert_checkpoints_sound(lab, back, "hv2", "hv1")
+    assert sampler.max_holders() <= 1
+    assert_runs_only_on(lab, guest, "hv1", "hv2")
+    assert migrate(lab, "hv2", "hv1", guest.name)["changed"] is False
+
+
+def test_check_mode_reports_plan_and_touches_nothing(lab, guest):
+    res = migrate(lab, "hv1", "hv2", guest.name, check=True, bandwidth=100, auto_converge=True)
+    assert not res.get("failed"), res.get("msg")
+    assert res["changed"] is True
+    assert {"LIVE", "PEER2PEER", "PAUSED", "UNSAFE", "AUTO_CONVERGE"} <= set(res["plan"]["flags"])
+    assert res["plan"]["params"] == {"bandwidth": 100}
+    assert all(c["ok"] for c in res["checks"])
+    assert res["lock_checkpoints"] == []
+    assert_runs_only_on(lab, guest, "hv1", "hv2")
+
+
+def test_check_mode_names_a_missing_network_on_the_destination(lab, guest_name):
+    net = "n" + guest_name[-8:]
+    xml = "<network><name>{}</name><bridge name='lsv{}' stp='off'/></network>".format(net, guest_name[-8:])
+    path = os.path.join(lab.shared_dir, net + ".xml")
+    with open(path, "w") as fh:
+        fh.write(xml)
+    lab.virsh("hv1", "net-create", path)
+    os.unlink(path)
+    try:
+        disk = lab.new_disk(guest_name)
+        dom = tiny_domain_xml(guest_name, disk=disk).replace(
+            "<graphics", "<interface type='network'><source network='{}'/></interface><graphics".format(net)
+        )
+        assert define_and_start(lab, "hv1", dom).returncode == 0
+        res = migrate(lab, "hv1", "hv2", guest_name, check=True)
+        assert res.get("failed")
+        assert "dest_network" in res["msg"] and net in res["msg"], res["msg"]
+        assert [c for c in res["checks"] if not c["ok"]][0]["name"] == "dest_network"
+        assert lab.domain_state("hv1", guest_name) == "running"
+        assert lab.domain_state("hv2", guest_name) is None
+        real = migrate(lab, "hv1", "hv2", guest_name)
+        assert real.get("failed") and "dest_network" in real["msg"]
+        assert lab.domain_state("hv1", guest_name) == "running"
+    finally:
+        lab.cleanup_domain(guest_name)
+        lab.virsh("hv1", "net-destroy", net, check=False)
+        os.unlink(disk)
+
+
+# --------------------------------------------------------------------------- send failure
+def test_send_failure_keeps_the_guest_on_the_source_with_its_leases(lab, guest):
+    with blocked_migration_ports(lab, "hv2"):
+        res = migrate(lab, "hv1", "hv2", guest.name)
+    assert res.get("failed")
+    assert res["msg"].startswith("perform: sending"), res["msg"]
+    assert "keeps running on hv1 holding its leases (verified)" in res["msg"]
+    assert "hv2 has no copy of it and holds no lease (verified)" in res["msg"]
+    assert res["changed"] is False
+    seq = names(res)
+    assert seq[0] == "begin/inquire" and seq[-3:] == ["perform/send", "finish/dest_clean", "confirm/source_kept"]
+    cps = {c["name"]: c for c in res["lock_checkpoints"]}
+    assert cps["perform/send"]["ok"] is False
+    assert cps["finish/dest_clean"]["ok"] and cps["confirm/source_kept"]["ok"]
+    assert_checkpoints_sound(lab, res, "hv1", "hv2")
+    assert_runs_only_on(lab, guest, "hv1", "hv2")
+    assert "libvirt_error" in res
+
+
+def test_timeout_aborts_and_the_guest_keeps_running(lab, guest):
+    with blocked_migration_ports(lab, "hv2", target="DROP"):
+        started = time.monotonic()
+        res = migrate(lab, "hv1", "hv2", guest.name, timeout=4)
+        took = time.monotonic() - started
+    assert res.get("failed")
+    assert "aborted after the 4s timeout" in res["msg"], res["msg"]
+    assert took < 40
+    assert_runs_only_on(lab, guest, "hv1", "hv2")
+
+
+# --------------------------------------------------------------------------- destination lease conflict
+def test_destination_lease_conflict_is_retried_until_it_clears(lab, guest):
+    with lease_grabber(lab, "hv2", guest.vm_lease, hold=4) as grab:
+        res = migrate(lab, "hv1", "hv2", guest.name, lock={"acquire_timeout": 30})
+        assert os.path.exists(grab["marker"]), "the stale holder never got the lease"
+    assert not res.get("failed"), res.get("msg")
+    seq = names(res)
+    assert "finish/acquire_busy" in seq
+    assert [n for n in seq if n != "finish/acquire_busy"] == SUCCESS_ORDER
+    busy = [c for c in res["lock_checkpoints"] if c["name"] == "finish/acquire_busy"]
+    assert all(not c["ok"] and "resource busy" in c["detail"] for c in busy)
+    assert_runs_only_on(lab, guest, "hv2", "hv1")
+
+
+def test_destination_lease_conflict_that_stays_fails_cleanly(lab, guest):
+    with lease_grabber(lab, "hv2", guest.vm_lease, hold=60) as grab:
+        res = migrate(lab, "hv1", "hv2", guest.name, lock={"acquire_timeout": 3})
+        grabbed = os.path.exists(grab["marker"])
+        assert res.get("failed")
+        assert grabbed
+        assert res["msg"].startswith("finish: hv2 could not take the leases"), res["msg"]
+        assert guest.key in res["msg"] and "runs nowhere" in res["msg"]
+        assert lab.domain_state("hv2", guest.name) == "paused"
+        assert lab.domain_state("hv1", guest.name) is None
+        assert lock_holder(guest.vm_lease) not in (lab.virtlockd_pid("hv1"), lab.virtlockd_pid("hv2"))
+    seq = names(res)
+    assert seq[-2:] == ["finish/dest_acquired", "confirm/source_stopped"]
+    assert res["lock_checkpoints"][-2]["ok"] is False
+    # once the stale holder is gone the paused guest can be resumed where it is
+    lab.virsh("hv2", "resume", guest.name)
+    assert_runs_only_on(lab, guest, "hv2", "hv1")
+
+
+# --------------------------------------------------------------------------- the seed regression
+def test_release_before_send_with_a_failed_send_cannot_reacquire(lab, guest):
+    """The old ordering: the source releases first; the send fails while the destination still holds the
+    lease of the half-received guest, so the source cannot take it back: the guest runs nowhere."""
+    with blocked_migration_ports(lab, "hv2"), lease_grabber(lab, "hv2", guest.vm_lease, hold=60) as grab:
+        res = migrate(lab, "hv1", "hv2", guest.name, lock={"release": "before_send", "acquire_timeout": 2})
+        assert os.path.exists(grab["marker"])
+        assert res.get("failed")
+        assert "could not take its leases back" in res["msg"], res["msg"]
+        assert any("before_send" in w for w in res.get("warnings", []))
+        seq = names(res)
+        assert seq[:3] == ["begin/inquire", "perform/source_paused", "perform/source_released"]
+        assert "confirm/source_reacquire_busy" in seq and "confirm/source_reacquired" not in seq
+        assert lab.domain_state("hv1", guest.name) == "paused"
+        assert lab.domain_state("hv2", guest.name) is None
+    lab.virsh("hv1", "resume", guest.name)
+    assert_runs_only_on(lab, guest, "hv1", "hv2")
+
+
+def test_release_after_send_with_the_same_fault_keeps_the_guest_running(lab, guest):
+    with blocked_migration_ports(lab, "hv2"), lease_grabber(lab, "hv2", guest.vm_lease, hold=60) as grab:
+        res = migrate(lab, "hv1", "hv2", guest.name, lock={"acquire_timeout": 2})
+        assert not os.path.exists(grab["marker"]), "the source never released: nothing to grab"
+        assert res.get("failed") and res["msg"].startswith("perform: sending")
+        assert "keeps running on hv1 holding its leases" in res["msg"]
+        assert not any(n.startswith("confirm/source_reacquire") for n in names(res))
+        assert_runs_only_on(lab, guest, "hv1", "hv2")
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"dest_uri": "qemu+ssh://nohost.invalid/system"}, "cannot reach the destination"),
+        ({"name": "no-such-guest-here"}, "not found on hv1"),
+        ({"mode": "direct", "extra_flags": ["TUNNELLED"]}, "tunnelled migration needs peer-to-peer"),
+        ({"postcopy": 5, "live": False}, "postcopy needs a live migration"),
+        ({"dest_uri": "qemu+ssh://hv1/system"}, "is the source host hv1 (same host UUID"),
+    ],
+)
+def test_bad_input_changes_nothing(lab, guest, args, message):
+    merged = {"name": guest.name, "dest_uri": "qemu+ssh://hv2/system", "unsafe": True}
+    merged.update(args)
+    res = lab.module("hv1", MODULE, merged)
+    assert res.get("failed")
+    assert message in res["msg"], res["msg"]
+    assert res.get("changed") is False
+    assert_runs_only_on(lab, guest, "hv1", "hv2")
