@@ -21,5 +21,5 @@ requirements:
   - lxml (C(python3-lxml)) on the managed host
 notes:
   - One libvirt connection is opened per task and closed at its end.
-  - Every libvirt error is reported with its code, domain and message in RV(libvirt_error).
+  - Every libvirt error is reported with its code, domain and message in C(libvirt_error).
 """

@@ -338,7 +338,7 @@ seealso:
     description: virtlockd and its lease files.
     link: https://libvirt.org/kbase/locking-lockd.html
 author:
-  - lockstep.virt maintainers
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""
@@ -423,15 +423,15 @@ domain:
   returned: always
   type: dict
   contains:
-    name: {description: Name., type: str, returned: success}
-    uuid: {description: UUID., type: str, returned: success}
-    id: {description: libvirt id while running, else null., type: int, returned: success}
+    name: {description: "Name.", type: str, returned: success}
+    uuid: {description: "UUID.", type: str, returned: success}
+    id: {description: "libvirt id while running, else null.", type: int, returned: success}
     state:
-      description: running, paused, shutoff, crashed, pmsuspended, ...
+      description: "running, paused, shutoff, crashed, pmsuspended, ..."
       type: str
       returned: success
-    persistent: {description: Whether the domain has a persistent definition., type: bool, returned: success}
-    autostart: {description: Whether it starts with libvirt., type: bool, returned: success}
+    persistent: {description: "Whether the domain has a persistent definition.", type: bool, returned: success}
+    autostart: {description: "Whether it starts with libvirt.", type: bool, returned: success}
   sample: {name: web1, uuid: 3c1c4b4e-9a4e-4c32-9f0a-1b4f1b0f2a11, id: 4, state: running, persistent: true,
            autostart: false}
 actions:
@@ -462,26 +462,26 @@ lock_checkpoints:
         acquire_failed, destroyed_paused, rolled_back, paused, shutdown_requested, stopped, stop_timeout,
         destroyed, leases_released, undefined, storage_removed, pending_restart.
       type: str
-    host: {description: Hypervisor host name., type: str}
-    at: {description: UTC time, ISO 8601 with milliseconds., type: str, sample: "2025-01-01T12:00:00.123Z"}
-    ok: {description: Whether the step succeeded as expected., type: bool}
-    resources: {description: Lease files concerned., type: list, elements: str}
-    detail: {description: Explanation., type: str}
+    host: {description: "Hypervisor host name.", type: str}
+    at: {description: "UTC time, ISO 8601 with milliseconds.", type: str, sample: "2025-01-01T12:00:00.123Z"}
+    ok: {description: "Whether the step succeeded as expected.", type: bool}
+    resources: {description: "Lease files concerned.", type: list, elements: str}
+    detail: {description: "Explanation.", type: str}
 leases:
   description: Leases of the domain (disk leases and VM leases) and who holds them.
   returned: always
   type: list
   elements: dict
   contains:
-    kind: {description: disk or lease., type: str}
-    resource: {description: The lease file (null when the disk is not leased)., type: str}
-    lockspace: {description: Lockspace directory., type: str}
-    disk: {description: Disk target, for disk leases., type: str}
-    path: {description: Disk path, for disk leases., type: str}
-    key: {description: Lease key, for VM leases., type: str}
-    held: {description: Whether the lease file is locked (null when it cannot be probed from here)., type: bool}
-    held_here: {description: Whether this host's virtlockd holds it., type: bool}
-    holder_pid: {description: Pid of the holder, when visible., type: int}
+    kind: {description: "disk or lease.", type: str}
+    resource: {description: "The lease file (null when the disk is not leased).", type: str}
+    lockspace: {description: "Lockspace directory.", type: str}
+    disk: {description: "Disk target, for disk leases.", type: str}
+    path: {description: "Disk path, for disk leases.", type: str}
+    key: {description: "Lease key, for VM leases.", type: str}
+    held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
+    held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
+    holder_pid: {description: "Pid of the holder, when visible.", type: int}
 removed_storage:
   description: Storage removed with O(remove_storage=true).
   returned: when storage was removed

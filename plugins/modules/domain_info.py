@@ -45,7 +45,7 @@ options:
 seealso:
   - module: lockstep.virt.domain
 author:
-  - lockstep.virt maintainers
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""
@@ -86,66 +86,66 @@ domains:
   type: list
   elements: dict
   contains:
-    name: {description: Name., type: str}
-    uuid: {description: UUID., type: str}
-    id: {description: libvirt id while running, else null., type: int}
-    state: {description: running, paused, shutoff, crashed, pmsuspended, ..., type: str}
-    persistent: {description: Has a persistent definition., type: bool}
-    autostart: {description: Starts with libvirt., type: bool}
-    managed: {description: Carries this collection's managed mark., type: bool}
-    type: {description: Domain type (qemu, kvm, ...)., type: str}
-    memory_mib: {description: Maximum memory in MiB., type: int}
-    current_memory_mib: {description: Current memory in MiB., type: int}
-    vcpus: {description: Number of vCPUs., type: int}
+    name: {description: "Name.", type: str}
+    uuid: {description: "UUID.", type: str}
+    id: {description: "libvirt id while running, else null.", type: int}
+    state: {description: "running, paused, shutoff, crashed, pmsuspended, ...", type: str}
+    persistent: {description: "Has a persistent definition.", type: bool}
+    autostart: {description: "Starts with libvirt.", type: bool}
+    managed: {description: "Carries this collection's managed mark.", type: bool}
+    type: {description: "Domain type (qemu, kvm, ...).", type: str}
+    memory_mib: {description: "Maximum memory in MiB.", type: int}
+    current_memory_mib: {description: "Current memory in MiB.", type: int}
+    vcpus: {description: "Number of vCPUs.", type: int}
     disks:
       description: Disks with their lease.
       type: list
       elements: dict
       contains:
-        target: {description: Target device (vda)., type: str}
-        device: {description: disk, cdrom, ..., type: str}
-        type: {description: file, block, volume, network., type: str}
-        path: {description: Source path (a volume's path when resolvable)., type: str}
-        format: {description: Image format., type: str}
-        bus: {description: Bus., type: str}
-        readonly: {description: Read-only., type: bool}
-        shareable: {description: Shareable., type: bool}
-        pool: {description: Pool of a volume disk., type: str}
-        volume: {description: Volume of a volume disk., type: str}
-        lease_resource: {description: The lease file of the disk, null when not leased., type: str}
-        held: {description: Whether the lease is held (null when it cannot be probed)., type: bool}
-        held_here: {description: Whether this host's virtlockd holds it., type: bool}
-        holder_pid: {description: Holder's pid., type: int}
+        target: {description: "Target device (vda).", type: str}
+        device: {description: "disk, cdrom, ...", type: str}
+        type: {description: "file, block, volume, network.", type: str}
+        path: {description: "Source path (a volume's path when resolvable).", type: str}
+        format: {description: "Image format.", type: str}
+        bus: {description: "Bus.", type: str}
+        readonly: {description: "Read-only.", type: bool}
+        shareable: {description: "Shareable.", type: bool}
+        pool: {description: "Pool of a volume disk.", type: str}
+        volume: {description: "Volume of a volume disk.", type: str}
+        lease_resource: {description: "The lease file of the disk, null when not leased.", type: str}
+        held: {description: "Whether the lease is held (null when it cannot be probed).", type: bool}
+        held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
+        holder_pid: {description: "Holder's pid.", type: int}
     leases:
       description: VM leases (C(<lease>) elements).
       type: list
       elements: dict
       contains:
-        key: {description: Lease key., type: str}
-        lockspace: {description: Lockspace name., type: str}
-        target_path: {description: Directory of the lockspace., type: str}
-        offset: {description: Offset (always 0 for lockd)., type: int}
-        resource: {description: Lease file., type: str}
-        held: {description: Held., type: bool}
-        held_here: {description: Held by this host's virtlockd., type: bool}
-        holder_pid: {description: Holder's pid., type: int}
+        key: {description: "Lease key.", type: str}
+        lockspace: {description: "Lockspace name.", type: str}
+        target_path: {description: "Directory of the lockspace.", type: str}
+        offset: {description: "Offset (always 0 for lockd).", type: int}
+        resource: {description: "Lease file.", type: str}
+        held: {description: "Held.", type: bool}
+        held_here: {description: "Held by this host's virtlockd.", type: bool}
+        holder_pid: {description: "Holder's pid.", type: int}
     interfaces:
       description: Network interfaces.
       type: list
       elements: dict
       contains:
-        type: {description: network, bridge, ..., type: str}
-        mac: {description: MAC address., type: str}
-        network: {description: libvirt network., type: str}
-        bridge: {description: Host bridge., type: str}
-        model: {description: NIC model., type: str}
-        device: {description: Host-side device while running., type: str}
+        type: {description: "network, bridge, ...", type: str}
+        mac: {description: "MAC address.", type: str}
+        network: {description: "libvirt network.", type: str}
+        bridge: {description: "Host bridge.", type: str}
+        model: {description: "NIC model.", type: str}
+        device: {description: "Host-side device while running.", type: str}
         addresses:
           description: Addresses from O(addresses) ({address, prefix, type}).
           type: list
           elements: dict
-    metadata: {description: Key/values set with the domain module's spec.metadata., type: dict}
-    inactive_xml: {description: Inactive XML., type: str, returned: when O(inactive_xml=true)}
+    metadata: {description: "Key/values set with the domain module's spec.metadata.", type: dict}
+    inactive_xml: {description: "Inactive XML.", type: str, returned: when O(inactive_xml=true)}
 lock_config:
   description: The host's lock manager configuration as read from the driver's config files.
   returned: always

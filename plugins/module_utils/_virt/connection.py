@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - exercised on hosts without the binding
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
 try:
-    import lxml.etree  # noqa: F401
+    import lxml.etree  # noqa: F401  # pylint: disable=unused-import
 
     HAS_LXML = True
     LXML_IMPORT_ERROR = None
