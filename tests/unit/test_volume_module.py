@@ -1,0 +1,152 @@
+"""The volume and volume_info modules, run in-process against libvirt's test:///default driver.
+
+The test driver cannot resize, wipe or upload; those paths run on the lab (tests/integration)."""
+
+import pytest
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume import validate_volume_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import human_size, parse_size
+from ansible_collections.lockstep.virt.plugins.modules import volume as volume_module
+from ansible_collections.lockstep.virt.plugins.modules import volume_info as info_module
+
+URI = "test:///default"
+POOL = "default-pool"
+MiB = 1024 * 1024
+
+
+def vol_args(name="v1", **kw):
+    args = {"uri": URI, "pool": POOL, "name": name, "capacity": "16M", "format": "qcow2"}
+    args.update(kw)
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def names(hv):
+    return sorted(hv.storagePoolLookupByName(POOL).listVolumes())
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [(1024, 1024), ("10G", 10 * 1024**3), ("512MiB", 512 * MiB), ("1.5 GiB", 1536 * MiB), ("1GB", 10**9), ("7", 7)],
+)
+def test_parse_size(value, expected):
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["10Q", "ten", "0.5B", True, None, "-1G"])
+def test_parse_size_refuses(value):
+    with pytest.raises(ValidationError):
+        parse_size(value)
+
+
+def test_human_size():
+    assert human_size(1024**3) == "1 GiB" and human_size(1536 * MiB) == "1.50 GiB" and human_size(10) == "10 B"
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "..", ".", "x\0y", "", "  ", "a\\b", "x" * 300])
+def test_bad_names(name):
+    with pytest.raises(ValidationError):
+        validate_volume_name(name)
+
+
+def test_create_idempotent(hv, run_module):
+    r = run_module(volume_module.main, vol_args(), check_mode=True, diff=True)
+    assert r["changed"] and r["actions"] == ["create"] and r["volume"]["capacity"] == 16 * MiB
+    assert r["diff"]["before"] == "state: absent\n" and "capacity: 16777216 (16 MiB)" in r["diff"]["after"]
+    assert names(hv) == []
+    r = run_module(volume_module.main, vol_args(), diff=True)
+    assert r["actions"] == ["create"] and r["volume"]["format"] == "qcow2"
+    assert r["volume"]["path"] == "/default-pool/v1"
+    for check, diff in ((False, False), (True, False), (False, True), (True, True)):
+        r = run_module(volume_module.main, vol_args(), check_mode=check, diff=diff)
+        assert not r["changed"] and r["actions"] == [], (check, diff, r)
+        if diff:
+            assert r["diff"]["before"] == r["diff"]["after"]
+    assert not run_module(volume_module.main, vol_args(capacity=None))["changed"]
+
+
+def test_overlay_and_clone(hv, run_module):
+    run_module(volume_module.main, vol_args("base.qcow2"))
+    r = run_module(volume_module.main, vol_args("ov.qcow2", capacity=None, format=None, backing_volume="base.qcow2"))
+    assert r.get("actions") == ["create_overlay"], r
+    assert r["volume"]["backing"] == {"path": "/default-pool/base.qcow2", "format": "qcow2"}
+    args = vol_args("ov.qcow2", capacity=None, format=None, backing_volume="base.qcow2")
+    assert not run_module(volume_module.main, args)["changed"]
+    r = run_module(volume_module.main, vol_args("ov.qcow2", capacity=None, format=None, backing_volume="ov.qcow2"))
+    assert r["failed"] and "cannot change" in r["msg"]
+    r = run_module(volume_module.main, vol_args("cl.qcow2", capacity=None, format=None, clone_from="base.qcow2"))
+    assert r["actions"] == ["clone"] and r["volume"]["capacity"] == 16 * MiB and r["volume"]["format"] == "qcow2"
+    args = vol_args("cl.qcow2", capacity=None, format=None, clone_from="base.qcow2")
+    assert not run_module(volume_module.main, args)["changed"]
+    info = run_module(info_module.main, {"uri": URI, "pool": POOL, "name": "ov.qcow2"}, check_mode=True)
+    (v,) = info["volumes"]
+    assert v["backing_chain"] == [
+        {"path": "/default-pool/base.qcow2", "format": "qcow2", "volume": "base.qcow2", "pool": POOL}
+    ]
+    assert [x["name"] for x in run_module(info_module.main, {"uri": URI})["volumes"]] == [
+        "base.qcow2",
+        "cl.qcow2",
+        "ov.qcow2",
+    ]
+
+
+def test_shrink_refused_and_grow_predicted(hv, run_module):
+    run_module(volume_module.main, vol_args())
+    r = run_module(volume_module.main, vol_args(capacity="8M"))
+    assert r["failed"] and "allow_shrink" in r["msg"] and not r["changed"]
+    r = run_module(volume_module.main, vol_args(capacity="8M", allow_shrink=True), check_mode=True)
+    assert r["actions"] == ["shrink"] and r["volume"]["capacity"] == 8 * MiB
+    r = run_module(volume_module.main, vol_args(capacity="32M"), check_mode=True, diff=True)
+    assert r["changed"] and r["actions"] == ["resize"] and "(32 MiB)" in r["diff"]["after"]
+    assert hv.storagePoolLookupByName(POOL).storageVolLookupByName("v1").info()[1] == 16 * MiB
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ({"name": "../../etc/passwd"}, "path separator"),
+        ({"name": "x..y"}, "'..'"),
+        ({"name": "a/b"}, "path separator"),
+        ({"name": "v2", "capacity": "lots"}, "capacity must be a size"),
+        ({"name": "v2", "capacity": None}, "capacity is required"),
+        ({"name": "v2", "backing_volume": "nope"}, "does not exist in pool"),
+        ({"name": "v2", "clone_from": "/etc/passwd"}, "no storage volume known"),
+        ({"name": "v2", "import_from": "/nonexistent/file"}, "not a regular file"),
+        ({"name": "v2", "import_from": "relative"}, "absolute"),
+        ({"name": "v2", "backing_volume": "v1", "format": "raw"}, "must be qcow2"),
+        ({"name": "v2", "pool": "nopool"}, "does not exist"),
+        ({"name": "v2", "format": "vmdk"}, "value of format must be one of"),
+        ({"name": "v2", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_input(hv, run_module, args, needle):
+    run_module(volume_module.main, vol_args())
+    before = names(hv)
+    r = run_module(volume_module.main, vol_args(**args))
+    assert r["failed"] and needle in r["msg"] and not r.get("changed"), r
+    assert names(hv) == before
+
+
+def test_format_change_refused(hv, run_module):
+    run_module(volume_module.main, vol_args())
+    r = run_module(volume_module.main, vol_args(format="raw"))
+    assert r["failed"] and "format cannot change" in r["msg"]
+
+
+def test_inactive_pool(hv, run_module):
+    hv.storagePoolLookupByName(POOL).destroy()
+    try:
+        r = run_module(volume_module.main, vol_args())
+        assert r["failed"] and "not active" in r["msg"]
+    finally:
+        hv.storagePoolLookupByName(POOL).create(0)
+
+
+def test_absent(hv, run_module):
+    run_module(volume_module.main, vol_args())
+    r = run_module(volume_module.main, vol_args(state="absent", wipe=True), check_mode=True, diff=True)
+    assert r["actions"] == ["wipe", "delete"] and r["diff"]["after"] == "state: absent\n" and names(hv) == ["v1"]
+    r = run_module(volume_module.main, vol_args(state="absent"))
+    assert r["actions"] == ["delete"] and names(hv) == [] and r["volume"] is None
+    for check in (False, True):
+        assert not run_module(volume_module.main, vol_args(state="absent"), check_mode=check)["changed"]
