@@ -17,7 +17,7 @@ description:
     is not used for the guest.
   - One SSH connection per hypervisor (host, port, user and keys) is opened per Ansible worker process and
     reused by every command and file transfer of the guests on it.
-  - The M(lockstep.virt.libvirt#inventory) inventory plugin sets every option of this plugin for the guests it finds.
+  - The P(lockstep.virt.libvirt#inventory) inventory plugin sets every option of this plugin for the guests it finds.
 author:
   - lockstep.virt contributors
 version_added: 0.1.0
@@ -40,9 +40,8 @@ options:
       - name: LOCKSTEP_VIRT_GUEST_DOMAIN
   hypervisor_host:
     description:
-      - Address or name of the hypervisor that runs the guest.
+      - Address or name of the hypervisor that runs the guest. Required.
     type: str
-    required: true
     vars:
       - name: guest_agent_hypervisor_host
     env:
@@ -163,7 +162,7 @@ options:
       - section: lockstep_guest_agent
         key: command_timeout
 extends_documentation_fragment:
-  - ansible.builtin.connection_pipelining
+  - connection_pipelining
 notes:
   - Errors of the guest agent (not connected, no C(guest-exec), no answer within the timeouts) and of SSH (unknown
     or changed host key, authentication) fail the task as unreachable, with a message that says which;

@@ -233,7 +233,8 @@ def hypervisor(
     connect_timeout=10,
 ):
     """The cached SSH connection to a hypervisor (one per process and per host/port/user/keys)."""
-    key = (host, int(port or 22), user or "root", key_file, known_hosts_file, bool(host_key_checking))
+    # keyed by process too: a connection inherited through fork() (Ansible's workers) is unusable there
+    key = (os.getpid(), host, int(port or 22), user or "root", key_file, known_hosts_file, bool(host_key_checking))
     with _CACHE_LOCK:
         conn = _CACHE.get(key)
         if conn is None or not conn.active:
@@ -250,6 +251,15 @@ def drop_cached(conn):
             if value is conn:
                 del _CACHE[key]
     conn.close()
+
+
+def close_all():
+    """Close this process's cached connections (forget, without closing, those inherited by fork)."""
+    with _CACHE_LOCK:
+        for key, conn in list(_CACHE.items()):
+            del _CACHE[key]
+            if key[0] == os.getpid():
+                conn.close()
 
 
 # ---------------------------------------------------------------- the guest agent through virsh
@@ -442,3 +452,59 @@ def file_chunks(path, size=WRITE_CHUNK):
             if not block:
                 break
             yield block
+
+
+# ---------------------------------------------------------------- listing a hypervisor's guests
+
+_MARK = "@@lockstep-domain@@"
+
+
+def list_domains_command(uri):
+    """One shell command printing, for every domain, a marker line with its state, then its XML."""
+    quri = shlex.quote(uri or "qemu:///system")
+    return (
+        "virsh -q -c {uri} list --all --name | while IFS= read -r d; do "
+        '[ -n "$d" ] || continue; '
+        's=$(virsh -q -c {uri} domstate "$d" 2>/dev/null | head -n 1); '
+        'x=$(virsh -q -c {uri} dumpxml "$d" 2>/dev/null) || continue; '
+        "printf '%s %s\\n%s\\n' '{mark}' \"$s\" \"$x\"; "
+        "done"
+    ).format(uri=quri, mark=_MARK)
+
+
+def parse_domain_listing(text):
+    """Guests from list_domains_command()'s output: name, uuid, state, memory, vcpus, agent channel."""
+    import xml.etree.ElementTree as ET
+
+    guests = []
+    for part in text.split(_MARK)[1:]:
+        state_line, _, xml = part.partition("\n")
+        try:
+            root = ET.fromstring(xml.strip())
+        except ET.ParseError:
+            continue
+        channel = None
+        for ch in root.findall("./devices/channel"):
+            target = ch.find("target")
+            if target is not None and target.get("type") == "virtio" and target.get("name") == AGENT_CHANNEL:
+                channel = target
+        memory = root.find("memory")
+        mem_mib = None
+        if memory is not None and memory.text:
+            unit = (memory.get("unit") or "KiB").lower()
+            factor = {"b": 1.0 / 2**20, "bytes": 1.0 / 2**20, "k": 1.0 / 1024, "kib": 1.0 / 1024, "m": 1, "mib": 1,
+                      "g": 1024, "gib": 1024}.get(unit, 1.0 / 1024)  # fmt: skip
+            mem_mib = int(int(memory.text) * factor)
+        vcpu = root.find("vcpu")
+        guests.append(
+            {
+                "name": root.findtext("name"),
+                "uuid": root.findtext("uuid"),
+                "state": state_line.strip().replace(" ", "_") or "unknown",
+                "memory_mib": mem_mib,
+                "vcpus": int(vcpu.text) if vcpu is not None and vcpu.text else None,
+                "agent_channel": channel is not None,
+                "agent_state": channel.get("state") if channel is not None else None,
+            }
+        )
+    return guests
