@@ -343,6 +343,11 @@ author:
 
 EXAMPLES = r"""
 # Hosts whose qemu-lockd.conf has file_lockspace_dir = "/var/lib/lockstep-lab/shared/lockd"
+- name: A disk image on the shared storage
+  ansible.builtin.command:
+    cmd: qemu-img create -f qcow2 /var/lib/lockstep-lab/shared/images/web1.qcow2 64M
+    creates: /var/lib/lockstep-lab/shared/images/web1.qcow2
+
 - name: Define a small BIOS guest from a spec, with a VM lease, and start it
   lockstep.virt.domain:
     name: web1
@@ -355,8 +360,6 @@ EXAMPLES = r"""
       disks:
         - path: /var/lib/lockstep-lab/shared/images/web1.qcow2
           format: qcow2
-      interfaces:
-        - network: default
       serial_console: true
       lease: {}   # key = the guest's UUID, in /var/lib/lockstep-lab/shared/lockd
     lock:
@@ -398,8 +401,6 @@ EXAMPLES = r"""
       disks:
         - path: /var/lib/lockstep-lab/shared/images/web1.qcow2
           format: qcow2
-      interfaces:
-        - network: default
       serial_console: true
       lease: {}
   register: changed_web1   # changed_web1.pending_restart is true while web1 runs
