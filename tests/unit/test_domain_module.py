@@ -311,3 +311,11 @@ def test_libvirt_error_carries_code_and_domain(hv, run_module):
     res = run(run_module, {"uri": "qemu:///system", "name": "g1"})
     assert res["libvirt_error"]["code"] == libvirt.VIR_ERR_SYSTEM_ERROR
     assert res["libvirt_error"]["domain"] == libvirt.VIR_FROM_RPC
+
+
+def test_uri_defaults_to_libvirt_default_uri(hv, run_module, monkeypatch):
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", URI)
+    res = run_module(info_module.main, {"name": "test"})
+    assert res["count"] == 1 and res["domains"][0]["state"] == "running"
+    res = run(run_module, {"name": "envguest", "spec": {"memory": 16}})
+    assert res["changed"] is True and "envguest" in [d.name() for d in hv.listAllDomains()]
