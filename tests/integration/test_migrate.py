@@ -85,6 +85,11 @@ def migrate(lab, src, dst, name, check=False, **kwargs):
     return lab.module(src, MODULE, args, check=check)
 
 
+def failed(result):
+    """The recorded result of a failed task (the recorder keeps the module's keys: ``msg`` only on failure)."""
+    return bool(result.get("failed")) or "msg" in result
+
+
 def names(result):
     return [c["name"] for c in result["lock_checkpoints"]]
 
@@ -175,7 +180,7 @@ def test_round_trip_with_verified_handoff(lab, guest):
     with Sampler(guest.leases) as sampler:
         res = migrate(lab, "hv1", "hv2", guest.name)
     wall = time.monotonic() - started
-    assert not res.get("failed"), res.get("msg")
+    assert not failed(res), res.get("msg")
     assert res["changed"] is True
     assert res["source"] == "hv1" and res["dest"] == "hv2" and res["state"] == "running"
     assert names(res) == SUCCESS_ORDER
@@ -197,13 +202,13 @@ def test_round_trip_with_verified_handoff(lab, guest):
     )
 
     again = migrate(lab, "hv1", "hv2", guest.name)
-    assert not again.get("failed"), again.get("msg")
+    assert not failed(again), again.get("msg")
     assert again["changed"] is False and again["state"] == "running"
     assert_runs_only_on(lab, guest, "hv2", "hv1")
 
     with Sampler(guest.leases) as sampler:
         back = migrate(lab, "hv2", "hv1", guest.name)
-    assert not back.get("failed"), back.get("msg")
+    assert not failed(back), back.get("msg")
     assert back["changed"] is True and names(back) == SUCCESS_ORDER
     assert_checkpoints_sound(lab, back, "hv2", "hv1")
     assert sampler.max_holders() <= 1
@@ -213,7 +218,7 @@ def test_round_trip_with_verified_handoff(lab, guest):
 
 def test_check_mode_reports_plan_and_touches_nothing(lab, guest):
     res = migrate(lab, "hv1", "hv2", guest.name, check=True, bandwidth=100, auto_converge=True)
-    assert not res.get("failed"), res.get("msg")
+    assert not failed(res), res.get("msg")
     assert res["changed"] is True
     assert {"LIVE", "PEER2PEER", "PAUSED", "UNSAFE", "AUTO_CONVERGE"} <= set(res["plan"]["flags"])
     assert res["plan"]["params"] == {"bandwidth": 100}
@@ -237,13 +242,13 @@ def test_check_mode_names_a_missing_network_on_the_destination(lab, guest_name):
         )
         assert define_and_start(lab, "hv1", dom).returncode == 0
         res = migrate(lab, "hv1", "hv2", guest_name, check=True)
-        assert res.get("failed")
+        assert failed(res)
         assert "dest_network" in res["msg"] and net in res["msg"], res["msg"]
         assert [c for c in res["checks"] if not c["ok"]][0]["name"] == "dest_network"
         assert lab.domain_state("hv1", guest_name) == "running"
         assert lab.domain_state("hv2", guest_name) is None
         real = migrate(lab, "hv1", "hv2", guest_name)
-        assert real.get("failed") and "dest_network" in real["msg"]
+        assert failed(real) and "dest_network" in real["msg"]
         assert lab.domain_state("hv1", guest_name) == "running"
     finally:
         lab.cleanup_domain(guest_name)
@@ -255,7 +260,7 @@ def test_check_mode_names_a_missing_network_on_the_destination(lab, guest_name):
 def test_send_failure_keeps_the_guest_on_the_source_with_its_leases(lab, guest):
     with blocked_migration_ports(lab, "hv2"):
         res = migrate(lab, "hv1", "hv2", guest.name)
-    assert res.get("failed")
+    assert failed(res)
     assert res["msg"].startswith("perform: sending"), res["msg"]
     assert "keeps running on hv1 holding its leases (verified)" in res["msg"]
     assert "hv2 has no copy of it and holds no lease (verified)" in res["msg"]
@@ -275,7 +280,7 @@ def test_timeout_aborts_and_the_guest_keeps_running(lab, guest):
         started = time.monotonic()
         res = migrate(lab, "hv1", "hv2", guest.name, timeout=4)
         took = time.monotonic() - started
-    assert res.get("failed")
+    assert failed(res)
     assert "aborted after the 4s timeout" in res["msg"], res["msg"]
     assert took < 40
     assert_runs_only_on(lab, guest, "hv1", "hv2")
@@ -286,7 +291,7 @@ def test_destination_lease_conflict_is_retried_until_it_clears(lab, guest):
     with lease_grabber(lab, "hv2", guest.vm_lease, hold=4) as grab:
         res = migrate(lab, "hv1", "hv2", guest.name, lock={"acquire_timeout": 30})
         assert os.path.exists(grab["marker"]), "the stale holder never got the lease"
-    assert not res.get("failed"), res.get("msg")
+    assert not failed(res), res.get("msg")
     seq = names(res)
     assert "finish/acquire_busy" in seq
     assert [n for n in seq if n != "finish/acquire_busy"] == SUCCESS_ORDER
@@ -299,7 +304,7 @@ def test_destination_lease_conflict_that_stays_fails_cleanly(lab, guest):
     with lease_grabber(lab, "hv2", guest.vm_lease, hold=60) as grab:
         res = migrate(lab, "hv1", "hv2", guest.name, lock={"acquire_timeout": 3})
         grabbed = os.path.exists(grab["marker"])
-        assert res.get("failed")
+        assert failed(res)
         assert grabbed
         assert res["msg"].startswith("finish: hv2 could not take the leases"), res["msg"]
         assert guest.key in res["msg"] and "runs nowhere" in res["msg"]
@@ -321,7 +326,7 @@ def test_release_before_send_with_a_failed_send_cannot_reacquire(lab, guest):
     with blocked_migration_ports(lab, "hv2"), lease_grabber(lab, "hv2", guest.vm_lease, hold=60) as grab:
         res = migrate(lab, "hv1", "hv2", guest.name, lock={"release": "before_send", "acquire_timeout": 2})
         assert os.path.exists(grab["marker"])
-        assert res.get("failed")
+        assert failed(res)
         assert "could not take its leases back" in res["msg"], res["msg"]
         assert any("before_send" in w for w in res.get("warnings", []))
         seq = names(res)
@@ -337,7 +342,7 @@ def test_release_after_send_with_the_same_fault_keeps_the_guest_running(lab, gue
     with blocked_migration_ports(lab, "hv2"), lease_grabber(lab, "hv2", guest.vm_lease, hold=60) as grab:
         res = migrate(lab, "hv1", "hv2", guest.name, lock={"acquire_timeout": 2})
         assert not os.path.exists(grab["marker"]), "the source never released: nothing to grab"
-        assert res.get("failed") and res["msg"].startswith("perform: sending")
+        assert failed(res) and res["msg"].startswith("perform: sending")
         assert "keeps running on hv1 holding its leases" in res["msg"]
         assert not any(n.startswith("confirm/source_reacquire") for n in names(res))
         assert_runs_only_on(lab, guest, "hv1", "hv2")
@@ -358,7 +363,7 @@ def test_bad_input_changes_nothing(lab, guest, args, message):
     merged = {"name": guest.name, "dest_uri": "qemu+ssh://hv2/system", "unsafe": True}
     merged.update(args)
     res = lab.module("hv1", MODULE, merged)
-    assert res.get("failed")
+    assert failed(res)
     assert message in res["msg"], res["msg"]
     assert res.get("changed") is False
     assert_runs_only_on(lab, guest, "hv1", "hv2")
