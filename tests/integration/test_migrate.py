@@ -121,8 +121,9 @@ class Sampler:
 
 
 @contextmanager
-def blocked_migration_ports(lab, host, target="REJECT"):
-    rule = ["INPUT", "-p", "tcp", "--dport", MIGRATION_PORTS, "-j", target]
+def blocked_migration_ports(lab, host, target="REJECT", stall=False):
+    """Migration ports on ``host`` refused, or with ``stall`` connections accepted but their data dropped."""
+    rule = ["INPUT", "-p", "tcp", "--dport", MIGRATION_PORTS] + (["!", "--syn"] if stall else []) + ["-j", target]
     lab.exec(host, "iptables", "-I", *rule)
     try:
         yield
@@ -276,7 +277,7 @@ def test_send_failure_keeps_the_guest_on_the_source_with_its_leases(lab, guest):
 
 
 def test_timeout_aborts_and_the_guest_keeps_running(lab, guest):
-    with blocked_migration_ports(lab, "hv2", target="DROP"):
+    with blocked_migration_ports(lab, "hv2", target="DROP", stall=True):
         started = time.monotonic()
         res = migrate(lab, "hv1", "hv2", guest.name, timeout=4)
         took = time.monotonic() - started
