@@ -1,0 +1,452 @@
+"""Migration plan, flags and the checkpointed handoff against fake hypervisors.
+
+The fake follows the documented lock ordering of each driver:
+- qemu: Prepare creates the incoming guest paused holding no lease; Perform releases on the source when the
+  transfer completes; Finish acquires only when it resumes (not with VIR_MIGRATE_PAUSED); a paused guest
+  takes its leases when resumed.
+- libxl (after libvirt's "Fix lock manager lock ordering"): Prepare creates the guest without leases,
+  Perform releases on the source only after a successful send, Finish acquires on the destination before
+  unpausing (and keeps them while it stays paused); a failed send never reacquires.
+"""
+
+import libvirt
+import pytest
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import (
+    MIGRATE_ARGUMENT_SPEC,
+    PhaseRecorder,
+    build_plan,
+    checkpoint_order,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LIBXL, QEMU
+
+RESOURCES = ["/ls/disk-hash", "/ls/g1-lease"]
+XML = (
+    "<domain type='{type}'><name>g1</name><uuid>11111111-2222-3333-4444-555555555555</uuid>"
+    "<devices><disk type='file' device='disk'><source file='/shared/g1.qcow2'/><target dev='vda'/></disk>"
+    "</devices></domain>"
+)
+
+
+def params(**kw):
+    out = {k: v.get("default") for k, v in MIGRATE_ARGUMENT_SPEC.items()}
+    out["lock"] = {"release": "after_send", "verify": True, "acquire_timeout": 5}
+    out.update(name="g1", dest_uri="xen+ssh://hv2/system", uri=None)
+    for k, v in kw.items():
+        if k == "lock":
+            out["lock"] = dict(out["lock"], **v)
+        else:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- plan and flags
+def test_default_plan_is_the_verified_paused_handoff():
+    plan = build_plan(params(), QEMU)
+    assert plan["flags"] == ["LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "PAUSED"]
+    expected = 0
+    for f in plan["flags"]:
+        expected |= getattr(libvirt, "VIR_MIGRATE_" + f)
+    assert plan["flags_value"] == expected
+    assert plan["handoff"] == "verified" and plan["api"] == "migrateToURI3"
+
+
+def test_every_option_becomes_its_flag_or_parameter():
+    plan = build_plan(
+        params(
+            copy_storage="incremental",
+            auto_converge=True,
+            compressed=True,
+            parallel_connections=4,
+            unsafe=True,
+            bandwidth=200,
+            max_downtime=300,
+            persistent=False,
+            undefine_source=False,
+            live=False,
+        ),
+        QEMU,
+    )
+    assert set(plan["flags"]) == {
+        "PEER2PEER",
+        "NON_SHARED_INC",
+        "AUTO_CONVERGE",
+        "COMPRESSED",
+        "PARALLEL",
+        "UNSAFE",
+        "PAUSED",
+    }
+    assert plan["params"] == {"bandwidth": 200, "parallel.connections": 4}
+    assert plan["max_downtime"] == 300
+
+
+def test_modes():
+    assert {"PEER2PEER", "TUNNELLED"} <= set(build_plan(params(mode="tunnelled"), QEMU)["flags"])
+    direct = build_plan(params(mode="direct"), QEMU)
+    assert "PEER2PEER" not in direct["flags"] and direct["api"] == "migrate3"
+
+
+@pytest.mark.parametrize(
+    "kw, text",
+    [
+        ({"mode": "direct", "extra_flags": ["TUNNELLED"]}, "tunnelled migration needs peer-to-peer"),
+        ({"postcopy": 10, "live": False}, "postcopy needs a live migration"),
+        ({"postcopy": 10, "lock": {"release": "before_send"}}, "postcopy cannot be combined"),
+        ({"bandwidth": 0}, "bandwidth must be a positive number"),
+        ({"lock": {"acquire_timeout": -1}}, "acquire_timeout"),
+    ],
+)
+def test_contradictions_are_refused(kw, text):
+    with pytest.raises(ValidationError, match=text):
+        build_plan(params(**kw), QEMU)
+
+
+def test_postcopy_hands_the_leases_to_libvirt():
+    plan = build_plan(params(postcopy=5), QEMU)
+    assert "POSTCOPY" in plan["flags"] and "PAUSED" not in plan["flags"]
+    assert plan["handoff"] == "libvirt_postcopy"
+
+
+def test_libxl_profile_allows_only_its_subset():
+    plan = build_plan(params(), LIBXL)
+    assert plan["flags"] == ["LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "PAUSED"]
+    for kw in ({"unsafe": True}, {"compressed": True}, {"copy_storage": "all"}, {"auto_converge": True}):
+        with pytest.raises(ValidationError, match="not supported by the libxl driver"):
+            build_plan(params(**kw), LIBXL)
+    with pytest.raises(ValidationError, match="bandwidth not supported by the libxl driver"):
+        build_plan(params(bandwidth=10), LIBXL)
+
+
+def test_phase_recorder_renames_and_drops():
+    rec = CheckpointRecorder(host="h")
+    pr = PhaseRecorder(rec, "finish", {"acquire_failed": "acquire_busy", "running": None})
+    pr.record("acquire_failed", ok=False)
+    pr.record("running")
+    pr.record("resumed")
+    assert rec.names() == ["finish/acquire_busy", "finish/resumed"]
+
+
+# --------------------------------------------------------------------------- fake hypervisors
+def busy(resource):
+    return libvirt.libvirtError("resource busy: Lockspace resource '{}' is locked".format(resource))
+
+
+class World:
+    def __init__(self, driver="libxl"):
+        self.driver = driver
+        self.profile = LIBXL if driver == "libxl" else QEMU
+        self.locks = {}
+        self.log = []
+        self.hosts = {}
+        self.fail_send = False
+        self.stale_attempts = 0  # resumes on the destination refused before the stale holder goes
+        self.stale_resource = RESOURCES[1]
+
+    def acquire(self, host):
+        for r in RESOURCES:
+            if self.locks.get(r) not in (None, host):
+                raise busy(r)
+        for r in RESOURCES:
+            self.locks[r] = host
+        self.log.append("acquire@" + host)
+
+    def release(self, host):
+        for r in RESOURCES:
+            if self.locks.get(r) == host:
+                self.locks[r] = None
+        self.log.append("release@" + host)
+
+
+class FakeDomain:
+    def __init__(self, world, host, state="running"):
+        self.world, self.host, self._state = world, host, state
+
+    def name(self):
+        return "g1"
+
+    def UUIDString(self):
+        return "11111111-2222-3333-4444-555555555555"
+
+    def isActive(self):
+        return self._state in ("running", "paused")
+
+    def state(self):
+        return ({"running": 1, "paused": 3}.get(self._state, 5), 0)
+
+    def XMLDesc(self, _flags=0):
+        return XML.format(type="xen" if self.world.driver == "libxl" else "qemu")
+
+    def jobStats(self, _flags=0):
+        return {"time_elapsed": 700, "downtime": 20, "data_total": 1000, "memory_iteration": 2}
+
+    def suspend(self):
+        self._state = "paused"
+        if self.world.driver == "qemu":
+            self.world.release(self.host)
+
+    def resume(self):
+        w = self.world
+        if self.host == "hv2" and w.stale_attempts > 0:
+            w.stale_attempts -= 1
+            w.locks[w.stale_resource] = "stale"
+            raise busy(w.stale_resource)
+        if w.locks.get(w.stale_resource) == "stale":
+            w.locks[w.stale_resource] = None
+        if w.driver == "qemu":
+            w.acquire(self.host)
+        self._state = "running"
+        w.log.append("resume@" + self.host)
+
+    def migrateToURI3(self, uri, params, flags):
+        w = self.world
+        src, dst = w.hosts["hv1"], w.hosts["hv2"]
+        w.log.append("begin")
+        incoming = FakeDomain(w, "hv2", state="paused")
+        dst.domains["g1"] = incoming
+        w.log.append("prepare")
+        if w.fail_send:
+            del dst.domains["g1"]  # finish(cancelled) kills the half-received guest: it held nothing
+            w.log.append("perform_failed")
+            raise libvirt.libvirtError("operation failed: migration out job: unexpectedly failed")
+        self._state = "paused"
+        w.release("hv1")  # only after a successful send
+        w.log.append("perform")
+        if w.driver == "libxl":
+            w.acquire("hv2")  # finish: before unpausing, even when it stays paused
+        if not flags & libvirt.VIR_MIGRATE_PAUSED:
+            incoming.resume()
+        w.log.append("finish")
+        self._state = "shutoff"
+        if flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE:
+            del src.domains["g1"]
+        w.log.append("confirm")
+
+
+class FakeVirt:
+    def __init__(self, host):
+        self.host = host
+
+    def getCapabilities(self):
+        return "<capabilities><host><uuid>{}</uuid></host></capabilities>".format(self.host.uuid)
+
+    def networkLookupByName(self, name):
+        raise libvirt.libvirtError("no network")
+
+    def storagePoolLookupByName(self, name):
+        raise libvirt.libvirtError("no pool")
+
+
+class FakeConn:
+    def __init__(self, world, name, uuid):
+        self.world, self.hostname, self.uuid = world, name, uuid
+        self.uri = "{}://{}/system".format("xen" if world.driver == "libxl" else "qemu", name)
+        self.profile = world.profile
+        self.local = True
+        self.domains = {}
+        self.virt = FakeVirt(self)
+        world.hosts[name] = self
+
+    def lookup_domain(self, name):
+        return self.domains.get(name)
+
+    def close(self):
+        pass
+
+
+class FakeView:
+    def __init__(self, world):
+        self.world = world
+
+    def __call__(self, lock_config, resolve_volume=None):
+        return self
+
+    def expected(self, _xml):
+        return [
+            {
+                "kind": "disk",
+                "resource": RESOURCES[0],
+                "lockspace": "/ls",
+                "disk": "vda",
+                "key": None,
+                "path": "/shared/g1.qcow2",
+                "shared": False,
+            },
+            {
+                "kind": "lease",
+                "resource": RESOURCES[1],
+                "lockspace": "/ls",
+                "disk": None,
+                "key": "g1-lease",
+                "path": None,
+                "shared": False,
+            },
+        ]
+
+    def probe(self, resources):
+        out = []
+        for r in resources:
+            holder = self.world.locks.get(r["resource"])
+            r = dict(r, held=holder is not None, held_here=holder == "hv1", holder_pid=None)
+            r["holder"] = "source" if holder == "hv1" else ("other" if holder else None)
+            out.append(r)
+        return out
+
+
+def make_world(driver="libxl", where="hv1", same_uuid=False):
+    w = World(driver)
+    hv1 = FakeConn(w, "hv1", "uuid-1")
+    hv2 = FakeConn(w, "hv2", "uuid-1" if same_uuid else "uuid-2")
+    host = hv1 if where == "hv1" else hv2
+    host.domains["g1"] = FakeDomain(w, where)
+    w.locks = {r: where for r in RESOURCES}
+    return w, hv1, hv2
+
+
+def manager(w, check_mode=False, **kw):
+    def open_conn(uri):
+        return w.hosts["hv2"] if uri and "hv2" in uri else w.hosts["hv1"]
+
+    def read_config(profile, local=True):
+        return LockConfig(manager="lockd", file_lockspace_dir="/ls", local=True)
+
+    return MigrationManager(
+        params(**kw),
+        check_mode=check_mode,
+        open_conn=open_conn,
+        lease_view=FakeView(w),
+        events=False,
+        sleep=lambda _s: None,
+        read_config=read_config,
+    )
+
+
+def holders_at(result):
+    return {
+        c["name"]: sorted(set(x["holder"] for x in c.get("leases", []) if x["holder"]))
+        for c in result["lock_checkpoints"]
+    }
+
+
+@pytest.mark.parametrize("driver", ["libxl", "qemu"])
+def test_successful_handoff_checkpoints_in_order(driver):
+    w, hv1, hv2 = make_world(driver)
+    result = manager(w).run()
+    assert result["changed"] is True and result["state"] == "running"
+    assert [c["name"] for c in result["lock_checkpoints"]] == checkpoint_order()
+    assert all(c["ok"] for c in result["lock_checkpoints"])
+    at = holders_at(result)
+    assert at["begin/inquire"] == ["source"]
+    assert at["finish/dest_acquired"] == ["other"]
+    # libxl: the destination already holds its leases while paused; qemu: nobody holds them in the gap
+    assert at["perform/source_released"] == (["other"] if driver == "libxl" else [])
+    assert "g1" not in hv1.domains and hv2.domains["g1"]._state == "running"
+    assert w.locks == {r: "hv2" for r in RESOURCES}
+    assert result["job"]["elapsed_ms"] == 700 and result["lease_gap_ms"] is not None
+    assert result["timing_source"] == "checkpoints"
+
+
+def test_libxl_order_source_releases_only_after_the_send_and_dest_acquires_in_finish():
+    w, _hv1, _hv2 = make_world("libxl")
+    manager(w).run()
+    assert w.log == ["begin", "prepare", "release@hv1", "perform", "acquire@hv2", "finish", "confirm", "resume@hv2"]
+
+
+@pytest.mark.parametrize("driver", ["libxl", "qemu"])
+def test_failed_send_needs_no_reacquire(driver):
+    w, hv1, hv2 = make_world(driver)
+    w.fail_send = True
+    with pytest.raises(VirtError) as info:
+        manager(w).run()
+    err = info.value
+    assert err.msg.startswith("perform: sending g1 from hv1 to hv2 failed")
+    assert "keeps running on hv1 holding its leases (verified)" in err.msg
+    names = [c["name"] for c in err.result["lock_checkpoints"]]
+    assert names == ["begin/inquire", "perform/send", "finish/dest_clean", "confirm/source_kept"]
+    assert err.result["changed"] is False
+    assert w.locks == {r: "hv1" for r in RESOURCES}
+    assert not any(e.startswith(("release", "acquire")) for e in w.log)
+    assert hv1.domains["g1"]._state == "running" and "g1" not in hv2.domains
+
+
+def test_busy_destination_is_retried_then_succeeds():
+    w, _hv1, hv2 = make_world("qemu")
+    w.stale_attempts = 2
+    result = manager(w).run()
+    names = [c["name"] for c in result["lock_checkpoints"]]
+    assert names.count("finish/acquire_busy") == 2
+    assert [n for n in names if n != "finish/acquire_busy"] == checkpoint_order()
+    assert hv2.domains["g1"]._state == "running"
+
+
+def test_busy_destination_past_the_timeout_is_left_paused_running_nowhere():
+    w, hv1, hv2 = make_world("qemu")
+    w.stale_attempts = 10**6
+    with pytest.raises(LeaseError) as info:
+        manager(w, lock={"acquire_timeout": 0}).run()
+    assert info.value.msg.startswith("finish: hv2 could not take the leases of g1")
+    assert "runs nowhere" in info.value.msg
+    assert [c["name"] for c in info.value.result["lock_checkpoints"]][-2:] == [
+        "finish/dest_acquired",
+        "confirm/source_stopped",
+    ]
+    assert hv2.domains["g1"]._state == "paused" and "g1" not in hv1.domains
+
+
+def test_before_send_failed_send_must_reacquire_and_can_fail():
+    w, hv1, hv2 = make_world("qemu")
+    w.fail_send = True
+    real = FakeDomain.migrateToURI3
+
+    def send_while_dest_holds(self, uri, p, flags):
+        w.locks[RESOURCES[1]] = "hv2"  # the half-received guest's lease, not cleaned up yet
+        return real(self, uri, p, flags)
+
+    hv1.domains["g1"].migrateToURI3 = send_while_dest_holds.__get__(hv1.domains["g1"])
+    with pytest.raises(LeaseError) as info:
+        manager(w, lock={"release": "before_send", "acquire_timeout": 0}).run()
+    assert "could not take its leases back" in info.value.msg
+    names = [c["name"] for c in info.value.result["lock_checkpoints"]]
+    assert names[:4] == ["begin/inquire", "perform/source_paused", "perform/source_released", "perform/send"]
+    assert "confirm/source_reacquire_busy" in names
+    assert hv1.domains["g1"]._state == "paused"
+    assert any("before_send" in x for x in info.value.result["warnings"])
+
+
+def test_already_on_destination_is_unchanged():
+    w, _hv1, _hv2 = make_world("qemu", where="hv2")
+    result = manager(w).run()
+    assert result["changed"] is False and result["state"] == "running"
+    assert [c["name"] for c in result["lock_checkpoints"]] == ["begin/inquire"]
+
+
+def test_same_host_is_refused():
+    w, _hv1, _hv2 = make_world("qemu", same_uuid=True)
+    with pytest.raises(ValidationError, match="same host UUID uuid-1"):
+        manager(w).run()
+
+
+def test_guest_not_found():
+    w, hv1, _hv2 = make_world("qemu")
+    del hv1.domains["g1"]
+    with pytest.raises(ValidationError, match="guest g1 not found on hv1"):
+        manager(w).run()
+
+
+def test_check_mode_plans_and_touches_nothing():
+    w, hv1, _hv2 = make_world("qemu")
+    result = manager(w, check_mode=True).run()
+    assert result["changed"] is True and result["lock_checkpoints"] == []
+    assert "PAUSED" in result["plan"]["flags"] and "finish/dest_acquired" in result["would"]
+    assert w.log == [] and hv1.domains["g1"]._state == "running"
+
+
+def test_check_mode_fails_when_the_source_does_not_hold_its_leases():
+    w, _hv1, _hv2 = make_world("qemu")
+    w.locks[RESOURCES[1]] = None
+    with pytest.raises(VirtError, match="source_holds_leases"):
+        manager(w, check_mode=True).run()
+    assert w.log == []
