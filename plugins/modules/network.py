@@ -152,7 +152,7 @@ options:
 seealso:
   - module: lockstep.virt.network_info
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""

@@ -20,7 +20,7 @@ options:
 seealso:
   - module: lockstep.virt.network
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""

@@ -156,7 +156,7 @@ seealso:
   - module: lockstep.virt.pool_info
   - module: lockstep.virt.volume
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""

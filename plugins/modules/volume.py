@@ -89,7 +89,7 @@ seealso:
   - module: lockstep.virt.pool
   - module: lockstep.virt.volume_info
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""

@@ -24,7 +24,7 @@ seealso:
   - module: lockstep.virt.volume
   - module: lockstep.virt.pool_info
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""
@@ -60,7 +60,7 @@ volumes:
       contains:
         path: {description: Path., type: str}
         format: {description: Format., type: str}
-        volume: {description: Volume name, when libvirt knows the file as a volume., type: str}
+        volume: {description: "Volume name, when libvirt knows the file as a volume.", type: str}
         pool: {description: Its pool., type: str}
   sample:
     - {name: web1.qcow2, pool: lab-images, path: /var/lib/lockstep-lab/shared/pools/lab-images/web1.qcow2,

@@ -25,8 +25,8 @@ PERMISSIONS_OPTIONS = {
 AUTH_OPTIONS = {
     "type": {"type": "str", "choices": ["ceph", "chap"], "required": True},
     "username": {"type": "str", "required": True},
-    "secret_uuid": {"type": "str"},
-    "secret_usage": {"type": "str"},
+    "secret_uuid": {"type": "str", "no_log": False},
+    "secret_usage": {"type": "str", "no_log": False},
 }
 
 SOURCE_OPTIONS = {
