@@ -147,7 +147,9 @@ options:
         choices: [after_send, before_send]
         default: after_send
       verify:
-        description: Probe the leases at each step and fail when they are not where they must be. V(false) trusts the lock manager.
+        description:
+          - Probe the leases at each step and fail when they are not where they must be.
+          - V(false) trusts the lock manager.
         type: bool
         default: true
       acquire_timeout:
@@ -252,7 +254,9 @@ lock_checkpoints:
       description: What happened, who holds what.
       type: str
     leases:
-      description: The probe at this checkpoint - C(resource), C(kind), C(held), C(holder) (C(source), C(other) or null), C(holder_pid), C(holder_process).
+      description:
+        - The probe at this checkpoint - C(resource), C(kind), C(held), C(holder) (C(source), C(other) or null),
+          C(holder_pid), C(holder_process).
       type: list
       elements: dict
   sample:
@@ -282,7 +286,9 @@ events:
   type: list
   elements: dict
 job:
-  description: libvirt's completed job statistics - C(elapsed_ms), C(downtime_ms) (libvirt's own), C(data_total), C(memory_iterations), ...
+  description:
+    - libvirt's completed job statistics - C(elapsed_ms), C(downtime_ms) (libvirt's own), C(data_total),
+      C(memory_iterations), C(memory_bps), C(setup_ms).
   returned: always
   type: dict
 plan:
@@ -290,7 +296,9 @@ plan:
   returned: always
   type: dict
 checks:
-  description: Pre-flight checks (destination network and pools, lock manager, leases held by the source) with C(ok) and C(detail).
+  description:
+    - Pre-flight checks (destination network and pools, lock manager, leases held by the source) with C(ok)
+      and C(detail).
   returned: always
   type: list
   elements: dict
