@@ -28,7 +28,7 @@ seealso:
   - module: lockstep.virt.migrate
   - module: lockstep.virt.domain_info
 author:
-  - lockstep.virt maintainers
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""

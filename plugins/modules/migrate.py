@@ -166,7 +166,7 @@ seealso:
   - module: lockstep.virt.lease_info
   - module: lockstep.virt.domain
 author:
-  - lockstep.virt maintainers
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""
