@@ -32,7 +32,9 @@ class PlaybookRun:
 
     def task(self, name, host=None):
         for r in self.results:
-            if r["task"] == name and (host is None or r["host"] == host):
+            # tasks of a role are named "<role> : <task>"
+            named = r["task"] == name or r["task"].endswith(" : " + name)
+            if named and (host is None or r["host"] == host):
                 return r["result"]
         raise KeyError("no result for task {!r} (host {}): {}".format(name, host, self.stdout[-3000:]))
 

@@ -210,6 +210,7 @@ stdio_handler = "logd"
 
 QEMU_LOCKD_CONF = """# lockstep.virt lab host: indirect leases on shared storage
 auto_disk_leases = 1
+require_lease_for_disks = 0
 file_lockspace_dir = "{lockspace}"
 """.format(lockspace=LOCKSPACE_DIR)
 

@@ -1,0 +1,106 @@
+"""The roles on the lab's real hosts: hypervisor, guests, evacuate."""
+
+import os
+
+import pytest
+from labkit import lock_holder
+
+
+def role_play(hosts, role, role_vars):
+    return [{"hosts": hosts, "gather_facts": False, "roles": [{"role": role, "vars": role_vars}]}]
+
+
+def changed_tasks(run, host):
+    """Names of the tasks that changed something, without their "<role> : " prefix."""
+    return [r["task"].split(" : ", 1)[-1] for r in run.for_host(host) if r["result"].get("changed")]
+
+
+def test_hypervisor_role_finds_the_lab_configured_and_changes_nothing(lab):
+    role_vars = {"hypervisor_lockspace_dir": lab.lockspace_dir, "hypervisor_restart_services": False}
+    for check in (False, True):
+        run = lab.playbook(role_play("hypervisors", "lockstep.virt.hypervisor", role_vars), check=check, diff=True)
+        assert run.rc == 0, run.stdout[-3000:]
+        for host in lab.hosts:
+            assert changed_tasks(run, host) == []
+            assert run.task("Read the lock manager now in force", host)["lock_manager"]["enabled"] is True
+
+
+def test_hypervisor_role_check_mode_predicts_a_lockspace_change_without_making_it(lab):
+    before = lab.exec(lab.hosts[0], "cat", "/etc/libvirt/qemu-lockd.conf").stdout
+    role_vars = {"hypervisor_lockspace_dir": "/srv/elsewhere/lockd", "hypervisor_restart_services": False}
+    run = lab.playbook(role_play(lab.hosts[0], "lockstep.virt.hypervisor", role_vars), check=True, diff=True)
+    assert run.rc == 0, run.stdout[-3000:]
+    assert changed_tasks(run, lab.hosts[0]) == ["The lockspace directory", "Configure virtlockd's leases"]
+    assert lab.exec(lab.hosts[0], "cat", "/etc/libvirt/qemu-lockd.conf").stdout == before
+    assert lab.exec(lab.hosts[0], "test", "-e", "/srv/elsewhere", check=False).returncode != 0
+
+
+@pytest.fixture
+def two_guests(lab, guest_name):
+    names = [guest_name + "-a", guest_name + "-b"]
+    guests = []
+    for name in names:
+        disk = lab.new_disk(name)
+        spec = {
+            "type": "qemu",
+            "memory": 32,
+            "boot": ["hd"],
+            "disks": [{"path": disk, "format": "qcow2", "cache": "none"}],
+            "lease": {},
+        }
+        guests.append({"name": name, "state": "running", "spec": spec})
+    yield guests
+    for name in names:
+        lab.cleanup_domain(name)
+        os.unlink(os.path.join(lab.images_dir, name + ".qcow2"))
+
+
+def test_guests_role_starts_every_guest_once_and_then_changes_nothing(lab, two_guests):
+    hv1 = lab.hosts[0]
+    role_vars = {"guests_list": two_guests, "guests_lock": {"acquire": "after_create", "required": True}}
+    first = lab.playbook(role_play(hv1, "lockstep.virt.guests", role_vars))
+    assert first.rc == 0, first.stdout[-3000:]
+    started = first.task("Bring each guest to its declared state", hv1)["results"]
+    assert [r["changed"] for r in started] == [True, True]
+    for r in started:
+        names = [c["name"] for c in r["lock_checkpoints"]]
+        assert names.index("created_paused") < names.index("resumed") < names.index("leases_verified")
+    for g in two_guests:
+        assert lab.domain_state(hv1, g["name"]) == "running"
+
+    for check in (False, True):
+        again = lab.playbook(role_play(hv1, "lockstep.virt.guests", role_vars), check=check, diff=True)
+        assert again.rc == 0
+        assert changed_tasks(again, hv1) == []
+
+
+def test_evacuate_role_moves_every_guest_with_its_leases(lab, two_guests):
+    hv1, hv2 = lab.hosts[:2]
+    start = lab.playbook(role_play(hv1, "lockstep.virt.guests", {"guests_list": two_guests}))
+    assert start.rc == 0, start.stdout[-3000:]
+    role_vars = {
+        "evacuate_destination": hv2,
+        "evacuate_pattern": two_guests[0]["name"][:-2] + "-*",
+        "evacuate_unsafe": True,
+    }
+    run = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
+    assert run.rc == 0, run.stdout[-3000:]
+    for g in two_guests:
+        assert lab.domain_state(hv2, g["name"]) == "running"
+        assert lab.domain_state(hv1, g["name"]) is None
+        disk = os.path.join(lab.images_dir, g["name"] + ".qcow2")
+        leases = lab.module(hv2, "lockstep.virt.lease_info", {"name": g["name"]})["guests"][0]["leases"]
+        assert leases and all(lease["held_here"] for lease in leases), leases
+        assert any(lease.get("path") == disk for lease in leases)
+        assert lock_holder(leases[0]["resource"]) == lab.virtlockd_pid(hv2)
+
+    again = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
+    assert again.rc == 0
+    assert changed_tasks(again, hv1) == []
+
+
+def test_evacuate_role_refuses_its_own_host(lab):
+    hv1 = lab.hosts[0]
+    run = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", {"evacuate_destination": hv1}))
+    assert run.rc != 0
+    assert "must name another hypervisor" in run.task("Refuse to evacuate a host onto itself", hv1)["msg"]
