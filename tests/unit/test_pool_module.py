@@ -133,6 +133,7 @@ def test_type_change_refused(hv, run_module, tmp_path):
 
 
 def test_absent_and_deleted(hv, run_module, tmp_path):
+    (tmp_path / "d").mkdir()  # the test driver builds nothing on disk
     run_module(pool_module.main, pool_args(tmp_path / "d", state="active"))
     hv.storagePoolLookupByName("p1").createXML(
         "<volume><name>v</name><capacity unit='bytes'>1024</capacity></volume>", 0
@@ -174,3 +175,9 @@ def test_info(hv, run_module, tmp_path):
     assert p["capacity"] > 0 and p["available"] <= p["capacity"]
     assert [x["name"] for x in run_module(info_module.main, {"uri": URI})["pools"]] == ["default-pool", "p1"]
     assert run_module(info_module.main, {"uri": URI, "name": "zz"})["pools"] == []
+
+
+def test_deleted_with_its_directory_already_gone(hv, run_module, tmp_path):
+    run_module(pool_module.main, pool_args(tmp_path / "gone", state="inactive"))
+    r = run_module(pool_module.main, {"uri": URI, "name": "p1", "state": "deleted"})
+    assert r["actions"] == ["undefine"] and "p1" not in hv.listDefinedStoragePools()

@@ -150,3 +150,13 @@ def test_absent(hv, run_module):
     assert r["actions"] == ["delete"] and names(hv) == [] and r["volume"] is None
     for check in (False, True):
         assert not run_module(volume_module.main, vol_args(state="absent"), check_mode=check)["changed"]
+
+
+def test_import_of_an_overlay_is_refused(hv, run_module, tmp_path):
+    import struct
+
+    img = tmp_path / "overlay.qcow2"
+    # a qcow2 header whose backing file offset is set: importing it would expose a host file to a guest
+    img.write_bytes(b"QFI\xfb" + struct.pack(">I", 3) + struct.pack(">Q", 512) + b"\0" * 8 + struct.pack(">Q", MiB))
+    r = run_module(volume_module.main, vol_args("imp", capacity=None, format=None, import_from=str(img)))
+    assert r["failed"] and "backing file" in r["msg"] and names(hv) == []

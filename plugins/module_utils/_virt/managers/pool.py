@@ -394,7 +394,8 @@ class PoolManager:
         if self.check_mode and "redefine" in self.result["actions"]:
             pending = True
         else:
-            pending = compare(desired, pool_xml(pool, inactive=False)).changed
+            # libvirt reports the live directory's own permissions; a start does not change them
+            pending = compare(desired, pool_xml(pool, inactive=False), ignore=("permissions",)).changed
         if not pending:
             return
         if not self.params["restart_on_change"]:
@@ -428,7 +429,10 @@ class PoolManager:
             if not self.check_mode:
                 with libvirt_errors("cannot stop storage pool {}".format(self.name)):
                     pool.destroy()
-        if delete:
+        path = pool_target(root)
+        if delete and not (
+            pool_type(root) in DIRECTORY_TARGET_TYPES and self.conn.local and path and not os.path.lexists(path)
+        ):
             self._act("delete")
             if not self.check_mode:
                 with libvirt_errors("cannot delete the storage of pool {}".format(self.name)):

@@ -158,12 +158,13 @@ def list_volumes(conn, pool_name=None, name=None):
 
 
 def file_format(path):
-    """(format, virtual size) of an image file: qcow2 from its header, raw otherwise."""
+    """(format, virtual size, has a backing file) of an image file: qcow2 from its header, raw otherwise."""
     with open(path, "rb") as fh:
         head = fh.read(32)
     if head[:4] == QCOW2_MAGIC and len(head) >= 32:
-        return "qcow2", struct.unpack(">Q", head[24:32])[0]
-    return "raw", os.path.getsize(path)
+        backing_offset = struct.unpack(">Q", head[8:16])[0]
+        return "qcow2", struct.unpack(">Q", head[24:32])[0], backing_offset != 0
+    return "raw", os.path.getsize(path), False
 
 
 # --------------------------------------------------------------------------- manager
@@ -256,8 +257,9 @@ class VolumeManager:
         target = pool_target(root)
         if pool_type(root) not in DIRECTORY_TARGET_TYPES or not target or not facts.get("path"):
             return
-        base = os.path.realpath(target)
-        path = os.path.realpath(facts["path"])
+        resolve = os.path.realpath if self.conn.local else os.path.normpath
+        base = resolve(target)
+        path = resolve(facts["path"])
         if os.path.dirname(path) != base:
             raise ValidationError(
                 "volume {} resolves to {}, outside the directory {} of pool {}; it is left alone".format(
@@ -382,7 +384,12 @@ class VolumeManager:
                 raise ValidationError("import_from needs a local connection: the file must be on the hypervisor")
             if not os.path.isfile(path):
                 raise ValidationError("import_from: {} is not a regular file on {}".format(path, self.conn.hostname))
-            found, virtual = file_format(path)
+            found, virtual, has_backing = file_format(path)
+            if has_backing:
+                raise ValidationError(
+                    "import_from: {} is a qcow2 overlay that refers to a backing file; import a standalone "
+                    "image (qemu-img convert) or use backing_volume".format(path)
+                )
             if fmt and fmt != found:
                 raise ValidationError("import_from: {} is a {} image, not {}".format(path, found, fmt))
             fmt = found
