@@ -10,6 +10,7 @@ DOCUMENTATION / EXAMPLES / RETURN and each role's meta/argument_specs.yml.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,12 +45,25 @@ def ansible_doc(kind, names):
     return json.loads(res.stdout)
 
 
+MARKUP = (
+    (re.compile(r"[OCVE]\(([^)]*)\)"), r"`\1`"),  # option, code, value, environment
+    (re.compile(r"M\(([^)]*)\)"), r"`\1`"),  # module
+    (re.compile(r"I\(([^)]*)\)"), r"*\1*"),
+    (re.compile(r"L\(([^,)]*),\s*([^)]*)\)"), r"[\1](\2)"),
+    (re.compile(r"U\(([^)]*)\)"), r"<\1>"),
+)
+
+
 def text(value):
+    """One table-safe Markdown line from Ansible's documentation markup."""
     if value is None:
         return ""
     if isinstance(value, list):
         return " ".join(text(v) for v in value)
-    return str(value).replace("\n", " ").replace("|", "\\|").strip()
+    out = str(value).replace("\n", " ").strip()
+    for pattern, repl in MARKUP:
+        out = pattern.sub(repl, out)
+    return out.replace("|", "\\|")
 
 
 def option_rows(options, depth=0):
@@ -82,7 +96,9 @@ def return_rows(values, depth=0):
         val = values[name]
         label = "{}`{}`".format("&nbsp;&nbsp;" * depth + ("↳ " if depth else ""), name)
         rows.append(
-            "| {} | {} | {} | {} |".format(label, val.get("type", ""), text(val.get("returned")), text(val.get("description")))
+            "| {} | {} | {} | {} |".format(
+                label, val.get("type", ""), text(val.get("returned")), text(val.get("description"))
+            )
         )
         if val.get("contains"):
             rows += return_rows(val["contains"], depth + 1)
@@ -91,7 +107,12 @@ def return_rows(values, depth=0):
 
 def plugin_page(kind, name, data):
     doc = data.get("doc", {})
-    lines = ["# {}.{}".format(COLLECTION, name), "", "*{} plugin* — {}".format(kind, text(doc.get("short_description"))), ""]
+    lines = [
+        "# {}.{}".format(COLLECTION, name),
+        "",
+        "*{} plugin* — {}".format(kind, text(doc.get("short_description"))),
+        "",
+    ]
     lines += ["> Generated from the plugin's documentation by `docs/generate.py`; do not edit.", ""]
     for para in doc.get("description") or []:
         lines += [text(para), ""]
@@ -142,12 +163,19 @@ def render():
         if not names:
             continue
         docs = ansible_doc(kind, names)
-        index += ["## {}s".format(kind.capitalize()), ""]
+        index += [
+            "## {}".format(
+                {"module": "Modules", "connection": "Connection plugins", "inventory": "Inventory plugins"}[kind]
+            ),
+            "",
+        ]
         for name in names:
             data = docs["{}.{}".format(COLLECTION, name)]
             filename = "{}_{}.md".format(name, kind) if kind != "module" else "{}.md".format(name)
             pages[filename] = plugin_page(kind, name, data)
-            index.append("- [{}.{}]({}) — {}".format(COLLECTION, name, filename, text(data["doc"].get("short_description"))))
+            index.append(
+                "- [{}.{}]({}) — {}".format(COLLECTION, name, filename, text(data["doc"].get("short_description")))
+            )
         index.append("")
     roles = role_names()
     if roles:
