@@ -436,8 +436,11 @@ class NetworkManager:
                 if not self.check_mode:
                     with libvirt_errors("cannot define network {}".format(self.name)):
                         net = self.conn.virt.networkDefineXML(to_text(prepare_network_for_define(desired, existing)))
-                if active and drift.host_ops:
-                    self._update_hosts(net, drift.host_ops, live_only=True)
+                if active:
+                    # what runs gets its static hosts now; the rest waits for a restart
+                    live_ops = network_drift(desired, network_xml(net, inactive=False)).host_ops
+                    if live_ops:
+                        self._update_hosts(net, live_ops, live_only=True)
             elif drift.host_ops:
                 self._update_hosts(net, drift.host_ops, live_only=False)
 
