@@ -122,6 +122,24 @@ def resolve_packages():
     return kernel, info
 
 
+def still_current(manifest):
+    """One apt-cache call: same script, same kernel, and the same candidate version of every package.
+
+    The same versions have the same dependencies, so the full resolution is not needed again.
+    """
+    packages = manifest.get("packages") or {}
+    if manifest.get("script_sha256") != script_hash() or not packages:
+        return False
+    try:
+        shown = apt_show(list(packages) + [KERNEL_META])
+    except (SystemExit, subprocess.CalledProcessError):
+        return False
+    kernel = [d for d in depends_of(shown.pop(KERNEL_META)) if d.startswith("linux-image-")]
+    if not kernel or "linux-image-" + manifest.get("kernel_version", "") != kernel[0]:
+        return False
+    return all(shown.get(name, {}).get("Version") == version for name, version in packages.items())
+
+
 def script_hash():
     with open(os.path.abspath(__file__), "rb") as fh:
         return hashlib.sha256(fh.read()).hexdigest()
@@ -503,6 +521,10 @@ def build(force=False, directory=IMAGE_DIR):
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(CACHE_DIR, ".guest-image.lock"), "w") as lockfh:
         fcntl.flock(lockfh, fcntl.LOCK_EX)
+        current = read_manifest(directory)
+        if not force and image_ready(directory) and still_current(current):
+            log("up to date (%s)", current["input_key"][:12])
+            return current
         kernel_pkg, info = resolve_packages()
         key = input_key(info)
         current = read_manifest(directory)
