@@ -257,6 +257,38 @@ def test_check_mode_names_a_missing_network_on_the_destination(lab, guest_name):
         os.unlink(disk)
 
 
+def test_a_volume_the_destination_pool_does_not_see_is_named_before_anything_moves(lab, guest_name):
+    pool, pool_dir = "p" + guest_name[-8:], os.path.join(lab.shared_dir, "pools", guest_name)
+    pool_spec = {"type": "dir", "path": pool_dir}
+    for host in ("hv1", "hv2"):
+        assert not failed(lab.module(host, "lockstep.virt.pool", {"name": pool, "state": "active", "spec": pool_spec}))
+    # made after hv2's pool was scanned: hv2 does not list it until its pool is refreshed
+    vol = {"pool": pool, "name": guest_name + ".qcow2", "capacity": "16M", "format": "qcow2"}
+    assert not failed(lab.module("hv1", "lockstep.virt.volume", vol))
+    try:
+        spec = {"type": "qemu", "memory": 32, "boot": ["hd"], "disks": [{"pool": pool, "volume": vol["name"]}]}
+        started = lab.module("hv1", "lockstep.virt.domain", {"name": guest_name, "state": "running", "spec": spec})
+        assert not failed(started), started.get("msg")
+        for check in (True, False):
+            res = migrate(lab, "hv1", "hv2", guest_name, check=check)
+            assert failed(res)
+            [bad] = [c for c in res["checks"] if not c["ok"]]
+            assert bad["name"] == "dest_volume" and vol["name"] in bad["detail"], res["checks"]
+            assert lab.domain_state("hv1", guest_name) == "running"
+            assert lab.domain_state("hv2", guest_name) is None
+        refresh = lab.module("hv2", "lockstep.virt.pool", {"name": pool, "state": "active", "refresh": True})
+        assert not failed(refresh)
+        moved = migrate(lab, "hv1", "hv2", guest_name)
+        assert not failed(moved), moved.get("msg")
+        assert [c["name"] for c in moved["checks"] if c["name"] == "dest_volume" and c["ok"]] == ["dest_volume"]
+        assert lab.domain_state("hv2", guest_name) == "running"
+    finally:
+        lab.cleanup_domain(guest_name)
+        lab.module("hv1", "lockstep.virt.volume", dict(vol, state="absent"))
+        for host in ("hv1", "hv2"):
+            lab.module(host, "lockstep.virt.pool", {"name": pool, "state": "deleted"})
+
+
 # --------------------------------------------------------------------------- send failure
 def test_send_failure_keeps_the_guest_on_the_source_with_its_leases(lab, guest):
     with blocked_migration_ports(lab, "hv2"):

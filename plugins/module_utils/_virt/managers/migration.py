@@ -300,7 +300,7 @@ class MigrationManager:
                 ),
             )
         devices = elements(root, "devices")
-        networks, pools = [], []
+        networks, pools, volumes = [], [], []
         if devices:
             for iface in elements(devices[0], "interface"):
                 src = elements(iface, "source")
@@ -309,6 +309,7 @@ class MigrationManager:
         for disk in domain_disks(root):
             if disk["pool"]:
                 pools.append(disk["pool"])
+                volumes.append((disk["pool"], disk["volume"]))
         for net in sorted(set(networks)):
             try:
                 active = bool(self.dest.virt.networkLookupByName(net).isActive())
@@ -329,6 +330,18 @@ class MigrationManager:
                 )
             except Exception:
                 self._check("dest_pool", False, "{} has no storage pool {}".format(self.dest_name, pool))
+        for pool, volume in sorted(set(volumes)):
+            try:
+                self.dest.virt.storagePoolLookupByName(pool).storageVolLookupByName(volume)
+                self._check("dest_volume", True, "volume {} in pool {} on {}".format(volume, pool, self.dest_name))
+            except Exception:
+                self._check(
+                    "dest_volume",
+                    False,
+                    "{} does not see volume {} in pool {} (on shared storage, refresh the pool there)".format(
+                        self.dest_name, volume, pool
+                    ),
+                )
         if not self.plan["verify"]:
             return
         cfg = self.lock_config
