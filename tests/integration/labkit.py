@@ -153,13 +153,29 @@ class Lab:
         return PlaybookRun(res.returncode, res.stdout, res.stderr, results)
 
     def module(self, host, module, args, check=False, diff=False):
-        """Run one module task on one host; return its result dict (failed ones too)."""
+        """Run one module task on one host; return its result dict, with ``failed: true`` when it failed."""
+        result, _run = self._module_run(host, module, args, check, diff)
+        return result
+
+    def module_fails(self, host, module, args, check=False, diff=False):
+        """Run one module task that must fail cleanly (no traceback); return its result."""
+        result, run = self._module_run(host, module, args, check, diff)
+        assert result.get("failed") is True, result
+        assert "Traceback" not in run.stdout + run.stderr, run.stdout[-3000:]
+        # ansible-core fills "exception" with a placeholder when the module sent no traceback
+        assert "Traceback (most recent call last)" not in str(result.get("exception", "")), result["exception"]
+        return result
+
+    def _module_run(self, host, module, args, check, diff):
         play = [{"hosts": host, "gather_facts": False, "tasks": [{"name": "under test", module: args}]}]
         run = self.playbook(play, check=check, diff=diff)
-        try:
-            return run.task("under test", host)
-        except KeyError:
-            raise AssertionError("module did not run: rc={}\n{}\n{}".format(run.rc, run.stdout, run.stderr)) from None
+        entries = [r for r in run.results if r["task"] == "under test" and r["host"] == host]
+        if not entries:
+            raise AssertionError("module did not run: rc={}\n{}\n{}".format(run.rc, run.stdout, run.stderr))
+        result = dict(entries[0]["result"])
+        if entries[0]["status"] in ("failed", "unreachable"):
+            result["failed"] = True  # the callback keeps the status beside the module's own keys
+        return result, run
 
     def adhoc(self, pattern, module, args, timeout=300):
         argv = ["ansible", pattern, "-i", self.inventory, "-m", module, "-a", args]

@@ -40,9 +40,13 @@ def test_lease_directory_is_shared_and_lockd_is_on(lab):
         os.unlink(marker)
 
 
-def test_no_default_network_anywhere(lab):
+def test_libvirts_default_network_is_never_defined(lab):
     for host in lab.hosts:
-        assert lab.virsh(host, "net-list", "--name").stdout.strip() == ""
+        names = lab.virsh(host, "net-list", "--all", "--name").stdout.split()
+        assert "default" not in names
+        for name in names:
+            assert "192.168.122." not in lab.virsh(host, "net-dumpxml", name).stdout
+    assert "192.168.122." not in lab.exec(lab.hosts[0], "ip", "-4", "addr").stdout
 
 
 def test_disk_lease_held_by_the_running_host_and_second_start_refused(lab, guest_name):

@@ -86,8 +86,7 @@ def migrate(lab, src, dst, name, check=False, **kwargs):
 
 
 def failed(result):
-    """The recorded result of a failed task (the recorder keeps the module's keys: ``msg`` only on failure)."""
-    return bool(result.get("failed")) or "msg" in result
+    return result.get("failed") is True
 
 
 def names(result):

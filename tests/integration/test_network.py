@@ -45,16 +45,6 @@ def args(net, **kw):
     return out
 
 
-def run_failing(lab, host, module, module_args):
-    """Run one task that must fail; return its result (the recorder keeps the status apart)."""
-    play = [{"hosts": host, "gather_facts": False, "tasks": [{"name": "bad", module: module_args}]}]
-    run = lab.playbook(play)
-    (entry,) = [e for e in run.results if e["task"] == "bad" and e["host"] == host]
-    assert entry["status"] == "failed", entry
-    assert "Traceback" not in run.stdout + run.stderr
-    return entry["result"]
-
-
 def dnsmasq_pid(lab, host, name):
     return int(lab.exec(host, "cat", "/run/libvirt/network/{}.pid".format(name)).stdout.strip())
 
@@ -168,6 +158,6 @@ def test_bad_input_changes_nothing(lab, net, bad, needle):
     hv1 = lab.hosts[0]
     a = {"name": net["name"], "state": "active"}
     a.update({k: (v.format(net["name"]) if isinstance(v, str) else v) for k, v in bad.items()})
-    r = run_failing(lab, hv1, MODULE, a)
+    r = lab.module_fails(hv1, MODULE, a)
     assert needle in r["msg"] and not r.get("changed"), r
     assert lab.virsh(hv1, "net-info", net["name"], check=False).returncode != 0

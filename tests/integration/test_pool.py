@@ -11,16 +11,6 @@ MODULE = "lockstep.virt.pool"
 SHARED_POOLS = "/var/lib/lockstep-lab/shared/pools"
 
 
-def run_failing(lab, host, module, module_args):
-    """Run one task that must fail; return its result (the recorder keeps the status apart)."""
-    play = [{"hosts": host, "gather_facts": False, "tasks": [{"name": "bad", module: module_args}]}]
-    run = lab.playbook(play)
-    (entry,) = [e for e in run.results if e["task"] == "bad" and e["host"] == host]
-    assert entry["status"] == "failed", entry
-    assert "Traceback" not in run.stdout + run.stderr
-    return entry["result"]
-
-
 @pytest.fixture
 def pool(lab):
     """A fresh pool name and a path for it on the shared storage; removed from every host afterwards."""
@@ -79,7 +69,7 @@ def test_existing_directory_is_not_built_and_refresh(lab, pool):
     assert not r["changed"] and r["refreshed"]
     info = lab.module(hv1, "lockstep.virt.pool_info", {"name": pool["name"]})
     assert info["pools"][0]["volumes"] == ["dropped.img"]
-    r = run_failing(lab, hv1, MODULE, {"name": pool["name"], "state": "deleted"})
+    r = lab.module_fails(hv1, MODULE, {"name": pool["name"], "state": "deleted"})
     assert "still holds 1 volume" in r["msg"] and not r.get("changed")
     assert os.path.exists(os.path.join(pool["path"], "dropped.img"))
 
@@ -134,7 +124,7 @@ def test_bad_input_changes_nothing(lab, pool, bad, needle):
         a["spec"] = {"type": "dir", "path": pool["path"]}
     else:
         a.update({k: (v.format(pool["name"]) if isinstance(v, str) else v) for k, v in bad.items()})
-    r = run_failing(lab, hv1, MODULE, a)
+    r = lab.module_fails(hv1, MODULE, a)
     assert needle in r["msg"] and not r.get("changed"), r
     assert lab.virsh(hv1, "pool-info", pool["name"], check=False).returncode != 0
     if bad == "file":

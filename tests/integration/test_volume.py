@@ -13,16 +13,6 @@ SHARED_POOLS = "/var/lib/lockstep-lab/shared/pools"
 MiB = 1024 * 1024
 
 
-def run_failing(lab, host, module, module_args):
-    """Run one task that must fail; return its result (the recorder keeps the status apart)."""
-    play = [{"hosts": host, "gather_facts": False, "tasks": [{"name": "bad", module: module_args}]}]
-    run = lab.playbook(play)
-    (entry,) = [e for e in run.results if e["task"] == "bad" and e["host"] == host]
-    assert entry["status"] == "failed", entry
-    assert "Traceback" not in run.stdout + run.stderr
-    return entry["result"]
-
-
 def image_info(path):
     out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
@@ -73,7 +63,7 @@ def test_grow_clone_overlay_import(lab, pool):
     assert r["actions"] == ["resize"] and r["volume"]["capacity"] == 32 * MiB
     assert image_info(r["volume"]["path"])["virtual-size"] == 32 * MiB
     assert_idempotent(lab, hv1, grown)
-    r = run_failing(lab, hv1, MODULE, base)
+    r = lab.module_fails(hv1, MODULE, base)
     assert "allow_shrink" in r["msg"] and not r.get("changed")
     assert image_info(os.path.join(pool["path"], "base.qcow2"))["virtual-size"] == 32 * MiB
 
@@ -136,7 +126,7 @@ def test_wipe_and_absent_idempotent(lab, pool):
 )
 def test_bad_input_changes_nothing(lab, pool, bad, needle):
     hv1 = lab.hosts[0]
-    r = run_failing(lab, hv1, MODULE, vol(pool, **bad))
+    r = lab.module_fails(hv1, MODULE, vol(pool, **bad))
     assert needle in r["msg"] and not r.get("changed"), r
     assert os.listdir(pool["path"]) == []
     assert not os.path.exists(os.path.join(SHARED_POOLS, "escape.qcow2"))
