@@ -19,7 +19,7 @@ description:
     reused by every command and file transfer of the guests on it.
   - The P(lockstep.virt.libvirt#inventory) inventory plugin sets every option of this plugin for the guests it finds.
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 version_added: 0.1.0
 requirements:
   - paramiko (Python library) on the controller
@@ -207,6 +207,7 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
 from ansible_collections.lockstep.virt.plugins.plugin_utils._agent_ssh import (
+    AGENT_UNREACHABLE,
     GuestAgent,
     GuestAgentError,
     drop_cached,
@@ -293,9 +294,9 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound("file or module does not exist: {}".format(in_path))
         try:
             self._agent.write_file(out_path, file_chunks(to_bytes(in_path, errors="surrogate_or_strict")))
+        except AGENT_UNREACHABLE:
+            raise
         except GuestAgentError as exc:
-            if type(exc) is not GuestAgentError:  # the agent itself failed: unreachable
-                raise
             raise AnsibleError("failed to copy {} to {} in the guest: {}".format(in_path, out_path, exc)) from exc
 
     def fetch_file(self, in_path, out_path):
@@ -309,9 +310,9 @@ class Connection(ConnectionBase):
                 for chunk in self._agent.read_file(in_path):
                     fh.write(chunk)
             os.replace(tmp, b_out)
+        except AGENT_UNREACHABLE:
+            raise
         except GuestAgentError as exc:
-            if type(exc) is not GuestAgentError:
-                raise
             raise AnsibleError("failed to fetch {} from the guest: {}".format(in_path, exc)) from exc
         finally:
             if os.path.exists(tmp):

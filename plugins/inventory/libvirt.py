@@ -14,7 +14,7 @@ description:
     C(libvirt_hypervisor_<name>), plus the groups of O(groups) and O(keyed_groups).
   - The configuration file name must end in C(libvirt.yml) or C(libvirt.yaml).
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 version_added: 0.1.0
 requirements:
   - paramiko (Python library) on the controller

@@ -295,6 +295,18 @@ def b64(data):
     return base64.b64encode(data).decode("ascii")
 
 
+# The guest cannot be reached through its agent at all (the task is unreachable), as opposed to a
+# plain GuestAgentError: the agent answered, but refused one operation (a file it cannot open).
+AGENT_UNREACHABLE = (
+    AgentNotConnected,
+    AgentNotConfigured,
+    AgentCommandMissing,
+    AgentTimeout,
+    DomainNotFound,
+    DomainNotRunning,
+)
+
+
 class GuestAgent:
     """The guest agent of one domain, reached through ``transport.run()`` and virsh."""
 
@@ -478,7 +490,7 @@ def parse_domain_listing(text):
 
     guests = []
     for part in text.split(_MARK)[1:]:
-        state_line, _, xml = part.partition("\n")
+        state_line, _sep, xml = part.partition("\n")
         try:
             root = ET.fromstring(xml.strip())
         except ET.ParseError:

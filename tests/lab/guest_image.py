@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the lab's Linux guest image from Debian 12 packages, and the domain XML that boots it.
 
     python3 tests/lab/guest_image.py [--force]    build (or reuse) the image; prints its directory
@@ -80,7 +79,7 @@ def apt_show(names):
             if line.startswith(" ") and key:
                 fields[key] += "\n" + line
             elif ":" in line:
-                key, _, value = line.partition(":")
+                key, _sep, value = line.partition(":")
                 fields[key] = value.strip()
         if "Package" in fields:
             info[fields["Package"]] = fields
@@ -495,8 +494,9 @@ def compress(data):
     if zstd:
         res = subprocess.run([zstd, "-q", "-19", "-c", "-T0"], input=data, capture_output=True, check=True)
         return res.stdout, "zstd -19"
-    filters = [{"id": lzma.FILTER_X86}, {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
-                                          "dict_size": 1 << 20}]  # fmt: skip
+    # the dictionary must stay small: the kernel unpacks with a bounded buffer
+    lzma2 = {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": 1 << 20}
+    filters = [{"id": lzma.FILTER_X86}, lzma2]
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, filters=filters), "xz (crc32, 1 MiB)"
 
 
@@ -645,7 +645,7 @@ def main(argv=None):
             domain_xml(a.name, disk=a.disk, memory_mib=a.memory, domain_type=a.type, console_log=a.console_log)
         )
         return 0
-    p = argparse.ArgumentParser(prog="guest_image.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="guest_image.py", description=__doc__.split("\n\n", maxsplit=1)[0])
     p.add_argument("--force", action="store_true", help="rebuild even if the cached image is current")
     p.add_argument("--output", default=IMAGE_DIR, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

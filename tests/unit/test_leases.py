@@ -142,7 +142,7 @@ DOMAIN = """<domain type='qemu'><name>g</name><devices>
 
 def test_domain_lease_resources():
     cfg = LockConfig(manager="lockd", file_lockspace_dir="/srv/lockd")
-    res = domain_lease_resources(parse_xml(DOMAIN), cfg, resolve_volume=lambda p, v: "/pools/{}/{}".format(p, v))
+    res = domain_lease_resources(parse_xml(DOMAIN), cfg, resolve_volume="/pools/{}/{}".format)
     by = dict((r["disk"] or r["key"], r) for r in res)
     assert sorted(by) == ["vda", "vdc", "vde", "vm-key"]  # read-only, network and empty disks are never leased
     assert by["vda"]["resource"] == "/srv/lockd/" + lease_name("/img/rw.qcow2")

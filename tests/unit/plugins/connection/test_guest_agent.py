@@ -163,7 +163,7 @@ def test_virsh_command_quotes_everything(agent):
 
 def test_small_stdin_goes_as_input_data(agent, hv):
     hv.exec_results = [{"polls": 0}]
-    rc, out, _ = agent.execute(["/bin/sh", "-c", "cat"], stdin=b"hello")
+    rc, out, _err = agent.execute(["/bin/sh", "-c", "cat"], stdin=b"hello")
     assert rc == 0
     assert hv.requests[0]["arguments"]["input-data"] == base64.b64encode(b"hello").decode()
     assert out.endswith(b"stdin=5")
@@ -171,7 +171,7 @@ def test_small_stdin_goes_as_input_data(agent, hv):
 
 def test_large_stdin_is_staged_in_a_guest_file(agent, hv):
     payload = os.urandom(ga.INPUT_INLINE_MAX * 3 + 11)
-    rc, out, _ = agent.execute(["/bin/sh", "-c", "/usr/bin/python3"], stdin=payload)
+    rc, out, _err = agent.execute(["/bin/sh", "-c", "/usr/bin/python3"], stdin=payload)
     assert rc == 0 and out.endswith(b"stdin=%d" % len(payload))
     execs = [r for r in hv.requests if r["execute"] == "guest-exec"]
     main = execs[-1]["arguments"]
@@ -237,7 +237,7 @@ def test_error_mapping(agent, hv, stderr, cls, text):
     hv.error = stderr
     with pytest.raises(cls, match=text) as info:
         agent.execute(["/bin/true"])
-    assert type(info.value) is cls
+    assert info.type is cls
     assert isinstance(info.value, AnsibleConnectionFailure)
     assert "g1" in str(info.value) and "root@fake:22" in str(info.value)
 

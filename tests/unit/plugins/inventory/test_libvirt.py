@@ -23,9 +23,11 @@ def domain(name, state, agent=True, connected="connected", memory="131072", unit
         if agent
         else ""
     )
-    return "{} {}\n<domain type='qemu'><name>{}</name><uuid>uuid-{}</uuid><memory unit='{}'>{}</memory>" \
-        "<vcpu placement='static'>2</vcpu><devices>{}</devices></domain>\n".format(
-            ga._MARK, state, name, name, unit, memory, channel)  # fmt: skip
+    return (
+        "{mark} {state}\n<domain type='qemu'><name>{name}</name><uuid>uuid-{name}</uuid>"
+        "<memory unit='{unit}'>{memory}</memory><vcpu placement='static'>2</vcpu><devices>{channel}</devices>"
+        "</domain>\n"
+    ).format(mark=ga._MARK, state=state, name=name, unit=unit, memory=memory, channel=channel)
 
 
 LISTINGS = {
@@ -111,16 +113,16 @@ def test_running_guests_with_agent_by_default(inventory):
 
 
 def test_all_states_and_patterns(inventory):
-    data, _ = inventory(BASE + "states: []\nrequire_agent_channel: false\n")
+    data, _cache = inventory(BASE + "states: []\nrequire_agent_channel: false\n")
     assert sorted(data.hosts) == ["bios", "db1", "moved", "paused1", "web1"]
     assert data.hosts["moved"].get_vars()["libvirt_hypervisor"] == "hv2"  # the running one wins
     assert "libvirt_state_shut_off" in data.groups and "libvirt_state_paused" in data.groups
-    data, _ = inventory(BASE + "states: [shut off, paused]\nname_patterns: ['d', 'p']\n")
+    data, _cache = inventory(BASE + "states: [shut off, paused]\nname_patterns: ['d', 'p']\n")
     assert sorted(data.hosts) == ["db1", "paused1"]
 
 
 def test_constructable(inventory):
-    data, _ = inventory(
+    data, _cache = inventory(
         BASE
         + """
 compose:
