@@ -42,13 +42,16 @@ class PlaybookRun:
 class Lab:
     def __init__(self, status):
         self.status = status
-        self.hosts = [h["name"] for h in status["hosts"]]
+        self.all_hosts = [h["name"] for h in status["hosts"]]
         self.inventory = status["inventory"]
         self.shared_dir = status["shared_dir"]
         self.lockspace_dir = status["lockspace_dir"]
         self.images_dir = os.path.join(self.shared_dir, "images")
         with open(os.path.join(os.path.dirname(self.inventory), "state.json")) as fh:
             self.state = json.load(fh)
+        # hosts: those with virtlockd on (inventory group hypervisors); unlocked_hosts: the others
+        self.unlocked_hosts = list(self.state.get("unlocked", []))
+        self.hosts = [h for h in self.all_hosts if h not in self.unlocked_hosts]
 
     # ---- direct access, for checking
     def address(self, host):
@@ -104,7 +107,7 @@ class Lab:
         return path
 
     def cleanup_domain(self, name):
-        for host in self.hosts:
+        for host in self.all_hosts:
             self.virsh(host, "destroy", name, check=False)
             self.virsh(host, "undefine", "--nvram", name, check=False)
 

@@ -107,3 +107,14 @@ def test_live_migration_moves_the_guest_and_its_lease(lab, guest_name):
     assert running == [hv2]
     assert lab.domain_state(hv1, guest_name) is None  # undefined on the source
     assert lock_holder(lease) == lab.virtlockd_pid(hv2)
+
+
+def test_an_unlocked_host_runs_guests_without_any_lease(lab, guest_name):
+    assert lab.unlocked_hosts, "make test brings the lab up with one host without a lock manager"
+    host = lab.unlocked_hosts[0]
+    assert "lock_manager" not in lab.exec(host, "grep", "-v", "^#", "/etc/libvirt/qemu.conf").stdout
+    disk = lab.new_disk(guest_name)
+    assert define_and_start(lab, host, tiny_domain_xml(guest_name, disk=disk)).returncode == 0
+    lease = os.path.join(lab.lockspace_dir, hashlib.sha256(disk.encode()).hexdigest())
+    assert not os.path.exists(lease)
+    assert lab.domain_state(host, guest_name) == "running"

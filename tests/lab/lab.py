@@ -7,7 +7,9 @@ the controller.  A directory every host sees at the same path stands in for NFS 
 disk images and virtlockd's lockspace.
 
     lab deps                 install the Debian packages the lab needs
-    lab up [--hosts N]       create hv1..hvN (idempotent; replaces a stale lab)
+    lab up [--hosts N] [--unlocked M]
+                             create hv1..hvN with virtlockd, then M hosts without a lock
+                             manager (idempotent; replaces a stale or different lab)
     lab down [--purge]       remove everything the lab made (--purge: the image cache too)
     lab status [--json]      what runs, and whether it answers
     lab inventory            print the path of the Ansible inventory the lab wrote
@@ -195,7 +197,7 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 
 
 QEMU_CONF = """# lockstep.virt lab host
-lock_manager = "lockd"
+{lock_manager}
 # Lab-only simplifications: QEMU runs as root without cgroups, mount namespaces or
 # labelling, so guests on the shared directory migrate between hosts of one machine.
 user = "root"
@@ -363,13 +365,19 @@ def host_run(state, name, argv, check=True, input=None, timeout=120):
     return run(nsenter(anchor, env_argv), check=check, input=input, timeout=timeout)
 
 
-def prepare_host_tree(name, names, host_uuid):
+def qemu_conf(locked):
+    if locked:
+        return QEMU_CONF.format(lock_manager='lock_manager = "lockd"')
+    return QEMU_CONF.format(lock_manager="# no lock manager: a host to show what lockstep.virt refuses there")
+
+
+def prepare_host_tree(name, names, host_uuid, locked=True):
     hdir = host_dir(name)
     etc = os.path.join(hdir, "etc-libvirt")
     for sub in ("qemu/networks/autostart", "qemu/autostart", "storage/autostart", "nwfilter", "secrets"):
         os.makedirs(os.path.join(etc, sub), exist_ok=True)
     write(os.path.join(etc, "libvirtd.conf"), libvirtd_conf(host_uuid))
-    write(os.path.join(etc, "qemu.conf"), QEMU_CONF)
+    write(os.path.join(etc, "qemu.conf"), qemu_conf(locked))
     write(os.path.join(etc, "qemu-lockd.conf"), QEMU_LOCKD_CONF)
     write(os.path.join(etc, "virtlockd.conf"), VIRTLOCKD_CONF)
     write(os.path.join(etc, "virtlogd.conf"), VIRTLOGD_CONF)
@@ -519,31 +527,31 @@ def create_network(names):
 # --------------------------------------------------------------------------- inventory
 
 
-def write_inventory(names):
+def write_inventory(names, unlocked=()):
+    """Group hypervisors: the hosts with virtlockd on; unlocked_hypervisors: those without."""
     key = os.path.join(SSH_DIR, "id_ed25519")
     known = os.path.join(SSH_DIR, "known_hosts")
-    lines = [
-        "# Written by tests/lab/lab; the lab's hypervisor hosts.",
-        "all:",
-        "  children:",
-        "    hypervisors:",
-        "      hosts:",
-    ]
-    for n in names:
-        lines.append("        {}:".format(n))
-        lines.append("          ansible_host: {}".format(host_addr(n)))
+    lines = ["# Written by tests/lab/lab; the lab's hypervisor hosts.", "all:", "  children:"]
+    for group, members in (
+        ("hypervisors", [n for n in names if n not in unlocked]),
+        ("unlocked_hypervisors", unlocked),
+    ):
+        if not members:
+            continue
+        lines += ["    {}:".format(group), "      hosts:"]
+        for n in members:
+            lines += ["        {}:".format(n), "          ansible_host: {}".format(host_addr(n))]
     lines += [
-        "      vars:",
-        "        ansible_user: root",
-        "        ansible_connection: ansible.builtin.ssh",
-        "        ansible_python_interpreter: /usr/bin/python3",
-        "        ansible_ssh_private_key_file: {}".format(key),
-        "        ansible_ssh_common_args: >-",
-        "          -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes".format(known),
-        "        lab_shared_dir: {}".format(SHARED_DIR),
-        "        lab_lockspace_dir: {}".format(LOCKSPACE_DIR),
-        "        lab_images_dir: {}".format(IMAGES_DIR),
-        "        lab_hosts: [{}]".format(", ".join(names)),
+        "  vars:",
+        "    ansible_user: root",
+        "    ansible_connection: ansible.builtin.ssh",
+        "    ansible_python_interpreter: /usr/bin/python3",
+        "    ansible_ssh_private_key_file: {}".format(key),
+        "    ansible_ssh_common_args: >-",
+        "      -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes".format(known),
+        "    lab_shared_dir: {}".format(SHARED_DIR),
+        "    lab_lockspace_dir: {}".format(LOCKSPACE_DIR),
+        "    lab_images_dir: {}".format(IMAGES_DIR),
     ]
     write(INVENTORY, "\n".join(lines) + "\n")
 
@@ -555,6 +563,7 @@ def host_status(state, name):
     info = state["hosts"].get(name, {})
     anchor = info.get("anchor")
     st = {"name": name, "address": host_addr(name), "host_uuid": info.get("host_uuid")}
+    st["lock_manager"] = None if name in state.get("unlocked", []) else "lockd"
     st["namespace"] = bool(anchor and pid_alive(anchor)) and netns_name(name) in existing_netns()
     st["daemons"] = {d: bool(info.get("pids", {}).get(d) and pid_alive(info["pids"][d])) for d in DAEMONS}
     st["libvirt"] = False
@@ -599,10 +608,11 @@ def cmd_status(args):
     for h in st["hosts"]:
         daemons = " ".join("{}={}".format(d, "ok" if ok else "DOWN") for d, ok in h["daemons"].items())
         print(
-            "  {:4} {:12} uuid={} libvirt={} ssh={} {}".format(
+            "  {:4} {:12} uuid={} lock={} libvirt={} ssh={} {}".format(
                 h["name"],
                 h["address"],
                 h["host_uuid"],
+                h["lock_manager"] or "off",
                 "ok" if h["libvirt"] else "DOWN",
                 "ok" if h["ssh"] else "DOWN",
                 daemons,
@@ -618,37 +628,46 @@ def cmd_up(args):
     if os.geteuid() != 0:
         raise SystemExit("lab: must run as root")
     cmd_deps()
-    names = host_names(args.hosts)
+    names = host_names(args.hosts + args.unlocked)
+    unlocked = names[args.hosts :]
     state = load_state()
-    if state and state.get("names") == names:
-        st = gather_status()
-        if st["up"]:
-            write_inventory(names)
+    if state and gather_status()["up"] and extends(state, names, unlocked):
+        new = [n for n in names if n not in state["names"]]
+        if not new:
+            write_inventory(names, unlocked)
             log("already up ({})".format(", ".join(names)))
             print(INVENTORY)
             return 0
-    if state or existing_netns() or link_exists(BRIDGE):
-        log("removing a stale or different lab first")
-        teardown(purge=False)
-    for d in (LAB_ROOT, SHARED_DIR, IMAGES_DIR, LOCKSPACE_DIR, HOSTS_DIR, CACHE_DIR):
-        os.makedirs(d, exist_ok=True)
-        os.chmod(d, 0o755)
-    state = {"names": names, "hosts": {}, "bridge": BRIDGE}
-    kvm_prepare(state)
+        log("adding {} to the running lab".format(", ".join(new)))
+    else:
+        if state or existing_netns() or link_exists(BRIDGE):
+            log("removing a stale or different lab first")
+            teardown(purge=False)
+        for d in (LAB_ROOT, SHARED_DIR, IMAGES_DIR, LOCKSPACE_DIR, HOSTS_DIR, CACHE_DIR):
+            os.makedirs(d, exist_ok=True)
+            os.chmod(d, 0o755)
+        state = {"hosts": {}, "bridge": BRIDGE}
+        kvm_prepare(state)
+        new = names
+    state.update(names=names, unlocked=unlocked)
     save_state(state)
+    # every host learns every host's name and key; the running ones see the rewritten files
+    # at once (their /etc/hosts and known_hosts are bind mounts of these very files)
     ensure_ssh_material(names)
-    create_network(names)
     for n in names:
-        prepare_host_tree(n, names, str(uuid.uuid4()))
-    for n in names:
+        if n not in new:
+            write(os.path.join(host_dir(n), "etc-hosts"), etc_hosts(names, n))
+    create_network(new)
+    for n in new:
+        prepare_host_tree(n, names, str(uuid.uuid4()), locked=n not in unlocked)
         with open(os.path.join(host_dir(n), "etc-libvirt", "libvirtd.conf")) as fh:
             host_uuid = fh.read().split('host_uuid = "')[1].split('"')[0]
         state["hosts"][n] = {"host_uuid": host_uuid, "address": host_addr(n)}
         start_host(state, n)
-    for n in names:
+    for n in new:
         wait_libvirt(state, n)
         wait_ssh(n)
-    write_inventory(names)
+    write_inventory(names, unlocked)
     st = gather_status()
     if not st["up"]:
         cmd_status(argparse.Namespace(json=False))
@@ -656,6 +675,12 @@ def cmd_up(args):
     log("up: {} ({})".format(", ".join(names), st["accel"]))
     print(INVENTORY)
     return 0
+
+
+def extends(state, names, unlocked):
+    """Whether the running lab is this one, or a part of it that more hosts can join."""
+    old_names, old_unlocked = state.get("names", []), state.get("unlocked", [])
+    return set(old_names) <= set(names) and all((n in unlocked) == (n in old_unlocked) for n in old_names)
 
 
 def kill_pids(pids, grace=5.0):
@@ -727,7 +752,7 @@ def cmd_inventory(_args):
     state = load_state()
     if not state:
         raise SystemExit("lab: the lab is down; run `tests/lab/lab up` first")
-    write_inventory(state["names"])
+    write_inventory(state["names"], state.get("unlocked", []))
     print(INVENTORY)
     return 0
 
@@ -761,6 +786,12 @@ def main():
     sub.add_parser("deps").set_defaults(func=cmd_deps)
     p = sub.add_parser("up")
     p.add_argument("--hosts", type=int, default=int(os.environ.get("LOCKSTEP_LAB_HOSTS", "2")))
+    p.add_argument(
+        "--unlocked",
+        type=int,
+        default=int(os.environ.get("LOCKSTEP_LAB_UNLOCKED", "0")),
+        help="extra hosts with no lock manager (inventory group unlocked_hypervisors)",
+    )
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down")
     p.add_argument("--purge", action="store_true", help="also remove the image cache")
@@ -779,8 +810,8 @@ def main():
     if len(sys.argv) == 3 and sys.argv[1] == "_anchor":
         return anchor_main(sys.argv[2])
     args = parser.parse_args()
-    if getattr(args, "hosts", 2) < 1 or getattr(args, "hosts", 2) > 9:
-        parser.error("--hosts must be between 1 and 9")
+    if args.cmd == "up" and not (1 <= args.hosts and 0 <= args.unlocked and args.hosts + args.unlocked <= 9):
+        parser.error("--hosts must be at least 1, --unlocked at least 0, and 9 hosts at most in all")
     return args.func(args)
 
 
