@@ -46,7 +46,9 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Reports the plan (flags, parameters, checkpoints) and every check that would fail, touching nothing.
+    details:
+      - Reports the plan (flags, parameters, checkpoints, and with O(convergence) the downtime steps and timeouts
+        computed for this guest's size) and every check that would fail, touching nothing.
   diff_mode:
     support: none
   idempotent:
@@ -156,6 +158,81 @@ options:
         description: Seconds to keep retrying a resume refused with C(resource busy) (a lease held elsewhere).
         type: int
         default: 30
+  convergence:
+    description:
+      - Convergence control for a guest that dirties memory faster than the link copies it (off when
+        omitted). The defaults are OpenStack Nova's libvirt driver settings, as a starting point; the
+        timings scale with the data to move - the guest's memory, plus its disks with O(copy_storage) -
+        in GiB (the real size; Nova counts at least 2 GiB each).
+      - While the job runs the module reads libvirt's job statistics every 0.25 s from its one monitoring
+        loop, raises the allowed downtime step by step (C(virDomainMigrateSetMaxDowntime)), and takes
+        O(convergence.timeout_action) or aborts as below. Results - RV(outcome), RV(progress).
+      - Cannot be combined with O(max_downtime), O(postcopy) or O(lock.release=before_send); needs O(live=true).
+    type: dict
+    suboptions:
+      max_downtime:
+        description:
+          - The highest allowed downtime in milliseconds, reached at the last step (Nova's
+            C(live_migration_downtime)). At least 100.
+        type: int
+        default: 500
+      downtime_steps:
+        description:
+          - Number of raises (Nova's C(live_migration_downtime_steps)), at least 3. The ramp starts at
+            O(convergence.max_downtime) / O(convergence.downtime_steps), set before the job starts, and
+            grows by equal raises to O(convergence.max_downtime).
+        type: int
+        default: 10
+      downtime_delay:
+        description:
+          - Seconds between two raises, per GiB to move (Nova's C(live_migration_downtime_delay)).
+        type: float
+        default: 75
+      completion_timeout:
+        description:
+          - Seconds per GiB to move after which O(convergence.timeout_action) is taken if the job has not
+            completed (Nova's C(live_migration_completion_timeout)). V(0) never.
+        type: float
+        default: 800
+      timeout_action:
+        description:
+          - V(abort) - abort the job (outcome C(aborted_timeout)); the guest keeps running on the source
+            with its leases (verified) and the destination has no copy and holds no lease (verified).
+          - V(postcopy) - switch to post-copy (outcome C(switched_to_postcopy)). Needs C(VIR_MIGRATE_POSTCOPY)
+            from the start, which libvirt refuses with C(VIR_MIGRATE_PAUSED), so the handoff is then libvirt's
+            own, verified afterwards - the source stops and releases its leases at the switch, the destination
+            takes them as it resumes. A failure after the switch cannot be undone (outcome C(postcopy_failed)).
+          - V(pause) - pause the guest on the source so that the copy completes (outcome C(forced_by_pause)); the
+            handoff is the usual verified one. A qemu guest releases its leases when paused, so the lease gap
+            starts at the pause; should the job still fail, the source resumes the guest and takes them back.
+          - Nova's C(live_migration_timeout_action) C(force_complete) is V(postcopy) where permitted, else V(pause).
+        type: str
+        choices: [abort, postcopy, pause]
+        default: abort
+      progress_timeout:
+        description:
+          - Abort after this many seconds without progress (outcome C(aborted_no_progress)). V(0) never (Nova
+            removed its C(live_migration_progress_timeout), 150 s).
+          - Progress is a window (a quarter of this timeout, at least 1 s) whose mean data remaining is at least
+            10% below the lowest mean so far - not Nova's lowest single sample, which the sawtooth of the data
+            remaining (falling during a pass, back up at each dirty-bitmap sync) made a matter of chance.
+          - Raising the downtime is not progress; set it longer than one downtime step.
+        type: float
+        default: 0
+      auto_converge:
+        description: Let QEMU throttle the guest's vCPUs (C(VIR_MIGRATE_AUTO_CONVERGE), Nova's C(permit_auto_converge)).
+        type: bool
+        default: false
+      auto_converge_initial:
+        description:
+          - Initial throttle in percent (C(auto_converge.initial); QEMU's default is 20).
+          - Needs O(convergence.auto_converge).
+        type: int
+      auto_converge_increment:
+        description:
+          - Throttle increment in percent (C(auto_converge.increment); QEMU's default is 10).
+          - Needs O(convergence.auto_converge).
+        type: int
 notes:
   - The driver profile decides which flags are legal; the libxl driver accepts only live, peer2peer, tunnelled,
     persistent, undefine_source and the paused handoff, and takes leases when the guest is created (so its
@@ -193,6 +270,23 @@ EXAMPLES = r"""
     dest_uri: qemu+ssh://hv2/system
     unsafe: true
   check_mode: true
+
+- name: Busy guest - Nova's convergence defaults, switch to post-copy when the completion timeout is over
+  lockstep.virt.migrate:
+    name: db1
+    dest_uri: qemu+ssh://hv2/system
+    bandwidth: 500
+    convergence:
+      max_downtime: 500
+      downtime_steps: 10
+      downtime_delay: 75
+      completion_timeout: 800
+      timeout_action: postcopy
+      progress_timeout: 150
+      auto_converge: true
+      auto_converge_initial: 30
+      auto_converge_increment: 10
+  register: moved
 
 - name: Busy guest - bandwidth cap, auto-converge, abort after two minutes
   lockstep.virt.migrate:
@@ -292,8 +386,32 @@ job:
   returned: always
   type: dict
 plan:
-  description: Flags, typed parameters, handoff style and lock settings the migration uses.
+  description:
+    - Flags, typed parameters, handoff style and lock settings the migration uses.
+    - With O(convergence), C(convergence_plan) - computed for this guest's size, in check mode too -
+      C(data_gib), C(downtime_steps) (C(step), C(after_s), C(downtime_ms)), C(step_delay_s),
+      C(completion_timeout_s), C(timeout_action), C(progress_timeout_s) and the auto-converge settings.
   returned: always
+  type: dict
+outcome:
+  description:
+    - How the job ended under O(convergence) - C(converged) (at the first allowed downtime),
+      C(converged_after_steps) (after the allowed downtime was raised), C(switched_to_postcopy),
+      C(forced_by_pause), C(aborted_no_progress), C(aborted_timeout), C(postcopy_failed) (failed after the
+      switch - the guest is left paused where libvirt left it and runs nowhere), C(failed) (any other failure).
+  returned: when O(convergence) is set and the migration started
+  type: str
+  sample: converged_after_steps
+progress:
+  description:
+    - The job as the module saw it - C(samples) (at most 60; when full every other one is dropped and the
+      interval doubled, so they cover the whole run) each with C(elapsed_s), C(data_remaining), C(data_total),
+      C(dirty_rate_bps), C(remaining_mean) (of the last progress window), C(iteration), C(downtime_ms) (allowed
+      then), C(throttle) (auto-converge, percent) and C(memory_bps); C(thinned) (samples dropped);
+      C(sample_every_s); C(steps) (each downtime raise - C(step), C(downtime_ms), C(elapsed_s),
+      C(data_remaining), C(iteration)); C(action) (the final action taken - C(do), C(reason), C(elapsed_s),
+      C(detail), C(failed) when libvirt refused it).
+  returned: when O(convergence) is set and the migration started
   type: dict
 checks:
   description:

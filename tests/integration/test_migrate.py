@@ -9,27 +9,25 @@ guest or a half-received one that the destination has not cleaned up yet. Unlike
 race deterministically, within a few milliseconds of the source releasing.
 """
 
-import hashlib
 import os
 import subprocess
-import threading
 import time
 from contextlib import contextmanager
 
 import pytest
 from labkit import LAB, define_and_start, lock_holder, tiny_domain_xml
-
-MODULE = "lockstep.virt.migrate"
-SUCCESS_ORDER = [
-    "begin/inquire",
-    "prepare/register",
-    "perform/send",
-    "perform/source_released",
-    "finish/dest_acquired",
-    "finish/resumed",
-    "confirm/source_stopped",
-]
-MIGRATION_PORTS = "49152:49215"
+from migrate_helpers import (
+    MODULE,
+    SUCCESS_ORDER,
+    Guest,
+    Sampler,
+    assert_checkpoints_sound,
+    assert_runs_only_on,
+    blocked_migration_ports,
+    failed,
+    migrate,
+    names,
+)
 
 HOLDER = r"""
 import fcntl, os, sys, time
@@ -52,82 +50,11 @@ while time.time() < stop and not os.path.exists(marker + ".release"):
 """
 
 
-class Guest:
-    def __init__(self, lab, name, host):
-        self.name = name
-        self.disk = lab.new_disk(name)
-        self.key = name + "-lease"
-        self.vm_lease = lab.lease_file(self.key)
-        self.disk_lease = os.path.join(lab.lockspace_dir, hashlib.sha256(self.disk.encode()).hexdigest())
-        self.leases = [self.disk_lease, self.vm_lease]
-        res = define_and_start(
-            lab, host, tiny_domain_xml(name, disk=self.disk, lease=self.key, lockspace_dir=lab.lockspace_dir)
-        )
-        assert res.returncode == 0, res.stderr
-
-    def holders(self):
-        return [lock_holder(p) for p in self.leases]
-
-
 @pytest.fixture
 def guest(lab, guest_name):
     g = Guest(lab, guest_name, "hv1")
     yield g
-    lab.cleanup_domain(guest_name)
-    for path in (g.disk, g.vm_lease):
-        if os.path.exists(path):
-            os.unlink(path)
-
-
-def migrate(lab, src, dst, name, check=False, **kwargs):
-    args = {"name": name, "dest_uri": "qemu+ssh://{}/system".format(dst), "unsafe": True}
-    args.update(kwargs)
-    return lab.module(src, MODULE, args, check=check)
-
-
-def failed(result):
-    return result.get("failed") is True
-
-
-def names(result):
-    return [c["name"] for c in result["lock_checkpoints"]]
-
-
-class Sampler:
-    """Samples the holders of the guest's lease files every few ms during a run (from the controller)."""
-
-    def __init__(self, paths):
-        self.paths = paths
-        self.samples = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.samples.append(tuple(lock_holder(p) for p in self.paths))
-            time.sleep(0.003)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def max_holders(self):
-        return max(len(set(h for h in s if h)) for s in self.samples)
-
-
-@contextmanager
-def blocked_migration_ports(lab, host, target="REJECT", stall=False):
-    """Migration ports on ``host`` refused, or with ``stall`` connections accepted but their data dropped."""
-    rule = ["INPUT", "-p", "tcp", "--dport", MIGRATION_PORTS] + (["!", "--syn"] if stall else []) + ["-j", target]
-    lab.exec(host, "iptables", "-I", *rule)
-    try:
-        yield
-    finally:
-        lab.exec(host, "iptables", "-D", *rule, check=False)
+    g.remove()
 
 
 @contextmanager
@@ -153,22 +80,6 @@ def lease_grabber(lab, host, path, hold, limit=60):
             for p in (marker, marker + ".release"):
                 if os.path.exists(p):
                     os.unlink(p)
-
-
-def assert_runs_only_on(lab, guest, host, other):
-    assert lab.domain_state(host, guest.name) == "running"
-    assert lab.domain_state(other, guest.name) in (None, "shut off")
-    assert guest.holders() == [lab.virtlockd_pid(host)] * 2
-
-
-def assert_checkpoints_sound(lab, result, src, dst):
-    stamps = [c["at"] for c in result["lock_checkpoints"]]
-    assert stamps == sorted(stamps), stamps
-    allowed = {lab.virtlockd_pid(src), lab.virtlockd_pid(dst)}
-    for c in result["lock_checkpoints"]:
-        held = set(lease["holder_pid"] for lease in c.get("leases", []) if lease["held"])
-        assert len(held) <= 1, c
-        assert held <= allowed, c
 
 
 # --------------------------------------------------------------------------- success

@@ -20,6 +20,10 @@ import time
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import utc_now
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import (
+    CONVERGENCE_OPTIONS,
+    validate_convergence,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     describe_holder,
@@ -66,12 +70,29 @@ MIGRATE_ARGUMENT_SPEC = {
         "options": MIGRATE_LOCK_OPTIONS,
         "apply_defaults": True,
     },
+    "convergence": {"type": "dict", "options": CONVERGENCE_OPTIONS},
 }
 
 # Typed parameters (migrateToURI3/migrate3) each driver accepts from this module.
 _PARAMS_BY_PROFILE = {
-    "qemu": ("bandwidth", "parallel.connections", "max_downtime", "postcopy"),
-    "test": ("bandwidth", "parallel.connections", "max_downtime", "postcopy"),
+    "qemu": (
+        "bandwidth",
+        "parallel.connections",
+        "max_downtime",
+        "postcopy",
+        "convergence",
+        "auto_converge.initial",
+        "auto_converge.increment",
+    ),
+    "test": (
+        "bandwidth",
+        "parallel.connections",
+        "max_downtime",
+        "postcopy",
+        "convergence",
+        "auto_converge.initial",
+        "auto_converge.increment",
+    ),
 }
 
 
@@ -102,6 +123,28 @@ def build_plan(params, profile):
     acquire_timeout = lock.get("acquire_timeout", 30)
     if acquire_timeout is not None and acquire_timeout < 0:
         raise ValidationError("lock.acquire_timeout must be 0 or more")
+    conv = params.get("convergence")
+    if conv is not None:
+        if conv.get("timeout_action") == "postcopy" and not live:
+            raise ValidationError(
+                "convergence.timeout_action: postcopy needs a live migration: set live: true or choose abort or pause"
+            )
+        validate_convergence(conv, live=live)
+        if params.get("max_downtime"):
+            raise ValidationError(
+                "max_downtime and convergence both set the allowed downtime: use convergence.max_downtime"
+            )
+        if postcopy is not None:
+            raise ValidationError(
+                "postcopy and convergence both switch to post-copy: use convergence.timeout_action: postcopy"
+            )
+        if release == RELEASE_BEFORE_SEND:
+            raise ValidationError(
+                "convergence cannot be combined with lock.release: before_send (the source is paused before the copy)"
+            )
+        postcopy_flag = conv.get("timeout_action") == "postcopy"
+    else:
+        postcopy_flag = postcopy is not None
 
     names = []
     if live:
@@ -123,7 +166,7 @@ def build_plan(params, profile):
     copy = COPY_STORAGE[params.get("copy_storage") or "none"]
     if copy:
         names.append(copy)
-    if params.get("auto_converge"):
+    if params.get("auto_converge") or (conv or {}).get("auto_converge"):
         names.append("AUTO_CONVERGE")
     if params.get("compressed"):
         names.append("COMPRESSED")
@@ -131,12 +174,13 @@ def build_plan(params, profile):
         names.append("PARALLEL")
     if params.get("unsafe"):
         names.append("UNSAFE")
-    if postcopy is not None:
+    if postcopy_flag:
         names.append("POSTCOPY")
     # The verified handoff: the destination stays paused (and, with qemu, holds no lease) until the
     # module has checked the source released everything. Post-copy runs the guest on the destination
-    # as soon as it switches, so libvirt refuses PAUSED with it: the handoff is then libvirt's own.
-    handoff = "libvirt_postcopy" if postcopy is not None else "verified"
+    # as soon as it switches, so libvirt refuses PAUSED with it ("post-copy migration is not supported
+    # with non-live or paused migration"): the handoff is then libvirt's own, verified afterwards.
+    handoff = "libvirt_postcopy" if postcopy_flag else "verified"
     if handoff == "verified":
         names.append("PAUSED")
     if "TUNNELLED" in names and "PEER2PEER" not in names:
@@ -157,6 +201,12 @@ def build_plan(params, profile):
         wanted_params.append("max_downtime")
     if postcopy is not None:
         wanted_params.append("postcopy")
+    if conv is not None:
+        wanted_params.append("convergence")
+        for key in ("initial", "increment"):
+            if conv.get("auto_converge_" + key) is not None:
+                typed["auto_converge." + key] = conv["auto_converge_" + key]
+                wanted_params.append("auto_converge." + key)
     allowed = _PARAMS_BY_PROFILE.get(profile.name, ())
     refused = [p for p in wanted_params if p not in allowed]
     if refused:
@@ -173,6 +223,7 @@ def build_plan(params, profile):
         "params": typed,
         "max_downtime": params.get("max_downtime"),
         "postcopy_after": postcopy,
+        "convergence": conv,
         "timeout": params.get("timeout"),
         "release": release,
         "handoff": handoff,

@@ -36,6 +36,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
     libvirt,
     libvirt_errors,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import (
+    ConvergenceMonitor,
+    describe_plan,
+    plan_convergence,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
@@ -66,6 +71,9 @@ _SUSPENDED_POSTCOPY = 7
 _RESUMED_POSTCOPY = 3
 
 DEST_CLEANUP_TIMEOUT = 20  # seconds the destination gets to remove a half-received guest
+STATS_EVERY = 0.25  # seconds between job statistics reads when convergence is controlled
+_MEMORY_UNITS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+_MEMORY_UNITS.update({"kb": 1000, "mb": 1000**2, "gb": 1000**3})
 
 
 def host_uuid(conn):
@@ -115,6 +123,8 @@ class MigrationManager:
         self.job = {}
         self._lock = threading.Lock()
         self._send_done = False
+        self.monitor = None
+        self.outcome = None
 
     # ------------------------------------------------------------------ plumbing
     def run(self):
@@ -144,6 +154,13 @@ class MigrationManager:
         }
         if leases is not None:
             out["leases"] = public_leases(leases)
+        if self.monitor is not None:
+            progress = self.monitor.report()
+            progress["steps"] = list(self.monitor.steps)
+            progress["action"] = dict(self.monitor.action) if self.monitor.action else None
+            out["progress"] = progress
+        if self.outcome is not None:
+            out["outcome"] = self.outcome
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
@@ -237,6 +254,8 @@ class MigrationManager:
             xml = src_dom.XMLDesc(0)
         self.resources = self.view.expected(xml)
         self.src_state = state_name(src_dom)
+        if self.plan.get("convergence") is not None:
+            self._plan_convergence(src_dom, xml)
         leases = self._probe()
         self._checks(xml, dest_dom, leases)
         failed = [c for c in self.checks if not c["ok"]]
@@ -263,6 +282,8 @@ class MigrationManager:
                 "|".join(self.plan["flags"]),
                 ", ".join(self._expected_order()),
             )
+            if self.plan.get("convergence_plan"):
+                result["would"] += "; convergence: " + describe_plan(self.plan["convergence_plan"])
             return result
         return self._migrate(src_dom, leases)
 
@@ -270,6 +291,26 @@ class MigrationManager:
         from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import checkpoint_order
 
         return checkpoint_order(self.plan["release"], self.plan["handoff"])
+
+    def _plan_convergence(self, src_dom, xml):
+        """The downtime ramp and timeouts for this guest's size (memory, plus the disks a copy moves)."""
+        root = parse_xml(xml, "domain", "libvirt's domain XML")
+        memory = 0
+        for el in elements(root, "memory")[:1]:
+            unit = (el.get("unit") or "KiB").lower()
+            memory = int((el.text or "0").strip()) * _MEMORY_UNITS.get(unit, 1024)
+        disk_bytes = 0
+        if self.params.get("copy_storage") not in (None, "none"):
+            for disk in domain_disks(root):
+                if disk.get("readonly") or disk.get("shareable") or not disk.get("target"):
+                    continue
+                try:
+                    disk_bytes += src_dom.blockInfo(disk["target"])[1]
+                except Exception:
+                    pass
+        conv_plan = plan_convergence(self.plan["convergence"], memory, disk_bytes, live=self.params.get("live", True))
+        self.warnings.extend(conv_plan.pop("warnings"))
+        self.plan["convergence_plan"] = conv_plan
 
     def _active(self, dom):
         with libvirt_errors("cannot read the state of {}".format(self.name)):
@@ -396,6 +437,22 @@ class MigrationManager:
 
     # ------------------------------------------------------------------ migration
     def _on_event(self, role, event, detail, item):
+        if role == "dest" and event == "resumed" and detail == _RESUMED_POSTCOPY:
+            with self._lock:
+                if self._send_done or "postcopy_running" in self.marks:
+                    return
+                self.marks["postcopy_running"] = item["t"]
+            leases = self._probe()
+            self._record(
+                "perform/postcopy_dest_running",
+                ok="source" not in holders(leases),
+                leases=leases,
+                host=self.dest_name,
+                detail="post-copy: {} runs on {} while its memory follows; {}".format(
+                    self.name, self.dest_name, describe(leases, self.src_name, self.dest_name)
+                ),
+            )
+            return
         if role == "dest" and event == "started" and detail == _STARTED_MIGRATED:
             with self._lock:
                 if self._send_done or "prepare" in self.marks:
@@ -443,7 +500,11 @@ class MigrationManager:
         try:
             self._send(src_dom)
         except VirtError as err:
+            if "postcopy" in self.marks:
+                return self._postcopy_failed(err)
             return self._send_failed(src_dom, err)
+        if self.monitor is not None:
+            self.outcome = self.monitor.outcome(True)
         return self._handoff(src_dom)
 
     def _send(self, src_dom):
@@ -451,6 +512,10 @@ class MigrationManager:
         if plan["max_downtime"]:
             with libvirt_errors("cannot set the maximum downtime of {}".format(self.name)):
                 src_dom.migrateSetMaxDowntime(plan["max_downtime"], 0)
+        if plan.get("convergence_plan"):
+            self.monitor = ConvergenceMonitor(plan["convergence_plan"])
+            # the first step of the ramp is in force before the job starts
+            self._carry_out(src_dom, self.monitor.observe(0.0, {}), 0.0)
         outcome = {}
 
         def work():
@@ -467,6 +532,7 @@ class MigrationManager:
         worker = threading.Thread(target=work, name="migrate", daemon=True)
         worker.start()
         aborted = switched = False
+        stats_at = None
         while worker.is_alive():
             worker.join(0.1)
             elapsed = self.clock() - started
@@ -478,11 +544,18 @@ class MigrationManager:
                     self.warnings.append("could not abort the migration job after {}s: {}".format(plan["timeout"], exc))
             if plan["postcopy_after"] and elapsed > plan["postcopy_after"] and not switched and worker.is_alive():
                 switched = True
+                self._start_postcopy(src_dom, "after {}s (postcopy)".format(plan["postcopy_after"]))
+            if (
+                self.monitor is not None
+                and worker.is_alive()
+                and (stats_at is None or elapsed - stats_at >= STATS_EVERY)
+            ):
+                stats_at = elapsed
                 try:
-                    src_dom.migrateStartPostCopy(0)
-                    self.marks["postcopy"] = self.clock()
-                except Exception as exc:
-                    self.warnings.append("could not switch to post-copy: {}".format(exc))
+                    stats = src_dom.jobStats(0)
+                except Exception:
+                    stats = {}
+                self._carry_out(src_dom, self.monitor.observe(elapsed, stats), elapsed)
         self.marks["send_end"] = self.clock()
         with self._lock:
             self._send_done = True
@@ -494,7 +567,111 @@ class MigrationManager:
                 err = VirtError(str(exc))
             if aborted:
                 err.msg = "aborted after the {}s timeout: {}".format(plan["timeout"], err.msg)
+            action = self.monitor.action if self.monitor is not None else None
+            if action and action["do"] == "abort" and not action.get("failed") and not aborted:
+                err.msg = "aborted ({}): {}".format(action["detail"], err.msg)
+            if self.monitor is not None:
+                self.outcome = self.monitor.outcome(False, aborted_by_timeout=aborted)
             raise err
+
+    def _carry_out(self, src_dom, decisions, elapsed):
+        """Apply the convergence monitor's decisions to the source's migration job."""
+        for d in decisions:
+            try:
+                if d["do"] == "downtime":
+                    src_dom.migrateSetMaxDowntime(d["downtime_ms"], 0)
+                elif d["do"] == "abort":
+                    src_dom.abortJob()
+                elif d["do"] == "postcopy":
+                    self._start_postcopy(src_dom, "convergence: " + d["detail"], raise_error=True)
+                elif d["do"] == "pause":
+                    self._pause_to_complete(src_dom, d)
+            except Exception as exc:
+                if d["do"] == "downtime":
+                    self.warnings.append(
+                        "could not raise the allowed downtime to {} ms at {:.1f}s: {}".format(
+                            d["downtime_ms"], elapsed, exc
+                        )
+                    )
+                else:
+                    self.monitor.action_failed(exc)
+                    self.warnings.append("convergence: could not {} the migration job: {}".format(d["do"], exc))
+
+    def _start_postcopy(self, src_dom, why, raise_error=False):
+        try:
+            src_dom.migrateStartPostCopy(0)
+        except Exception as exc:
+            if raise_error:
+                raise
+            self.warnings.append("could not switch to post-copy: {}".format(exc))
+            return
+        self.marks["postcopy"] = self.clock()
+        leases = self._probe()
+        self._record(
+            "perform/postcopy_switch",
+            leases=leases,
+            detail="switching to post-copy ({}): {} stops on {} and releases its leases, {} resumes it and takes "
+            "them; from here a failure cannot be undone".format(why, self.name, self.src_name, self.dest_name),
+        )
+
+    def _pause_to_complete(self, src_dom, decision):
+        src_dom.suspend()
+        self.marks["forced_pause"] = self.clock()
+        if not self.src.profile.paused_guest_holds_leases:
+            self.marks["released"] = self.marks["forced_pause"]
+        leases = self._probe()
+        held = [r for r in leases if r.get("holder") == "source"]
+        self._record(
+            "perform/paused_to_complete",
+            ok=not held or self.src.profile.paused_guest_holds_leases,
+            leases=leases,
+            detail="convergence: {}; {} paused on {} so that the copy completes ({})".format(
+                decision["detail"], self.name, self.src_name, describe(leases, self.src_name, self.dest_name)
+            ),
+        )
+
+    def _postcopy_failed(self, err):
+        """The job failed after the switch to post-copy: nothing can be taken back."""
+        if self.monitor is not None:
+            self.outcome = "postcopy_failed"
+        leases = self._probe()
+        where = []
+        paused_now = []
+        for conn, host in ((self.src, self.src_name), (self.dest, self.dest_name)):
+            dom = conn.lookup_domain(self.name)
+            state = self._state(conn, dom)
+            if state == "running":
+                # running nowhere: a copy whose memory is partly on the other host must not run on
+                try:
+                    dom.suspend()
+                    paused_now.append(host)
+                    state = state_name(dom)
+                except Exception:
+                    pass
+            where.append("{}: {}".format(host, state))
+        self._record(
+            "perform/postcopy_failed",
+            ok=False,
+            leases=leases,
+            detail="{}; {}".format(", ".join(where), describe(leases, self.src_name, self.dest_name)),
+        )
+        dest_dom = self.dest.lookup_domain(self.name)
+        msg = (
+            "perform: the migration of {0} failed after the switch to post-copy: {1}. This cannot be undone: the "
+            "guest's memory is split between {2} and {3}, neither copy can run alone. {0} is left where libvirt "
+            "left it ({4}){5} and runs nowhere; leases: {6}. Recover it with a post-copy resume "
+            "(virsh migrate --postcopy-resume) once {3} is reachable again, or destroy both copies and start it "
+            "again from its disks.".format(
+                self.name,
+                err.msg,
+                self.src_name,
+                self.dest_name,
+                "; ".join(where),
+                " (paused by the module on {})".format(", ".join(paused_now)) if paused_now else "",
+                describe(leases, self.src_name, self.dest_name),
+            )
+        )
+        self._fail(msg, changed=True, state=self._state(self.dest, dest_dom), leases=leases, err=err)
 
     def _wait_inactive(self, conn, timeout):
         deadline = self.clock() + timeout
@@ -511,7 +688,8 @@ class MigrationManager:
         self._record("perform/send", ok=False, leases=self._probe(), detail=err.msg)
         before_send = plan["release"] == RELEASE_BEFORE_SEND
         reacquire_error = None
-        if before_send and self.src_state == "running":
+        forced_pause = "forced_pause" in self.marks
+        if (before_send or forced_pause) and self.src_state == "running":
             lc = Lifecycle(
                 self.src,
                 PhaseRecorder(
@@ -562,7 +740,7 @@ class MigrationManager:
         if reacquire_error is not None:
             self._fail(
                 "perform: sending {0} to {1} failed ({2}); confirm: {3} could not take its leases back "
-                "(lock.release: before_send, the old ordering): {4}. {0} is {5} on {3} and runs nowhere.".format(
+                "({6}): {4}. {0} is {5} on {3} and runs nowhere.".format(
                     self.name,
                     self.dest_name,
                     err.msg,
@@ -571,6 +749,9 @@ class MigrationManager:
                         [r for r in leases if r.get("holder") != "source"] or leases, self.src_name, self.dest_name
                     ),
                     src_state,
+                    "lock.release: before_send, the old ordering"
+                    if before_send
+                    else "it was paused on {} so that the copy would complete".format(self.src_name),
                 ),
                 state=self._state(self.dest, dest_dom),
                 leases=leases,
@@ -610,7 +791,9 @@ class MigrationManager:
                 ms_between(self.marks["send_start"], self.marks["send_end"]),
                 "; destination kept paused (VIR_MIGRATE_PAUSED)"
                 if plan["handoff"] == "verified"
-                else "; post-copy: libvirt ran the guest on the destination",
+                else "; post-copy: libvirt ran the guest on the destination"
+                if "postcopy" in self.marks
+                else "; post-copy allowed but not needed: libvirt resumed the guest on the destination",
             ),
         )
         self.job = job_summary(stats)

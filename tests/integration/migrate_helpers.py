@@ -1,0 +1,219 @@
+"""Shared by the migrate and convergence integration tests: lab guests with a disk lease and a VM lease,
+the module call, fault injection and the assertions on where the guest runs and who holds its leases.
+
+``Guest`` is the 32 MiB BIOS-only guest (SeaBIOS idles); ``LinuxGuest`` boots the lab's Linux image
+(tests/lab/guest_image.py, 128 MiB, software emulation) and runs programs through its guest agent,
+for example a load that dirties memory faster than a capped migration link can copy it.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+from labkit import REPO, define_and_start, lock_holder, tiny_domain_xml
+
+sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
+import guest_image
+
+MODULE = "lockstep.virt.migrate"
+SUCCESS_ORDER = [
+    "begin/inquire",
+    "prepare/register",
+    "perform/send",
+    "perform/source_released",
+    "finish/dest_acquired",
+    "finish/resumed",
+    "confirm/source_stopped",
+]
+MIGRATION_PORTS = "49152:49215"
+BOOT_TIMEOUT = 120
+
+
+def lease_xml(key, lockspace_dir):
+    return "<lease><lockspace>{}</lockspace><key>{}</key><target path='{}'/></lease>".format(
+        os.path.basename(lockspace_dir), key, os.path.dirname(lockspace_dir)
+    )
+
+
+class Guest:
+    """A guest on ``host`` with a qcow2 disk on the shared directory (a disk lease) and a VM lease."""
+
+    def __init__(self, lab, name, host):
+        self.lab = lab
+        self.name = name
+        self.host = host
+        self.disk = lab.new_disk(name)
+        self.key = name + "-lease"
+        self.vm_lease = lab.lease_file(self.key)
+        self.disk_lease = os.path.join(lab.lockspace_dir, hashlib.sha256(self.disk.encode()).hexdigest())
+        self.leases = [self.disk_lease, self.vm_lease]
+        res = define_and_start(lab, host, self.domain_xml())
+        assert res.returncode == 0, res.stderr
+
+    def domain_xml(self):
+        return tiny_domain_xml(self.name, disk=self.disk, lease=self.key, lockspace_dir=self.lab.lockspace_dir)
+
+    def holders(self):
+        return [lock_holder(p) for p in self.leases]
+
+    def remove(self):
+        self.lab.cleanup_domain(self.name)
+        for path in (self.disk, self.vm_lease):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+class LinuxGuest(Guest):
+    """The lab's Linux image (128 MiB, qemu-guest-agent, python3) with the same two leases."""
+
+    def __init__(self, lab, name, host, memory_mib=guest_image.MEMORY_MIB):
+        self.memory_mib = memory_mib
+        super().__init__(lab, name, host)
+        self.wait_agent()
+
+    def domain_xml(self):
+        # init_on_free: memory the guest freed (its unpacked initramfs archive, the boot loader's copies) is
+        # zero, so the first pass of a migration sends only what the guest uses
+        cmdline = (guest_image.read_manifest() or {}).get("cmdline", guest_image.CMDLINE) + " init_on_free=1"
+        xml = guest_image.domain_xml(self.name, disk=self.disk, memory_mib=self.memory_mib, cmdline=cmdline)
+        return xml.replace("<devices>", "<devices>\n    " + lease_xml(self.key, self.lab.lockspace_dir), 1)
+
+    def agent(self, command, host=None, timeout=10, check=True):
+        res = self.lab.virsh(
+            host or self.host,
+            "qemu-agent-command",
+            "--timeout",
+            str(timeout),
+            self.name,
+            json.dumps(command),
+            check=check,
+        )
+        return json.loads(res.stdout)["return"] if res.returncode == 0 else None
+
+    def wait_agent(self, host=None, timeout=BOOT_TIMEOUT):
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.agent({"execute": "guest-ping"}, host=host, timeout=5, check=False) is not None:
+                return time.monotonic() - started
+            time.sleep(0.25)
+        raise AssertionError("{} did not answer guest-ping within {}s".format(self.name, timeout))
+
+    def spawn(self, argv, host=None):
+        """Start a program in the guest (guest-exec) without waiting for it; returns its pid."""
+        cmd = {"execute": "guest-exec", "arguments": {"path": argv[0], "arg": list(argv[1:])}}
+        return self.agent(cmd, host=host)["pid"]
+
+    def dirty_memory(self, mib, host=None):
+        """A python3 loop in the guest that fills a fresh ``mib`` MiB buffer, 1 MiB at a time, forever.
+
+        Each pass maps new pages and unmaps them after (mmap, not the heap, which would reuse them): under
+        software emulation a page that stays mapped is only seen dirty again once its TLB entry is refilled,
+        so rewriting one buffer in place would hardly dirty anything the migration can see. The migration's
+        dirty set stays at about ``mib`` MiB. Returns once the load runs.
+        """
+        code = (
+            "import mmap, os\n"
+            "n, ch = {n}, 1 << 20\n"
+            "src = b'\\x5a' * ch\n"
+            "open('/run/dirtier', 'w').write(str(os.getpid()))\n"
+            "while True:\n"
+            "    b = mmap.mmap(-1, n)\n"
+            "    for o in range(0, n, ch):\n"
+            "        b[o:o + ch] = src\n"
+            "    b.close()\n"
+        ).format(n=mib * 2**20)
+        pid = self.spawn(["/usr/bin/python3", "-c", code], host=host)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.exec_status(self.spawn(["/bin/sh", "-c", "test -s /run/dirtier"], host=host), host=host) == 0:
+                return pid
+            time.sleep(0.25)
+        raise AssertionError("the memory load in {} did not start".format(self.name))
+
+    def exec_status(self, pid, host=None, timeout=20):
+        """Exit code of a guest-exec'd program, polling guest-exec-status until it exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.agent({"execute": "guest-exec-status", "arguments": {"pid": pid}}, host=host)
+            if st.get("exited"):
+                return st.get("exitcode")
+            time.sleep(0.1)
+        raise AssertionError("guest program {} did not exit within {}s".format(pid, timeout))
+
+    def running_pid(self, pid, host=None):
+        """Whether the guest still runs process ``pid`` (the load survived the migration)."""
+        probe = self.spawn(["/bin/sh", "-c", "test -d /proc/{}".format(pid)], host=host)
+        return self.exec_status(probe, host=host) == 0
+
+
+def migrate(lab, src, dst, name, check=False, **kwargs):
+    args = {"name": name, "dest_uri": "qemu+ssh://{}/system".format(dst), "unsafe": True}
+    args.update(kwargs)
+    return lab.module(src, MODULE, args, check=check)
+
+
+def failed(result):
+    """The recorded result of a failed task (the recorder keeps the module's keys: ``msg`` only on failure)."""
+    return bool(result.get("failed")) or "msg" in result
+
+
+def names(result):
+    return [c["name"] for c in result["lock_checkpoints"]]
+
+
+class Sampler:
+    """Samples the holders of the guest's lease files every few ms during a run (from the controller)."""
+
+    def __init__(self, paths, every=0.003):
+        self.paths = paths
+        self.every = every
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append(tuple(lock_holder(p) for p in self.paths))
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def max_holders(self):
+        return max(len(set(h for h in s if h)) for s in self.samples)
+
+
+@contextmanager
+def blocked_migration_ports(lab, host, target="REJECT", stall=False):
+    """Migration ports on ``host`` refused, or with ``stall`` connections accepted but their data dropped."""
+    rule = ["INPUT", "-p", "tcp", "--dport", MIGRATION_PORTS] + (["!", "--syn"] if stall else []) + ["-j", target]
+    lab.exec(host, "iptables", "-I", *rule)
+    try:
+        yield
+    finally:
+        lab.exec(host, "iptables", "-D", *rule, check=False)
+
+
+def assert_runs_only_on(lab, guest, host, other):
+    assert lab.domain_state(host, guest.name) == "running"
+    assert lab.domain_state(other, guest.name) in (None, "shut off")
+    assert guest.holders() == [lab.virtlockd_pid(host)] * 2
+
+
+def assert_checkpoints_sound(lab, result, src, dst):
+    stamps = [c["at"] for c in result["lock_checkpoints"]]
+    assert stamps == sorted(stamps), stamps
+    allowed = {lab.virtlockd_pid(src), lab.virtlockd_pid(dst)}
+    for c in result["lock_checkpoints"]:
+        held = set(lease["holder_pid"] for lease in c.get("leases", []) if lease["held"])
+        assert len(held) <= 1, c
+        assert held <= allowed, c
