@@ -494,34 +494,17 @@ libvirt_error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
-)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import (
     DOMAIN_ARGUMENT_SPEC,
     DOMAIN_MUTUALLY_EXCLUSIVE,
     DomainManager,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=merge_argument_spec(DOMAIN_ARGUMENT_SPEC),
-        mutually_exclusive=DOMAIN_MUTUALLY_EXCLUSIVE,
-        supports_check_mode=True,
-    )
-    check_libvirt(module)
-
-    def work():
-        with Connection(module.params["uri"]) as conn:
-            return DomainManager(conn, module.params, module.check_mode, module._diff).run()
-
-    run_module(module, work)
+    run_libvirt_module(DOMAIN_ARGUMENT_SPEC, manager=DomainManager, mutually_exclusive=DOMAIN_MUTUALLY_EXCLUSIVE)
 
 
 if __name__ == "__main__":

@@ -154,34 +154,21 @@ lock_config:
            lock_conf: /etc/libvirt/qemu.conf, lockd_conf: /etc/libvirt/qemu-lockd.conf, local: true}
 """
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
-)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain_info import (
     DOMAIN_INFO_ARGUMENT_SPEC,
     DOMAIN_INFO_MUTUALLY_EXCLUSIVE,
     DomainInfoManager,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=merge_argument_spec(DOMAIN_INFO_ARGUMENT_SPEC),
+    run_libvirt_module(
+        DOMAIN_INFO_ARGUMENT_SPEC,
+        work=lambda conn, module: DomainInfoManager(conn, module.params).run(),
         mutually_exclusive=DOMAIN_INFO_MUTUALLY_EXCLUSIVE,
-        supports_check_mode=True,
     )
-    check_libvirt(module)
-
-    def work():
-        with Connection(module.params["uri"]) as conn:
-            return DomainInfoManager(conn, module.params).run()
-
-    run_module(module, work)
 
 
 if __name__ == "__main__":

@@ -125,29 +125,16 @@ missing:
   elements: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
-)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.lease_info import (
     LEASE_INFO_ARGUMENT_SPEC,
     LeaseInfoManager,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():
-    module = AnsibleModule(argument_spec=merge_argument_spec(LEASE_INFO_ARGUMENT_SPEC), supports_check_mode=True)
-    check_libvirt(module)
-
-    def work():
-        with Connection(module.params["uri"]) as conn:
-            return LeaseInfoManager(conn, module.params).run()
-
-    run_module(module, work)
+    run_libvirt_module(LEASE_INFO_ARGUMENT_SPEC, work=lambda conn, module: LeaseInfoManager(conn, module.params).run())
 
 
 if __name__ == "__main__":

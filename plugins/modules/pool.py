@@ -239,34 +239,17 @@ libvirt_error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
-)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import (
     POOL_ARGUMENT_SPEC,
     POOL_MUTUALLY_EXCLUSIVE,
     PoolManager,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=merge_argument_spec(POOL_ARGUMENT_SPEC),
-        mutually_exclusive=POOL_MUTUALLY_EXCLUSIVE,
-        supports_check_mode=True,
-    )
-    check_libvirt(module)
-
-    def work():
-        with Connection(module.params["uri"]) as conn:
-            return PoolManager(conn, module.params, module.check_mode, module._diff).run()
-
-    run_module(module, work)
+    run_libvirt_module(POOL_ARGUMENT_SPEC, manager=PoolManager, mutually_exclusive=POOL_MUTUALLY_EXCLUSIVE)
 
 
 if __name__ == "__main__":

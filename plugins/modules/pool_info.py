@@ -66,26 +66,17 @@ libvirt_error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
-)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import list_pools
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():
-    module = AnsibleModule(argument_spec=merge_argument_spec({"name": {"type": "str"}}), supports_check_mode=True)
-    check_libvirt(module)
-
-    def work():
-        with Connection(module.params["uri"], readonly=True) as conn:
-            return {"changed": False, "pools": list_pools(conn, module.params["name"])}
-
-    run_module(module, work)
+    run_libvirt_module(
+        {"name": {"type": "str"}},
+        work=lambda conn, module: {"changed": False, "pools": list_pools(conn, module.params["name"])},
+        readonly=True,
+    )
 
 
 if __name__ == "__main__":

@@ -75,29 +75,20 @@ libvirt_error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
-)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.volume import list_volumes
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=merge_argument_spec({"pool": {"type": "str"}, "name": {"type": "str"}}),
-        supports_check_mode=True,
+    run_libvirt_module(
+        {"pool": {"type": "str"}, "name": {"type": "str"}},
+        work=lambda conn, module: {
+            "changed": False,
+            "volumes": list_volumes(conn, module.params["pool"], module.params["name"]),
+        },
+        readonly=True,
     )
-    check_libvirt(module)
-
-    def work():
-        with Connection(module.params["uri"], readonly=True) as conn:
-            return {"changed": False, "volumes": list_volumes(conn, module.params["pool"], module.params["name"])}
-
-    run_module(module, work)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one ``main()`` every lockstep.virt module runs: build the module, open one connection,
+hand it to a manager, report the result (or the manager's VirtError) the Ansible way."""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+    Connection,
+    check_libvirt,
+    merge_argument_spec,
+    run_module,
+)
+
+
+def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusive=None, readonly=False):
+    """Run a module whose options are ``argument_spec`` plus the shared connection options.
+
+    ``manager``: a class built as ``manager(conn, params, check_mode, diff_mode)`` whose ``run()``
+    returns the result; ``work``: a function ``work(conn, module)`` returning it, for modules that
+    are not a manager. ``conn`` is None when ``work`` opens its own connections (``readonly=None``).
+    """
+    module = AnsibleModule(
+        argument_spec=merge_argument_spec(argument_spec),
+        mutually_exclusive=mutually_exclusive or [],
+        supports_check_mode=True,
+    )
+    check_libvirt(module)
+    if manager is not None:
+
+        def work(conn, module):
+            return manager(conn, module.params, module.check_mode, module._diff).run()
+
+    def run():
+        if readonly is None:
+            return work(None, module)
+        with Connection(module.params["uri"], readonly=readonly) as conn:
+            return work(conn, module)
+
+    run_module(module, run)
+
+
+def _manager_work(manager):
+    def work(conn, module):
+        return manager(conn, module.params, module.check_mode, module._diff).run()
+
+    return work
