@@ -83,16 +83,26 @@ class LinuxGuest(Guest):
         return xml.replace("<devices>", "<devices>\n    " + lease_xml(self.key, self.lab.lockspace_dir), 1)
 
     def agent(self, command, host=None, timeout=10, check=True):
-        res = self.lab.virsh(
-            host or self.host,
-            "qemu-agent-command",
-            "--timeout",
-            str(timeout),
-            self.name,
-            json.dumps(command),
-            check=check,
-        )
-        return json.loads(res.stdout)["return"] if res.returncode == 0 else None
+        """One agent command; with ``check``, retried for a while when the agent is not connected yet (it
+        reconnects after a migration, and may answer a ping before it takes commands)."""
+        deadline = time.monotonic() + (30 if check else 0)
+        while True:
+            res = self.lab.virsh(
+                host or self.host,
+                "qemu-agent-command",
+                "--timeout",
+                str(timeout),
+                self.name,
+                json.dumps(command),
+                check=False,
+            )
+            if res.returncode == 0:
+                return json.loads(res.stdout)["return"]
+            if not check:
+                return None
+            if "agent" not in res.stderr.lower() or time.monotonic() > deadline:
+                raise AssertionError("{} on {}: {}".format(command, host or self.host, res.stderr))
+            time.sleep(0.25)
 
     def wait_agent(self, host=None, timeout=BOOT_TIMEOUT):
         started = time.monotonic()
@@ -146,6 +156,7 @@ class LinuxGuest(Guest):
 
     def running_pid(self, pid, host=None):
         """Whether the guest still runs process ``pid`` (the load survived the migration)."""
+        self.wait_agent(host=host, timeout=60)  # the agent reconnects after a migration (slowly, under load)
         probe = self.spawn(["/bin/sh", "-c", "test -d /proc/{}".format(pid)], host=host)
         return self.exec_status(probe, host=host) == 0
 

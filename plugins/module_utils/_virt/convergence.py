@@ -16,10 +16,11 @@ Progress. Nova compared every sample's data remaining with the lowest ever seen.
 is a sawtooth - it falls as a pass sends, then QEMU syncs its dirty bitmap and it jumps back up - so
 that low is reached early and then beaten again only when a sample happens to land near the bottom of a
 tooth: a guest that never converges survives by chance, one that converges slowly is aborted by chance.
-Here the data remaining is averaged over windows of a quarter of ``progress_timeout`` (at least 1 s);
+Here the data remaining is averaged over windows of a third of ``progress_timeout`` (at least 1 s);
 a window whose mean is at least :data:`PROGRESS_MARGIN` below the lowest mean that counted so far is
-progress. The first pass (falling steadily) is progress in every window; a guest that dirties its memory
-as fast as the link sends it settles on one mean and stops making any.
+progress (on the lab the means of a guest that never converges vary by up to a fifth from window to
+window, hence a quarter). The first pass (falling steadily) is progress in every window; a guest that
+dirties its memory as fast as the link sends it settles on one mean and stops making any.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ DEFAULTS = {
 }
 MIN_DOWNTIME = 100  # ms, as Nova
 MIN_STEPS = 3
-PROGRESS_MARGIN = 0.10  # a dirty set must shrink by this fraction to count as progress
+PROGRESS_MARGIN = 0.25  # a window's mean data remaining must be this much lower to count as progress
 MAX_SAMPLES = 60
 SAMPLE_EVERY = 0.5  # seconds between samples at first; doubled each time the series is thinned
 
@@ -226,7 +227,7 @@ class ConvergenceMonitor:
         self.downtime = None
         self.action = None  # {"do", "reason", "elapsed_s", "detail"}
         self.progress_at = None
-        self.window_s = max(1.0, (plan.get("progress_timeout_s") or 8.0) / 4.0)
+        self.window_s = max(1.0, (plan.get("progress_timeout_s") or 6.0) / 3.0)
         self.remaining_mean = None  # mean data remaining of the last complete window
         self._credited_mean = None
         self._window = None  # [start, sum, count]
