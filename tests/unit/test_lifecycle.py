@@ -208,6 +208,25 @@ def test_shutdown_of_a_guest_ignoring_acpi_honours_timeout_and_force(hv):
         assert rec.names()[-3:] == ["shutdown_requested", "stop_timeout", "destroyed"]
 
 
+def test_shutdown_of_a_paused_guest_fails_clearly_or_destroys_with_force(hv):
+    """qemu refuses an ACPI shutdown of a paused guest ("domain is not running"): without force the task says the
+    guest is paused and leaves it so; with force it is destroyed instead of failing."""
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        lc, rec = lifecycle(conn, clock)
+        dom = define(conn)
+        dom.create()
+        dom.suspend()
+        with pytest.raises(VirtError) as exc:
+            lc.shutdown(dom, timeout=5, force=False)
+        assert "is paused" in exc.value.msg and "force: true" in exc.value.msg
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED and clock.now == 0
+        assert rec.names() == []
+        lc.shutdown(dom, timeout=5, force=True)
+        assert not dom.isActive() and clock.now == 0
+        assert rec.names() == ["destroyed"]
+
+
 def test_graceful_shutdown_and_released_leases(hv, tmp_path):
     clock = FakeClock()
     with Connection(URI) as conn:

@@ -357,6 +357,17 @@ class Lifecycle:
     def shutdown(self, dom, timeout=60, force=False):
         """Graceful shutdown waiting up to ``timeout`` s; then destroy with ``force``, else raise."""
         before = self.probe(dom)
+        if state_name(dom) == "paused":
+            # its vCPUs do not run, so it cannot act on the ACPI power button (qemu refuses the request)
+            if not force:
+                raise VirtError(
+                    "guest {} is paused: it cannot shut down gracefully; resume it first, or use force: true "
+                    "to destroy it".format(dom.name())
+                )
+            with libvirt_errors("cannot destroy {}".format(dom.name())):
+                dom.destroy()
+            self.recorder.record("destroyed", detail="forced: a paused guest cannot shut down gracefully")
+            return self._released(dom, before)
         with libvirt_errors("cannot shut down {}".format(dom.name())):
             dom.shutdown()
         self.recorder.record("shutdown_requested", detail="timeout {}s".format(timeout))
