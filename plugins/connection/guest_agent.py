@@ -194,6 +194,7 @@ EXAMPLES = r"""
     - name: Give it an address
       ansible.builtin.copy:
         dest: /etc/network/interfaces.d/eth0
+        mode: "0644"
         content: |
           auto eth0
           iface eth0 inet dhcp

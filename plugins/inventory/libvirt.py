@@ -114,7 +114,7 @@ keyed_groups:
     prefix: agent
 
 # then: ansible -i lab_guests.libvirt.yml all -m ansible.builtin.ping
-
+---
 # every guest, whatever its state, whose name starts with web
 plugin: lockstep.virt.libvirt
 hypervisors: [hv1.example.org, hv2.example.org]

@@ -32,18 +32,16 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Who holds what, on every hypervisor
-  hosts: hypervisors
-  gather_facts: false
-  tasks:
-    - name: Leases of all guests
-      lockstep.virt.lease_info:
-      register: leases
+- name: Leases of all guests on this hypervisor
+  lockstep.virt.lease_info:
+  register: leases
 
-    - name: Fail on a split-brain risk
-      ansible.builtin.assert:
-        that: leases.unleased_running | length == 0
-        fail_msg: "{{ leases.unleased_running }}"
+- name: Fail on a split-brain risk
+  ansible.builtin.assert:
+    that: leases.unleased_running | length == 0
+    fail_msg: "{{ leases.unleased_running }}"
+
+# Across all hypervisors at once: ansible hypervisors -m lockstep.virt.lease_info
 
 - name: One guest only
   lockstep.virt.lease_info:

@@ -247,22 +247,19 @@ author:
 """
 
 EXAMPLES = r"""
-- name: Move web1 from hv1 to hv2 (lab - the shared directory is local, so libvirt needs unsafe)
-  hosts: hv1
-  gather_facts: false
-  tasks:
-    - name: Migrate with a verified lease handoff
-      lockstep.virt.migrate:
-        name: web1
-        dest_uri: qemu+ssh://hv2/system
-        unsafe: true
-        lock:
-          acquire_timeout: 20
-      register: moved
+# Run on the source hypervisor (here hv1; lab - the shared directory is local, so libvirt needs unsafe)
+- name: Move web1 from hv1 to hv2 with a verified lease handoff
+  lockstep.virt.migrate:
+    name: web1
+    dest_uri: qemu+ssh://hv2/system
+    unsafe: true
+    lock:
+      acquire_timeout: 20
+  register: moved
 
-    - name: Show the handoff
-      ansible.builtin.debug:
-        msg: "{{ moved.lock_checkpoints | map(attribute='name') | list }} gap={{ moved.lease_gap_ms }}ms"
+- name: Show the handoff
+  ansible.builtin.debug:
+    msg: "{{ moved.lock_checkpoints | map(attribute='name') | list }} gap={{ moved.lease_gap_ms }}ms"
 
 - name: Plan only - which flags, and would the destination have the guest's network and pool?
   lockstep.virt.migrate:
