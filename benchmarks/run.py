@@ -139,7 +139,7 @@ def main():
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "rounds": args.rounds,
         "accel": lab.status.get("accel"),
-        "migrate": dict(summary(migrate_samples), **{k: v for k, v in migrate_extra.items()}),
+        "migrate": dict(summary(migrate_samples), **migrate_extra),
         "start": summary(start_samples),
     }
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
