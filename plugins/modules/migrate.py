@@ -214,8 +214,9 @@ options:
           - Abort after this many seconds without progress (outcome C(aborted_no_progress)). V(0) never (Nova
             removed its C(live_migration_progress_timeout), 150 s).
           - Progress is a window (a third of this timeout, at least 1 s) whose mean data remaining is at least
-            25% below the lowest mean so far - not Nova's lowest single sample, which the sawtooth of the data
-            remaining (falling during a pass, back up at each dirty-bitmap sync) made a matter of chance.
+            25% below the lowest mean so far (during the first pass any lower mean) - not Nova's lowest single
+            sample, which the sawtooth of the data remaining (falling during a pass, back up at each dirty-bitmap
+            sync) made a matter of chance.
           - Raising the downtime is not progress; set it longer than one downtime step.
         type: float
         default: 0

@@ -4,8 +4,10 @@ The guest (tests/lab/guest_image.py, 128 MiB, software emulation) has a disk lea
 migrate tests' guests. A python3 loop inside it rewrites a hot set of ``mib`` MiB on fresh pages without
 pause; with the link capped at BANDWIDTH MiB/s a pass over the hot set takes longer than the allowed
 downtime unless that is raised high enough (QEMU completes when the dirty set fits in bandwidth x
-downtime). The first pass moves about 80-110 MiB, so a job takes at least 5-7 s. Timings are per GiB
+downtime). The first pass moves about 80-110 MiB, so a job takes at least 5-7 s at 16 MiB/s. Timings are per GiB
 to move: the guest is 0.125 GiB, so 12 s/GiB is a step every 1.5 s.
+
+Each test takes 15-45 s (boot about 9 s, the load 3 s, the migration 6-25 s).
 """
 
 import time
@@ -24,6 +26,10 @@ from migrate_helpers import (
 )
 
 BANDWIDTH = 16  # MiB/s
+# For the guests that must never converge: at 8 MiB/s 100 ms is 0.8 MiB, which the load overruns even when
+# the lab's two cores are busy with other work and the guest's vCPU gets little time (at 16 MiB/s it
+# sometimes converged after 7-11 s then). The first pass takes 12-14 s.
+SLOW = 8
 
 
 @pytest.fixture
@@ -33,10 +39,10 @@ def linux_guest(lab, guest_name):
     g.remove()
 
 
-def run(lab, guest, convergence, **kwargs):
+def run(lab, guest, convergence, bandwidth=BANDWIDTH, **kwargs):
     started = time.monotonic()
     with Sampler(guest.leases, every=0.01) as sampler:
-        res = migrate(lab, "hv1", "hv2", guest.name, bandwidth=BANDWIDTH, convergence=convergence, **kwargs)
+        res = migrate(lab, "hv1", "hv2", guest.name, bandwidth=bandwidth, convergence=convergence, **kwargs)
     res["_wall_s"] = round(time.monotonic() - started, 1)
     assert sampler.max_holders() <= 1, "two hosts held the guest's leases at once"
     return res
@@ -56,33 +62,35 @@ def summary(res):
 
 
 def test_converges_after_downtime_steps(lab, linux_guest):
-    """A 4 MiB hot set: 0.8 MiB fits in 50 ms at 16 MiB/s, 4.4 MiB in 275 ms - raised every 1.5 s."""
-    load = linux_guest.dirty_memory(4)
-    conv = {"max_downtime": 500, "downtime_steps": 10, "downtime_delay": 12, "completion_timeout": 0}
+    """The 24 MiB hot set that never fits in 100 ms: the ramp goes from 200 ms (3.2 MiB at 16 MiB/s) to 2 s
+    (32 MiB, more than the hot set), a raise every 3 s. When the first pass ends (6-7 s) it allows 560 ms
+    (9 MiB): not enough; a few raises later it is."""
+    linux_guest.dirty_memory(24)
+    conv = {"max_downtime": 2000, "downtime_steps": 10, "downtime_delay": 24, "completion_timeout": 0}
     res = run(lab, linux_guest, conv)
     print(summary(res))
     assert not failed(res), res.get("msg")
     assert res["outcome"] == "converged_after_steps", summary(res)
     steps = res["progress"]["steps"]
-    assert [s["step"] for s in steps][0] == 0 and len(steps) >= 3
+    assert steps[0]["step"] == 0 and len(steps) >= 3
     assert [s["downtime_ms"] for s in steps] == sorted(s["downtime_ms"] for s in steps)
-    ramp = res["plan"]["convergence_plan"]["downtime_steps"]
-    assert [s["downtime_ms"] for s in ramp] == [50, 95, 140, 185, 230, 275, 320, 365, 410, 455, 500]
-    assert res["plan"]["convergence_plan"]["step_delay_s"] == 1.5
+    # a later pass ran before the last raise: the guest did not converge with the downtime it had before it
     samples = res["progress"]["samples"]
-    assert samples and max(s["iteration"] or 0 for s in samples) >= 2  # it did not converge on the first pass
+    assert any((s["iteration"] or 0) >= 2 and s["elapsed_s"] <= steps[-1]["elapsed_s"] for s in samples), samples
+    ramp = res["plan"]["convergence_plan"]["downtime_steps"]
+    assert [s["downtime_ms"] for s in ramp] == [200, 380, 560, 740, 920, 1100, 1280, 1460, 1640, 1820, 2000]
+    assert res["plan"]["convergence_plan"]["step_delay_s"] == 3.0
     assert names(res) == SUCCESS_ORDER and all(c["ok"] for c in res["lock_checkpoints"])
     assert_checkpoints_sound(lab, res, "hv1", "hv2")
     assert_runs_only_on(lab, linux_guest, "hv2", "hv1")
-    assert linux_guest.running_pid(load, host="hv2")
 
 
 def test_never_converges_and_is_aborted_for_no_progress(lab, linux_guest):
-    """A 24 MiB hot set never fits in 100 ms at 16 MiB/s: aborted, the guest unharmed on the source."""
+    """A 24 MiB hot set never fits in 100 ms at 8 MiB/s: aborted, the guest unharmed on the source."""
     load = linux_guest.dirty_memory(24)
     conv = {"max_downtime": 100, "downtime_steps": 3, "downtime_delay": 8, "completion_timeout": 0}
     conv["progress_timeout"] = 3  # windows of 1 s: aborted some 5 s after the first pass
-    res = run(lab, linux_guest, conv)
+    res = run(lab, linux_guest, conv, bandwidth=SLOW)
     print(summary(res))
     assert failed(res), res.get("progress")
     assert res["outcome"] == "aborted_no_progress", summary(res)
@@ -101,8 +109,8 @@ def test_never_converges_and_is_aborted_for_no_progress(lab, linux_guest):
 def test_timeout_action_postcopy_completes(lab, linux_guest):
     linux_guest.dirty_memory(24)
     conv = {"max_downtime": 100, "downtime_steps": 3, "downtime_delay": 8}
-    conv.update(completion_timeout=64, timeout_action="postcopy")  # 8 s for this guest
-    res = run(lab, linux_guest, conv)
+    conv.update(completion_timeout=144, timeout_action="postcopy")  # 18 s for this guest: after the first pass
+    res = run(lab, linux_guest, conv, bandwidth=SLOW)
     print(summary(res))
     assert not failed(res), res.get("msg")
     assert res["outcome"] == "switched_to_postcopy", summary(res)
@@ -122,8 +130,8 @@ def test_timeout_action_postcopy_completes(lab, linux_guest):
 def test_timeout_action_pause_completes_with_the_guest_paused_during_the_copy(lab, linux_guest):
     linux_guest.dirty_memory(24)
     conv = {"max_downtime": 100, "downtime_steps": 3, "downtime_delay": 8}
-    conv.update(completion_timeout=64, timeout_action="pause")
-    res = run(lab, linux_guest, conv)
+    conv.update(completion_timeout=144, timeout_action="pause")
+    res = run(lab, linux_guest, conv, bandwidth=SLOW)
     print(summary(res))
     assert not failed(res), res.get("msg")
     assert res["outcome"] == "forced_by_pause", summary(res)

@@ -19,8 +19,9 @@ tooth: a guest that never converges survives by chance, one that converges slowl
 Here the data remaining is averaged over windows of a third of ``progress_timeout`` (at least 1 s);
 a window whose mean is at least :data:`PROGRESS_MARGIN` below the lowest mean that counted so far is
 progress (on the lab the means of a guest that never converges vary by up to a fifth from window to
-window, hence a quarter). The first pass (falling steadily) is progress in every window; a guest that
-dirties its memory as fast as the link sends it settles on one mean and stops making any.
+window, hence a quarter). During the first pass, which only falls, any lower mean is progress, however
+slow the link; a guest that dirties its memory as fast as the link sends it then settles on one mean and
+stops making any.
 """
 
 from __future__ import annotations
@@ -299,6 +300,7 @@ class ConvergenceMonitor:
     # ---- progress
     def _track_progress(self, elapsed, stats):
         remaining = _num(stats, "data_remaining", "memory_remaining") or 0
+        first_pass = (_num(stats, "memory_iteration") or 0) <= 1
         if self._window is None:
             self._window = [elapsed, 0, 0]
             if self.progress_at is None:
@@ -310,7 +312,10 @@ class ConvergenceMonitor:
         mean = self._window[1] / self._window[2]
         self._window = [elapsed, 0, 0]
         self.remaining_mean = int(mean)
-        if self._credited_mean is None or mean < self._credited_mean * (1 - PROGRESS_MARGIN):
+        # the first pass only falls (slowly, on a slow link): any lower mean is progress; later passes need
+        # the margin to tell a shrinking dirty set from the noise of the sawtooth
+        margin = 0 if first_pass else PROGRESS_MARGIN
+        if self._credited_mean is None or mean < self._credited_mean * (1 - margin):
             self._credited_mean = mean
             self.progress_at = elapsed
 

@@ -210,6 +210,16 @@ def test_no_progress_aborts_a_guest_that_never_converges():
     assert m.outcome(False) == "aborted_no_progress"
 
 
+def test_a_slow_first_pass_is_progress():
+    """128 MiB at 8 MiB/s: 16 s of first pass, a few percent less each 1 s window - never aborted for that."""
+    m = ConvergenceMonitor(plan_for(progress_timeout=3, completion_timeout=0))
+    decisions = drive(m, lambda t: sawtooth(t, first_pass=16.0), 16)
+    assert [d for _t, d in decisions if d["do"] != "downtime"] == []
+    decisions = drive(ConvergenceMonitor(plan_for(progress_timeout=3)), lambda t: sawtooth(t, first_pass=16.0), 30)
+    [(t, abort)] = [(t, d) for t, d in decisions if d["do"] != "downtime"]
+    assert abort["reason"] == "no_progress" and 19 <= t <= 22, t
+
+
 def test_a_slowly_converging_guest_is_not_aborted():
     def shrinking(elapsed):  # auto-converge: the hot set shrinks by 30% every 3 s
         if elapsed < 5:
