@@ -196,12 +196,9 @@ class Connection:
     # lookups ---------------------------------------------------------------
     def lookup_domain(self, name):
         """The domain called ``name``, or None when there is none."""
-        try:
-            return self.virt.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise from_libvirt_error(exc, "cannot look up domain {}".format(name)) from None
+        from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
+
+        return lookup(self, DOMAIN, name)
 
     def list_domains(self):
         with libvirt_errors("cannot list domains"):

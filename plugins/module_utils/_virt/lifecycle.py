@@ -26,8 +26,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     probe_resources,
     rw_disks_without_lease,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LEASES_ON_CREATE
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
 
 ACQUIRE_AFTER_CREATE = "after_create"
 ACQUIRE_LIBVIRT = "libvirt"
@@ -83,9 +83,7 @@ class Lifecycle:
 
     def expected_leases(self, dom, inactive=False):
         """The leases the lock manager takes for ``dom`` (unprobed)."""
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
-        with libvirt_errors("cannot read the XML of {}".format(dom.name())):
-            root = parse_xml(dom.XMLDesc(flags), "domain", "libvirt's domain XML")
+        root = read_xml(dom, DOMAIN, inactive=inactive)
         return domain_lease_resources(root, self.lock_config, self._resolve_volume)
 
     def probe(self, dom, inactive=False):

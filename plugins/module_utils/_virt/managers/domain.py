@@ -32,6 +32,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle impo
     state_name,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain import (
     DOMAIN_SPEC_OPTIONS,
     build_domain_xml,
@@ -88,16 +89,6 @@ def domain_summary(dom, state=None):
             "persistent": persistent,
             "autostart": bool(dom.autostart()) if persistent else False,
         }
-
-
-def inactive_xml(dom):
-    with libvirt_errors("cannot read the XML of {}".format(dom.name())):
-        return parse_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), "domain", "libvirt's domain XML")
-
-
-def live_xml(dom):
-    with libvirt_errors("cannot read the XML of {}".format(dom.name())):
-        return parse_xml(dom.XMLDesc(0), "domain", "libvirt's domain XML")
 
 
 def desired_from_xml(name, text):
@@ -237,7 +228,7 @@ class DomainManager:
         if p["state"] == "absent":
             return self._absent(dom)
 
-        existing = inactive_xml(dom) if dom is not None else None
+        existing = read_xml(dom, DOMAIN) if dom is not None else None
         desired = self._desired(existing)
         before_state = state_name(dom) if dom is not None else "absent"
         before_autostart = bool(dom.autostart()) if dom is not None and dom.isPersistent() else False
@@ -384,7 +375,7 @@ class DomainManager:
         if dom is None or predicted["state"] not in ACTIVE_STATES or not is_active(dom):
             return
         # what the guest runs, seen through the desired definition (cpu is expanded at start)
-        pending = compare(desired, live_xml(dom), ignore=LIVE_IGNORE).changed
+        pending = compare(desired, read_xml(dom, DOMAIN, inactive=False), ignore=LIVE_IGNORE).changed
         if not pending:
             return
         if not self.params["restart_on_change"]:
@@ -403,7 +394,7 @@ class DomainManager:
         if dom is None:
             self.result["diff"] = {"before": "", "after": ""}
             return self._finish(None)
-        existing = inactive_xml(dom)
+        existing = read_xml(dom, DOMAIN)
         persistent = bool(dom.isPersistent())
         state = state_name(dom)
         self.result["diff"] = {

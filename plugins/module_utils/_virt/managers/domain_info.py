@@ -17,7 +17,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml, to_bytes
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes
 
 INFO_STATES = ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown", "blocked", "nostate"]
 ADDRESS_SOURCES = ["none", "lease", "agent", "arp"]
@@ -97,9 +98,7 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
     """Everything domain_info reports about one domain."""
     facts = domain_summary(dom)
     active = facts["id"] is not None
-    flags = 0 if active else libvirt.VIR_DOMAIN_XML_INACTIVE
-    with libvirt_errors("cannot read the XML of {}".format(dom.name())):
-        root = parse_xml(dom.XMLDesc(flags), "domain", "libvirt's domain XML")
+    root = read_xml(dom, DOMAIN, inactive=not active)
 
     def resolve(pool, volume):
         try:

@@ -19,13 +19,10 @@ from __future__ import annotations
 import copy
 import ipaddress
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    error_code,
-    libvirt,
-    libvirt_errors,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import is_managed, mark_managed
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.network import (
     NETWORK_SPEC_OPTIONS,
     build_network_xml,
@@ -61,33 +58,6 @@ EXACT_TAGS = ("forward", "domain", "mtu", "dns", "ip", "route", "portgroup")
 
 
 # --------------------------------------------------------------------------- reading
-def lookup_network(conn, name):
-    """The network called ``name``, or None."""
-    try:
-        return conn.virt.networkLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == error_code("NO_NETWORK", 43):
-            return None
-        raise VirtError(
-            "cannot look up network {}: {}".format(name, exc.get_error_message()), code=exc.get_error_code()
-        ) from None
-
-
-def network_xml(net, inactive=True):
-    """The network's XML element: its persistent definition (``inactive``) or what runs."""
-    with libvirt_errors("cannot read the XML of network {}".format(net.name())):
-        text = None
-        if inactive:
-            try:
-                text = net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE)
-            except libvirt.libvirtError as exc:  # drivers without the flag (test://) have one definition
-                if exc.get_error_code() not in (error_code("INVALID_ARG", 8), error_code("NO_SUPPORT", 3)):
-                    raise
-        if text is None:
-            text = net.XMLDesc(0)
-    return parse_xml(text, "network", "libvirt's network XML")
-
-
 def desired_network_from_xml(name, text):
     """Parse user XML for network ``name``: safe parse, <name> check, managed mark."""
     root = parse_xml(text, "network", "xml")
@@ -308,7 +278,7 @@ def network_summary(net):
 def network_facts(net):
     """Everything network_info reports about ``net``."""
     out = network_summary(net)
-    root = network_xml(net, inactive=True)
+    root = read_xml(net, NETWORK, inactive=True)
     fwd = elements(root, "forward")
     out["forward_mode"] = (fwd[0].get("mode") or "nat") if fwd else "isolated"
     mtu = elements(root, "mtu")
@@ -356,7 +326,7 @@ def network_facts(net):
 
 def list_networks(conn, name=None):
     if name is not None:
-        net = lookup_network(conn, name)
+        net = lookup(conn, NETWORK, name)
         return [network_facts(net)] if net is not None else []
     with libvirt_errors("cannot list networks"):
         nets = list(conn.virt.listAllNetworks(0))
@@ -407,14 +377,14 @@ class NetworkManager:
     def _run(self):
         p = self.params
         desired = self._desired()  # validated before anything is looked at or changed
-        net = lookup_network(self.conn, self.name)
+        net = lookup(self.conn, NETWORK, self.name)
         if p["state"] == "absent":
             return self._absent(net)
         if net is None and desired is None:
             raise VirtError(
                 "network {} is not defined on {}; give xml or spec to define it".format(self.name, self.conn.hostname)
             )
-        existing = network_xml(net) if net is not None else None
+        existing = read_xml(net, NETWORK) if net is not None else None
         active = bool(net.isActive()) if net is not None else False
         persistent = bool(net.isPersistent()) if net is not None else False
         before_state = "absent" if net is None else ("active" if active else "inactive")
@@ -438,7 +408,7 @@ class NetworkManager:
                         net = self.conn.virt.networkDefineXML(to_text(prepare_network_for_define(desired, existing)))
                 if active:
                     # what runs gets its static hosts now; the rest waits for a restart
-                    live_ops = network_drift(desired, network_xml(net, inactive=False)).host_ops
+                    live_ops = network_drift(desired, read_xml(net, NETWORK, inactive=False)).host_ops
                     if live_ops:
                         self._update_hosts(net, live_ops, live_only=True)
             elif drift.host_ops:
@@ -527,7 +497,7 @@ class NetworkManager:
         if self.check_mode and "redefine" in self.result["actions"]:
             pending = True
         else:
-            pending = network_drift(desired, network_xml(net, inactive=False)).rest_changed
+            pending = network_drift(desired, read_xml(net, NETWORK, inactive=False)).rest_changed
         if not pending:
             return
         if not self.params["restart_on_change"]:
@@ -549,7 +519,7 @@ class NetworkManager:
         active = bool(net.isActive())
         self.result["diff"] = {
             "before": _diff_text(
-                to_text(network_xml(net)), "active" if active else "inactive", persistent and net.autostart()
+                to_text(read_xml(net, NETWORK)), "active" if active else "inactive", persistent and net.autostart()
             ),
             "after": "",
             "before_header": "network {} (on {})".format(self.name, self.conn.hostname),

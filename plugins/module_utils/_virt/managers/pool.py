@@ -18,6 +18,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import (
     DIRECTORY_TARGET_TYPES,
     POOL_SPEC_OPTIONS,
@@ -53,33 +54,6 @@ _STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "inacce
 
 
 # --------------------------------------------------------------------------- reading
-def lookup_pool(conn, name):
-    """The storage pool called ``name``, or None."""
-    try:
-        return conn.virt.storagePoolLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == error_code("NO_STORAGE_POOL", 49):
-            return None
-        raise VirtError(
-            "cannot look up storage pool {}: {}".format(name, exc.get_error_message()), code=exc.get_error_code()
-        ) from None
-
-
-def pool_xml(pool, inactive=True):
-    """The pool's XML element: its persistent definition (``inactive``) or what runs."""
-    with libvirt_errors("cannot read the XML of storage pool {}".format(pool.name())):
-        text = None
-        if inactive:
-            try:
-                text = pool.XMLDesc(libvirt.VIR_STORAGE_XML_INACTIVE)
-            except libvirt.libvirtError as exc:  # drivers without the flag (test://) have one definition
-                if exc.get_error_code() not in (error_code("INVALID_ARG", 8), error_code("NO_SUPPORT", 3)):
-                    raise
-        if text is None:
-            text = pool.XMLDesc(0)
-    return parse_xml(text, "pool", "libvirt's storage pool XML")
-
-
 def pool_type(root):
     return root.get("type") or "dir"
 
@@ -139,7 +113,7 @@ def pool_summary(pool):
     with libvirt_errors("cannot read storage pool {}".format(pool.name())):
         state, capacity, allocation, available = pool.info()
         persistent = bool(pool.isPersistent())
-        root = pool_xml(pool, inactive=False)
+        root = read_xml(pool, POOL, inactive=False)
         return {
             "name": pool.name(),
             "uuid": pool.UUIDString(),
@@ -157,7 +131,7 @@ def pool_summary(pool):
 
 def pool_facts(pool):
     out = pool_summary(pool)
-    root = pool_xml(pool, inactive=True)
+    root = read_xml(pool, POOL, inactive=True)
     source = {"hosts": [], "devices": [], "dir": None, "name": None, "format": None}
     for src in elements(root, "source"):
         for h in elements(src, "host"):
@@ -181,7 +155,7 @@ def pool_facts(pool):
 
 def list_pools(conn, name=None):
     if name is not None:
-        pool = lookup_pool(conn, name)
+        pool = lookup(conn, POOL, name)
         return [pool_facts(pool)] if pool is not None else []
     with libvirt_errors("cannot list storage pools"):
         pools = list(conn.virt.listAllStoragePools(0))
@@ -236,7 +210,7 @@ class PoolManager:
     def _run(self):
         p = self.params
         desired = self._desired()
-        pool = lookup_pool(self.conn, self.name)
+        pool = lookup(self.conn, POOL, self.name)
         if p["state"] in ("absent", "deleted"):
             return self._absent(pool, delete=p["state"] == "deleted")
         if pool is None and desired is None:
@@ -247,7 +221,7 @@ class PoolManager:
             )
         if desired is not None:
             self._check_target(desired)
-        existing = pool_xml(pool) if pool is not None else None
+        existing = read_xml(pool, POOL) if pool is not None else None
         active = bool(pool.isActive()) if pool is not None else False
         persistent = bool(pool.isPersistent()) if pool is not None else False
         before_state = "absent" if pool is None else ("active" if active else "inactive")
@@ -395,7 +369,7 @@ class PoolManager:
             pending = True
         else:
             # libvirt reports the live directory's own permissions; a start does not change them
-            pending = compare(desired, pool_xml(pool, inactive=False), ignore=("permissions",)).changed
+            pending = compare(desired, read_xml(pool, POOL, inactive=False), ignore=("permissions",)).changed
         if not pending:
             return
         if not self.params["restart_on_change"]:
@@ -413,7 +387,7 @@ class PoolManager:
             self.result["diff"] = {"before": "", "after": ""}
             self.result["pool"] = None
             return self.result
-        root = pool_xml(pool)
+        root = read_xml(pool, POOL)
         persistent = bool(pool.isPersistent())
         active = bool(pool.isActive())
         self.result["diff"] = {

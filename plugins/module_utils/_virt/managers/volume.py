@@ -14,18 +14,10 @@ from __future__ import annotations
 import os
 import struct
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    error_code,
-    libvirt,
-    libvirt_errors,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import (
-    lookup_pool,
-    pool_target,
-    pool_type,
-    pool_xml,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import pool_target, pool_type
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import DIRECTORY_TARGET_TYPES
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume import (
     VOLUME_FORMATS,
@@ -33,7 +25,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume im
     validate_volume_name,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import human_size, parse_size
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml, to_bytes, to_text
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes, to_text
 
 VOLUME_ARGUMENT_SPEC = {
     "pool": {"type": "str", "required": True},
@@ -56,17 +48,6 @@ MAX_CHAIN = 32
 
 
 # --------------------------------------------------------------------------- reading
-def lookup_volume(pool, name):
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == error_code("NO_STORAGE_VOL", 50):
-            return None
-        raise VirtError(
-            "cannot look up volume {}: {}".format(name, exc.get_error_message()), code=exc.get_error_code()
-        ) from None
-
-
 def _size(el):
     if el is None or not (el.text or "").strip().isdigit():
         return None
@@ -85,9 +66,9 @@ def _first(root, *path):
 
 def volume_facts(vol, pool_name=None):
     """{name, pool, path, key, type, format, capacity, allocation, backing} of a volume."""
-    with libvirt_errors("cannot read volume {}".format(vol.name())):
-        root = parse_xml(vol.XMLDesc(0), "volume", "libvirt's volume XML")
-        if pool_name is None:
+    root = read_xml(vol, VOLUME)
+    if pool_name is None:
+        with libvirt_errors("cannot read volume {}".format(vol.name())):
             pool_name = vol.storagePoolLookupByVolume().name()
     fmt = _first(root, "target", "format")
     backing = None
@@ -135,7 +116,7 @@ def list_volumes(conn, pool_name=None, name=None):
     if name is not None:
         validate_volume_name(name)
     if pool_name is not None:
-        pool = lookup_pool(conn, pool_name)
+        pool = lookup(conn, POOL, pool_name)
         pools = [pool] if pool is not None else []
     else:
         with libvirt_errors("cannot list storage pools"):
@@ -145,7 +126,7 @@ def list_volumes(conn, pool_name=None, name=None):
         if not pool.isActive():
             continue
         if name is not None:
-            vol = lookup_volume(pool, name)
+            vol = lookup(pool, VOLUME, name)
             vols = [vol] if vol is not None else []
         else:
             with libvirt_errors("cannot list the volumes of {}".format(pool.name())):
@@ -227,7 +208,7 @@ class VolumeManager:
             raise ValidationError("import_from must be an absolute path, got {!r}".format(p["import_from"]))
 
     def _pool(self):
-        pool = lookup_pool(self.conn, self.params["pool"])
+        pool = lookup(self.conn, POOL, self.params["pool"])
         if pool is None:
             raise VirtError("storage pool {} does not exist on {}".format(self.params["pool"], self.conn.hostname))
         if not pool.isActive():
@@ -246,14 +227,14 @@ class VolumeManager:
             except libvirt.libvirtError:
                 raise ValidationError("{}: no storage volume known to libvirt at {}".format(what, ref)) from None
         validate_volume_name(ref, what)
-        vol = lookup_volume(self.pool, ref)
+        vol = lookup(self.pool, VOLUME, ref)
         if vol is None:
             raise ValidationError("{}: volume {} does not exist in pool {}".format(what, ref, self.params["pool"]))
         return vol
 
     def _confine(self, facts):
         """Refuse to touch a volume whose path is not inside its pool's directory."""
-        root = pool_xml(self.pool, inactive=False)
+        root = read_xml(self.pool, POOL, inactive=False)
         target = pool_target(root)
         if pool_type(root) not in DIRECTORY_TARGET_TYPES or not target or not facts.get("path"):
             return
@@ -271,7 +252,7 @@ class VolumeManager:
     def _run(self):
         self._validate()
         self.pool = self._pool()
-        vol = lookup_volume(self.pool, self.name)
+        vol = lookup(self.pool, VOLUME, self.name)
         before = volume_facts(vol, self.params["pool"]) if vol is not None else None
         if self.params["state"] == "absent":
             after = self._absent(vol, before)
