@@ -32,6 +32,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle impo
     state_name,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain import (
     DOMAIN_SPEC_OPTIONS,
@@ -42,7 +43,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
     compare,
     elements,
     etree,
-    parse_xml,
     to_text,
 )
 
@@ -93,16 +93,7 @@ def domain_summary(dom, state=None):
 
 def desired_from_xml(name, text):
     """Parse user XML for domain ``name``: safe parse, <name> check, managed mark."""
-    root = parse_xml(text, "domain", "xml")
-    names = elements(root, "name")
-    if not names:
-        el = etree.Element("name")
-        el.text = name
-        root.insert(0, el)
-    elif (names[0].text or "").strip() != name:
-        raise ValidationError(
-            "the <name> in xml ({!r}) differs from name ({!r})".format((names[0].text or "").strip(), name)
-        )
+    root = user_xml(name, text, "domain")
     mark_managed(root, "domain")
     return root
 
@@ -140,34 +131,23 @@ def prepare_for_define(desired, existing):
     return out
 
 
-def _diff_text(xml_text, state, autostart):
-    head = "state: {}\nautostart: {}\n".format(state, "yes" if autostart else "no")
-    return head + (xml_text or "")
-
-
-class DomainManager:
+class DomainManager(Manager):
     """Bring one domain to the state described by the module parameters."""
+
+    KIND = DOMAIN
+    RESULT = {"pending_restart": False, "warnings": []}
 
     def __init__(
         self, conn, params, check_mode=False, diff_mode=False, lock_config=None, recorder=None, lifecycle=None
     ):
-        self.conn = conn
-        self.params = params
-        self.check_mode = check_mode
-        self.diff_mode = diff_mode
-        self.name = params["name"]
+        super().__init__(conn, params, check_mode, diff_mode)
         self.lock = dict(LOCK_OPTIONS_DEFAULTS)
         self.lock.update((k, v) for k, v in (params.get("lock") or {}).items() if v is not None)
         self.lock_config = lock_config or read_lock_config(conn.profile, local=conn.local)
         self.recorder = recorder or CheckpointRecorder(host=conn.hostname)
         self.lifecycle = lifecycle or Lifecycle(conn, self.recorder, self.lock_config)
-        self.result = {"changed": False, "actions": [], "pending_restart": False, "warnings": []}
 
     # ------------------------------------------------------------------ helpers
-    def _act(self, action):
-        self.result["changed"] = True
-        self.result["actions"].append(action)
-
     def _desired(self, existing):
         p = self.params
         if p.get("xml"):
@@ -202,21 +182,12 @@ class DomainManager:
         return r
 
     def _fail(self, err):
-        """Attach partial results to ``err`` and return it (the caller raises)."""
-        err.result.update(
-            changed=self.result["changed"],
-            actions=list(self.result["actions"]),
-            lock_checkpoints=self.recorder.as_list(),
-        )
+        """Attach partial results, with the lock checkpoints so far, to ``err`` and return it."""
+        super()._fail(err)
+        err.result["lock_checkpoints"] = self.recorder.as_list()
         return err
 
     # ------------------------------------------------------------------ run
-    def run(self):
-        try:
-            return self._run()
-        except VirtError as err:
-            raise self._fail(err) from None
-
     def _run(self):
         p = self.params
         if p.get("xml") and p.get("spec") is not None:
@@ -266,12 +237,11 @@ class DomainManager:
             self._pending_restart(dom, desired, defined_now, predicted)
 
         after_state = predicted["state"]
-        self.result["diff"] = {
-            "before": _diff_text(before_xml, before_state, before_autostart),
-            "after": _diff_text(after_xml if desired is not None else before_xml, after_state, predicted["autostart"]),
-            "before_header": "{} (on {})".format(self.name, self.conn.hostname),
-            "after_header": "{} (desired)".format(self.name),
-        }
+        self.result["diff"] = self._diff(
+            diff_text(before_xml, before_state, before_autostart),
+            diff_text(after_xml if desired is not None else before_xml, after_state, predicted["autostart"]),
+            "desired",
+        )
         if dom is None:  # check mode, new domain
             uuid = elements(desired, "uuid")
             self.result["domain"] = {
@@ -290,18 +260,6 @@ class DomainManager:
             self.lifecycle.prepare_vm_leases(self.lifecycle.expected_leases(dom, inactive=True))
         except VirtError as err:
             self.result["warnings"].append(err.msg)
-
-    def _autostart(self, dom, predicted):
-        want = self.params.get("autostart")
-        if want is None:
-            return
-        if predicted["autostart"] == want:
-            return
-        self._act("autostart" if want else "no_autostart")
-        predicted["autostart"] = want
-        if not self.check_mode:
-            with libvirt_errors("cannot set autostart of {}".format(self.name)):
-                dom.setAutostart(1 if want else 0)
 
     def _lock_kwargs(self):
         return {
@@ -397,12 +355,9 @@ class DomainManager:
         existing = read_xml(dom, DOMAIN)
         persistent = bool(dom.isPersistent())
         state = state_name(dom)
-        self.result["diff"] = {
-            "before": _diff_text(to_text(existing), state, persistent and dom.autostart()),
-            "after": "",
-            "before_header": "{} (on {})".format(self.name, self.conn.hostname),
-            "after_header": "{} (absent)".format(self.name),
-        }
+        self.result["diff"] = self._diff(
+            diff_text(to_text(existing), state, persistent and dom.autostart()), "", "absent"
+        )
         storage = self._storage_of(existing) if self.params["remove_storage"] else []
         if is_active(dom):
             self._act("destroy")

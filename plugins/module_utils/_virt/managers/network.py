@@ -22,6 +22,7 @@ import ipaddress
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import is_managed, mark_managed
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.network import (
     NETWORK_SPEC_OPTIONS,
@@ -36,7 +37,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
     etree,
     local,
     normalize,
-    parse_xml,
     project,
     to_text,
 )
@@ -60,16 +60,7 @@ EXACT_TAGS = ("forward", "domain", "mtu", "dns", "ip", "route", "portgroup")
 # --------------------------------------------------------------------------- reading
 def desired_network_from_xml(name, text):
     """Parse user XML for network ``name``: safe parse, <name> check, managed mark."""
-    root = parse_xml(text, "network", "xml")
-    names = elements(root, "name")
-    if not names:
-        el = etree.Element("name")
-        el.text = name
-        root.insert(0, el)
-    elif (names[0].text or "").strip() != name:
-        raise ValidationError(
-            "the <name> in xml ({!r}) differs from name ({!r})".format((names[0].text or "").strip(), name)
-        )
+    root = user_xml(name, text, "network")
     mark_managed(root, "network")
     return root
 
@@ -338,31 +329,11 @@ _SECTIONS = {"dhcp_host": "VIR_NETWORK_SECTION_IP_DHCP_HOST", "dns_host": "VIR_N
 _COMMANDS = {"add": "VIR_NETWORK_UPDATE_COMMAND_ADD_LAST", "delete": "VIR_NETWORK_UPDATE_COMMAND_DELETE"}
 
 
-def _diff_text(xml_text, state, autostart):
-    return "state: {}\nautostart: {}\n{}".format(state, "yes" if autostart else "no", xml_text or "")
-
-
-class NetworkManager:
+class NetworkManager(Manager):
     """Bring one network to the state described by the module parameters."""
 
-    def __init__(self, conn, params, check_mode=False, diff_mode=False):
-        self.conn = conn
-        self.params = params
-        self.check_mode = check_mode
-        self.diff_mode = diff_mode
-        self.name = params["name"]
-        self.result = {"changed": False, "actions": [], "pending_restart": False}
-
-    def _act(self, action):
-        self.result["changed"] = True
-        self.result["actions"].append(action)
-
-    def run(self):
-        try:
-            return self._run()
-        except VirtError as err:
-            err.result.update(changed=self.result["changed"], actions=list(self.result["actions"]))
-            raise
+    KIND = NETWORK
+    RESULT = {"pending_restart": False}
 
     def _desired(self):
         p = self.params
@@ -420,12 +391,11 @@ class NetworkManager:
         if desired is not None and predicted["state"] == "active" and before_state == "active":
             self._pending_restart(net, desired, predicted)
 
-        self.result["diff"] = {
-            "before": _diff_text(before_xml, before_state, before_autostart),
-            "after": _diff_text(after_xml, predicted["state"], predicted["autostart"]),
-            "before_header": "network {} (on {})".format(self.name, self.conn.hostname),
-            "after_header": "network {} (desired)".format(self.name),
-        }
+        self.result["diff"] = self._diff(
+            diff_text(before_xml, before_state, before_autostart),
+            diff_text(after_xml, predicted["state"], predicted["autostart"]),
+            "desired",
+        )
         if net is None:  # check mode, new network
             self.result["network"] = {
                 "name": self.name,
@@ -467,16 +437,6 @@ class NetworkManager:
                     flags,
                 )
 
-    def _autostart(self, net, predicted):
-        want = self.params.get("autostart")
-        if want is None or predicted["autostart"] == want:
-            return
-        self._act("autostart" if want else "no_autostart")
-        predicted["autostart"] = want
-        if not self.check_mode:
-            with libvirt_errors("cannot set autostart of network {}".format(self.name)):
-                net.setAutostart(1 if want else 0)
-
     def _state(self, net, predicted):
         want = self.params["state"]
         if want == "active" and predicted["state"] != "active":
@@ -517,14 +477,13 @@ class NetworkManager:
             return self.result
         persistent = bool(net.isPersistent())
         active = bool(net.isActive())
-        self.result["diff"] = {
-            "before": _diff_text(
+        self.result["diff"] = self._diff(
+            diff_text(
                 to_text(read_xml(net, NETWORK)), "active" if active else "inactive", persistent and net.autostart()
             ),
-            "after": "",
-            "before_header": "network {} (on {})".format(self.name, self.conn.hostname),
-            "after_header": "network {} (absent)".format(self.name),
-        }
+            "",
+            "absent",
+        )
         if active:
             self._act("stop")
             if not self.check_mode:

@@ -18,6 +18,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import (
     DIRECTORY_TARGET_TYPES,
@@ -28,8 +29,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool impo
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
     compare,
     elements,
-    etree,
-    parse_xml,
     to_text,
 )
 
@@ -67,16 +66,7 @@ def pool_target(root):
 
 def desired_pool_from_xml(name, text):
     """Parse user XML for pool ``name``: safe parse, <name> check, runtime values dropped."""
-    root = parse_xml(text, "pool", "xml")
-    names = elements(root, "name")
-    if not names:
-        el = etree.Element("name")
-        el.text = name
-        root.insert(0, el)
-    elif (names[0].text or "").strip() != name:
-        raise ValidationError(
-            "the <name> in xml ({!r}) differs from name ({!r})".format((names[0].text or "").strip(), name)
-        )
+    root = user_xml(name, text, "pool")
     for tag in RUNTIME_TAGS:
         for el in elements(root, tag):
             root.remove(el)
@@ -163,31 +153,11 @@ def list_pools(conn, name=None):
 
 
 # --------------------------------------------------------------------------- manager
-def _diff_text(xml_text, state, autostart):
-    return "state: {}\nautostart: {}\n{}".format(state, "yes" if autostart else "no", xml_text or "")
-
-
-class PoolManager:
+class PoolManager(Manager):
     """Bring one storage pool to the state described by the module parameters."""
 
-    def __init__(self, conn, params, check_mode=False, diff_mode=False):
-        self.conn = conn
-        self.params = params
-        self.check_mode = check_mode
-        self.diff_mode = diff_mode
-        self.name = params["name"]
-        self.result = {"changed": False, "actions": [], "pending_restart": False, "refreshed": False}
-
-    def _act(self, action):
-        self.result["changed"] = True
-        self.result["actions"].append(action)
-
-    def run(self):
-        try:
-            return self._run()
-        except VirtError as err:
-            err.result.update(changed=self.result["changed"], actions=list(self.result["actions"]))
-            raise
+    KIND = POOL
+    RESULT = {"pending_restart": False, "refreshed": False}
 
     def _desired(self):
         p = self.params
@@ -269,12 +239,11 @@ class PoolManager:
                 pool.refresh(0)
             self.result["refreshed"] = True
 
-        self.result["diff"] = {
-            "before": _diff_text(before_xml, before_state, before_autostart),
-            "after": _diff_text(after_xml, predicted["state"], predicted["autostart"]),
-            "before_header": "storage pool {} (on {})".format(self.name, self.conn.hostname),
-            "after_header": "storage pool {} (desired)".format(self.name),
-        }
+        self.result["diff"] = self._diff(
+            diff_text(before_xml, before_state, before_autostart),
+            diff_text(after_xml, predicted["state"], predicted["autostart"]),
+            "desired",
+        )
         if pool is None:
             self.result["pool"] = {
                 "name": self.name,
@@ -339,16 +308,6 @@ class PoolManager:
         except libvirt.libvirtError:  # pragma: no cover - best effort
             pass
 
-    def _autostart(self, pool, predicted):
-        want = self.params.get("autostart")
-        if want is None or predicted["autostart"] == want:
-            return
-        self._act("autostart" if want else "no_autostart")
-        predicted["autostart"] = want
-        if not self.check_mode:
-            with libvirt_errors("cannot set autostart of storage pool {}".format(self.name)):
-                pool.setAutostart(1 if want else 0)
-
     def _state(self, pool, predicted):
         want = self.params["state"]
         if want == "active" and predicted["state"] != "active":
@@ -390,12 +349,11 @@ class PoolManager:
         root = read_xml(pool, POOL)
         persistent = bool(pool.isPersistent())
         active = bool(pool.isActive())
-        self.result["diff"] = {
-            "before": _diff_text(to_text(root), "active" if active else "inactive", persistent and pool.autostart()),
-            "after": "",
-            "before_header": "storage pool {} (on {})".format(self.name, self.conn.hostname),
-            "after_header": "storage pool {} ({})".format(self.name, "deleted" if delete else "absent"),
-        }
+        self.result["diff"] = self._diff(
+            diff_text(to_text(root), "active" if active else "inactive", persistent and pool.autostart()),
+            "",
+            "deleted" if delete else "absent",
+        )
         if delete:
             self._refuse_non_empty(pool, root, active)
         if active:

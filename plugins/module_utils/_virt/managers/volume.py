@@ -16,6 +16,7 @@ import struct
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import pool_target, pool_type
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import DIRECTORY_TARGET_TYPES
@@ -169,27 +170,14 @@ def _same_capacity(actual, desired):
     return actual == desired or (desired < actual < desired + SECTOR and actual % SECTOR == 0)
 
 
-class VolumeManager:
+class VolumeManager(Manager):
     """Bring one storage volume to the state described by the module parameters."""
 
+    KIND = VOLUME
+
     def __init__(self, conn, params, check_mode=False, diff_mode=False):
-        self.conn = conn
-        self.params = params
-        self.check_mode = check_mode
-        self.diff_mode = diff_mode
-        self.name = params["name"]
-        self.result = {"changed": False, "actions": []}
-
-    def _act(self, action):
-        self.result["changed"] = True
-        self.result["actions"].append(action)
-
-    def run(self):
-        try:
-            return self._run()
-        except VirtError as err:
-            err.result.update(changed=self.result["changed"], actions=list(self.result["actions"]))
-            raise
+        super().__init__(conn, params, check_mode, diff_mode)
+        self.label = "volume {}/{}".format(params["pool"], self.name)
 
     # ------------------------------------------------------------------ validation
     def _validate(self):
@@ -261,14 +249,9 @@ class VolumeManager:
         else:
             after = self._update(vol, before)
         self.result["volume"] = after
-        self.result["diff"] = {
-            "before": _describe(before, "present"),
-            "after": _describe(after, "present"),
-            "before_header": "volume {}/{} (on {})".format(self.params["pool"], self.name, self.conn.hostname),
-            "after_header": "volume {}/{} ({})".format(
-                self.params["pool"], self.name, "absent" if after is None else "desired"
-            ),
-        }
+        self.result["diff"] = self._diff(
+            _describe(before, "present"), _describe(after, "present"), "absent" if after is None else "desired"
+        )
         return self.result
 
     def _absent(self, vol, facts):
