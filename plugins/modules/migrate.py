@@ -23,7 +23,11 @@ description:
     C(prepare/register) (if the destination got that far), C(perform/send) with C(ok=false),
     C(finish/dest_clean) (the destination removed its half-received copy and holds no lease) and
     C(confirm/source_kept) (the guest still runs on the source and holds its leases). The module fails with
-    the phase and libvirt's message. Nothing had to be taken back."
+    the phase and libvirt's message. Nothing had to be taken back - except in one case libvirt itself causes:
+    when the send is cancelled after QEMU stopped the vCPUs for the final copy, QEMU resumes them on its own
+    and libvirt takes no lease back; the module then records C(confirm/source_resumed_unleased), pauses the
+    guest and resumes it through libvirt (C(confirm/source_paused), C(confirm/source_reacquired)) so that it
+    runs holding its leases again, or, when they are busy, leaves it paused, running nowhere."
   - "Destination lease conflict: after C(perform/source_released), every refused resume is a
     C(finish/acquire_busy) checkpoint (C(ok=false)); once O(lock.acquire_timeout) is over,
     C(finish/dest_acquired) fails, C(confirm/source_stopped) is recorded and the module fails naming the

@@ -689,13 +689,34 @@ class MigrationManager:
         before_send = plan["release"] == RELEASE_BEFORE_SEND
         reacquire_error = None
         forced_pause = "forced_pause" in self.marks
-        if (before_send or forced_pause) and self.src_state == "running":
+        # QEMU restarts the vCPUs itself when a job is cancelled after it stopped them for the final
+        # copy, and libvirt then marks the guest running without taking its leases back: a guest
+        # running unleased on the source, which the module pauses and resumes through libvirt to
+        # take them again.
+        resumed_unleased = (
+            not (before_send or forced_pause)
+            and self.src_state == "running"
+            and self.lock_config.enabled
+            and state_name(src_dom) == "running"
+            and any(r.get("holder") != "source" for r in self._probe())
+        )
+        if resumed_unleased:
+            self._record(
+                "confirm/source_resumed_unleased",
+                ok=False,
+                leases=self._probe(),
+                detail="QEMU resumed {} on {} after the cancelled send; libvirt took no lease back".format(
+                    self.name, self.src_name
+                ),
+            )
+        if (before_send or forced_pause or resumed_unleased) and self.src_state == "running":
             lc = Lifecycle(
                 self.src,
                 PhaseRecorder(
                     self.rec,
                     "confirm",
                     {
+                        "paused": "source_paused",
                         "resumed": "source_reacquired",
                         "acquire_failed": "source_reacquire_busy",
                         "resume_failed": "source_reacquire_failed",
@@ -708,6 +729,8 @@ class MigrationManager:
                 clock=self.clock,
             )
             try:
+                if resumed_unleased:
+                    lc.suspend(src_dom)
                 lc.resume(src_dom, required=False, acquire_timeout=plan["acquire_timeout"], verify=False)
             except VirtError as exc:
                 reacquire_error = exc
@@ -751,7 +774,9 @@ class MigrationManager:
                     src_state,
                     "lock.release: before_send, the old ordering"
                     if before_send
-                    else "it was paused on {} so that the copy would complete".format(self.src_name),
+                    else "it was paused on {} so that the copy would complete".format(self.src_name)
+                    if forced_pause
+                    else "QEMU had stopped it for the final copy and resumed it unleased when the send was cancelled",
                 ),
                 state=self._state(self.dest, dest_dom),
                 leases=leases,
@@ -760,7 +785,11 @@ class MigrationManager:
             )
         msg = "perform: sending {} from {} to {} failed: {}. ".format(self.name, self.src_name, self.dest_name, err.msg)
         if kept:
-            msg += "{} keeps running on {} holding its leases (verified); ".format(self.name, self.src_name)
+            msg += "{} keeps running on {} holding its leases (verified{}); ".format(
+                self.name,
+                self.src_name,
+                ", taken back after QEMU resumed it unleased" if resumed_unleased else "",
+            )
         else:
             msg += "{} is {} on {}: {}; ".format(
                 self.name, src_state, self.src_name, describe(leases, self.src_name, self.dest_name)
