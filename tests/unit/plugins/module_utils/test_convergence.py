@@ -343,7 +343,7 @@ class BusyDomain(FakeDomain):
         self.how = "pause"
         self.event.set()
 
-    def migrateToURI3(self, uri, p, flags):
+    def migrateToURI3(self, uri, params, flags):
         self.calls.append(flags)
         w = self.world
         dst = w.hosts["hv2"]
