@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Validation shared by the network, pool and volume specs."""
+"""What the domain, network and pool spec builders share: spec validation and element building."""
 
 from __future__ import annotations
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     default_lease_lockspace,
     default_lease_target,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed, set_user_metadata
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import sub, validate_spec
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import etree
 
 MIN_MEMORY_MIB = 1
@@ -177,20 +176,9 @@ def normalize_domain_spec(spec):
 
     Returns a new dict; raises ValidationError (unknown keys, wrong types, bad sizes, conflicts).
     """
-    if not isinstance(spec, dict):
-        raise ValidationError("spec must be a dictionary")
-    validator = ArgumentSpecValidator({"spec": {"type": "dict", "options": DOMAIN_SPEC_OPTIONS}})
-    spec = dict((k, v) for k, v in spec.items() if k not in _DERIVED)
-    result = validator.validate({"spec": _drop_none(spec)})
-    if result.error_messages:
-        msgs = []
-        for err in result.errors.errors:
-            m = str(getattr(err, "msg", err))
-            if type(err).__name__ == "UnsupportedError":
-                m = "unsupported keys " + m.split(". Supported parameters include", 1)[0]
-            msgs.append(m)
-        raise ValidationError("invalid spec: " + "; ".join(msgs))
-    s = result.validated_parameters["spec"]
+    if isinstance(spec, dict):  # a spec normalized before: what was derived goes, unset options go
+        spec = _drop_none(dict((k, v) for k, v in spec.items() if k not in _DERIVED))
+    s = validate_spec(DOMAIN_SPEC_OPTIONS, spec)
     s["memory_mib"] = memory_mib(s["memory"])
     if s.get("current_memory") is not None:
         s["current_memory_mib"] = memory_mib(s["current_memory"], "spec.current_memory")
@@ -291,16 +279,6 @@ def _assign_disk_targets(disks):
         used.add(d["target"])
 
 
-def _sub(parent, tag, text=None, **attrs):
-    el = etree.SubElement(parent, tag)
-    for k, v in attrs.items():
-        if v is not None:
-            el.set(k.rstrip("_"), str(v))
-    if text is not None:
-        el.text = str(text)
-    return el
-
-
 def lease_settings(spec, uuid, lock_config=None):
     """(key, lockspace, target path) of spec.lease with its defaults; ValidationError when unknowable."""
     lease = spec.get("lease")
@@ -327,93 +305,93 @@ def build_domain_xml(name, spec, uuid=None, lock_config=None, normalized=False):
     uuid = s.get("uuid") or uuid or str(uuidlib.uuid4())
     root = etree.Element("domain")
     root.set("type", s["type"])
-    _sub(root, "name", name)
-    _sub(root, "uuid", uuid)
+    sub(root, "name", name)
+    sub(root, "uuid", uuid)
     if s.get("title"):
-        _sub(root, "title", s["title"])
+        sub(root, "title", s["title"])
     if s.get("description"):
-        _sub(root, "description", s["description"])
+        sub(root, "description", s["description"])
     mark_managed(root, "domain")
     if s.get("metadata"):
         set_user_metadata(root, s["metadata"])
-    _sub(root, "memory", s["memory_mib"] * 1024, unit="KiB")
-    _sub(root, "currentMemory", s["current_memory_mib"] * 1024, unit="KiB")
-    _sub(root, "vcpu", s["vcpus"])
-    os_el = _sub(root, "os", firmware="efi" if s["firmware"] == "uefi" else None)
-    _sub(os_el, "type", "hvm", arch=s.get("arch"), machine=s.get("machine"))
+    sub(root, "memory", s["memory_mib"] * 1024, unit="KiB")
+    sub(root, "currentMemory", s["current_memory_mib"] * 1024, unit="KiB")
+    sub(root, "vcpu", s["vcpus"])
+    os_el = sub(root, "os", firmware="efi" if s["firmware"] == "uefi" else None)
+    sub(os_el, "type", "hvm", arch=s.get("arch"), machine=s.get("machine"))
     if s.get("kernel"):
-        _sub(os_el, "kernel", s["kernel"])
+        sub(os_el, "kernel", s["kernel"])
         if s.get("initrd"):
-            _sub(os_el, "initrd", s["initrd"])
+            sub(os_el, "initrd", s["initrd"])
         if s.get("cmdline"):
-            _sub(os_el, "cmdline", s["cmdline"])
+            sub(os_el, "cmdline", s["cmdline"])
     for dev in s.get("boot") or []:
-        _sub(os_el, "boot", dev=dev)
+        sub(os_el, "boot", dev=dev)
     if s.get("features"):
-        feats = _sub(root, "features")
+        feats = sub(root, "features")
         for f in s["features"]:
-            _sub(feats, f)
+            sub(feats, f)
     if s.get("cpu"):
-        cpu = _sub(root, "cpu", mode=s["cpu"]["mode"])
+        cpu = sub(root, "cpu", mode=s["cpu"]["mode"])
         if s["cpu"].get("model"):
-            _sub(cpu, "model", s["cpu"]["model"])
+            sub(cpu, "model", s["cpu"]["model"])
     for action in ("on_poweroff", "on_reboot", "on_crash"):
         if s.get(action):
-            _sub(root, action, s[action])
-    devices = _sub(root, "devices")
+            sub(root, action, s[action])
+    devices = sub(root, "devices")
     for d in s["disks"]:
         _disk(devices, d)
     lease = lease_settings(s, uuid, lock_config)
     if lease:
         key, lockspace, path = lease
-        el = _sub(devices, "lease")
-        _sub(el, "lockspace", lockspace)
-        _sub(el, "key", key)
-        _sub(el, "target", path=path)
+        el = sub(devices, "lease")
+        sub(el, "lockspace", lockspace)
+        sub(el, "key", key)
+        sub(el, "target", path=path)
     for nic in s["interfaces"]:
-        el = _sub(devices, "interface", type_="network" if nic.get("network") else "bridge")
+        el = sub(devices, "interface", type_="network" if nic.get("network") else "bridge")
         if nic.get("mac"):
-            _sub(el, "mac", address=nic["mac"])
+            sub(el, "mac", address=nic["mac"])
         if nic.get("network"):
-            _sub(el, "source", network=nic["network"])
+            sub(el, "source", network=nic["network"])
         else:
-            _sub(el, "source", bridge=nic["bridge"])
+            sub(el, "source", bridge=nic["bridge"])
         if nic.get("model"):
-            _sub(el, "model", type_=nic["model"])
+            sub(el, "model", type_=nic["model"])
     if s.get("graphics"):
         g = s["graphics"]
         if g.get("port") is not None:
-            _sub(devices, "graphics", type_=g["type"], port=g["port"], autoport="no", listen=g.get("listen"))
+            sub(devices, "graphics", type_=g["type"], port=g["port"], autoport="no", listen=g.get("listen"))
         else:
-            _sub(devices, "graphics", type_=g["type"], autoport="yes", listen=g.get("listen"))
+            sub(devices, "graphics", type_=g["type"], autoport="yes", listen=g.get("listen"))
     if s["serial_console"]:
-        serial = _sub(devices, "serial", type_="pty")
-        _sub(serial, "target", port="0")
-        console = _sub(devices, "console", type_="pty")
-        _sub(console, "target", type_="serial", port="0")
+        serial = sub(devices, "serial", type_="pty")
+        sub(serial, "target", port="0")
+        console = sub(devices, "console", type_="pty")
+        sub(console, "target", type_="serial", port="0")
     channels = list(s["channels"])
     if s["guest_agent"] and not any(c["name"] == GUEST_AGENT_CHANNEL for c in channels):
         channels.insert(0, {"name": GUEST_AGENT_CHANNEL, "type": "unix"})
     for c in channels:
-        el = _sub(devices, "channel", type_=c["type"])
-        _sub(el, "target", type_="virtio", name=c["name"])
+        el = sub(devices, "channel", type_=c["type"])
+        sub(el, "target", type_="virtio", name=c["name"])
     return root
 
 
 def _disk(devices, d):
-    el = _sub(devices, "disk", type_=d["type"], device=d["device"])
-    _sub(el, "driver", name="qemu", type_=d.get("format"), cache=d.get("cache"))
+    el = sub(devices, "disk", type_=d["type"], device=d["device"])
+    sub(el, "driver", name="qemu", type_=d.get("format"), cache=d.get("cache"))
     if d["type"] == "file" and d.get("path"):
-        _sub(el, "source", file=d["path"])
+        sub(el, "source", file=d["path"])
     elif d["type"] == "block":
-        _sub(el, "source", dev=d["path"])
+        sub(el, "source", dev=d["path"])
     elif d["type"] == "volume":
-        _sub(el, "source", pool=d["pool"], volume=d["volume"])
-    _sub(el, "target", dev=d["target"], bus=d["bus"])
+        sub(el, "source", pool=d["pool"], volume=d["volume"])
+    sub(el, "target", dev=d["target"], bus=d["bus"])
     if d.get("boot_order") is not None:
-        _sub(el, "boot", order=d["boot_order"])
+        sub(el, "boot", order=d["boot_order"])
     if d["readonly"]:
-        _sub(el, "readonly")
+        sub(el, "readonly")
     if d["shareable"]:
-        _sub(el, "shareable")
+        sub(el, "shareable")
     return el
