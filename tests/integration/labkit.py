@@ -20,6 +20,12 @@ COLLECTIONS = os.path.join(REPO, ".build", "collections")
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 
 
+def lab_state():
+    """The lab's recorded state: hosts, addresses, daemon pids (tests/lab/lab writes it)."""
+    with open(os.path.join(os.environ.get("LOCKSTEP_LAB_ROOT", "/var/lib/lockstep-lab"), "state.json")) as fh:
+        return json.load(fh)
+
+
 class PlaybookRun:
     def __init__(self, rc, stdout, stderr, results):
         self.rc = rc
@@ -47,8 +53,7 @@ class Lab:
         self.shared_dir = status["shared_dir"]
         self.lockspace_dir = status["lockspace_dir"]
         self.images_dir = os.path.join(self.shared_dir, "images")
-        with open(os.path.join(os.path.dirname(self.inventory), "state.json")) as fh:
-            self.state = json.load(fh)
+        self.state = lab_state()
         # hosts: those with virtlockd on (inventory group hypervisors); unlocked_hosts: the others
         self.unlocked_hosts = list(self.state.get("unlocked", []))
         self.hosts = [h for h in self.all_hosts if h not in self.unlocked_hosts]

@@ -11,11 +11,12 @@ race deterministically, within a few milliseconds of the source releasing.
 
 import os
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 
 import pytest
-from labkit import LAB, define_and_start, lock_holder, tiny_domain_xml
+from labkit import LAB, define_and_start, lab_state, lock_holder, tiny_domain_xml
 from migrate_helpers import (
     MODULE,
     SUCCESS_ORDER,
@@ -233,6 +234,39 @@ def test_timeout_aborts_and_the_guest_keeps_running(lab, guest):
     if "confirm/source_resumed_unleased" in steps:
         assert steps.index("confirm/source_resumed_unleased") < steps.index("confirm/source_reacquired")
         assert "taken back" in res["msg"]
+
+
+def test_destination_libvirtd_killed_during_the_transfer(lab, guest):
+    """hv2's libvirtd dies while the guest is on its way (the transfer held up, so that it is mid-way)."""
+    outcome = {}
+
+    def run():
+        outcome["res"] = migrate(lab, "hv1", "hv2", guest.name, timeout=90)
+
+    with blocked_migration_ports(lab, "hv2", target="DROP", stall=True):
+        mover = threading.Thread(target=run)
+        mover.start()
+        deadline = time.monotonic() + 60
+        while lab.domain_state("hv2", guest.name) != "paused":  # the incoming copy exists: mid-transfer
+            assert time.monotonic() < deadline and mover.is_alive(), "the transfer never reached hv2"
+            time.sleep(0.2)
+        os.kill(lab.state["hosts"]["hv2"]["pids"]["libvirtd"], 9)
+        mover.join(120)
+    subprocess.run([LAB, "restart", "hv2", "libvirtd"], check=True, capture_output=True, timeout=120)
+    lab.state = lab_state()  # the restarted daemon's pid
+    res = outcome["res"]
+    assert failed(res)
+    assert res["msg"].startswith("perform: sending"), res["msg"]
+    assert "keeps running on hv1 holding its leases (verified" in res["msg"], res["msg"]
+    assert "hv2's libvirtd cannot be reached" in res["msg"] and "it holds no lease (verified)" in res["msg"]
+    assert res["changed"] is False
+    assert names(res)[-2:] == ["finish/dest_clean", "confirm/source_kept"]
+    # the restarted libvirtd finds its half-received guest and removes it: nothing left on hv2
+    deadline = time.monotonic() + 30
+    while lab.domain_state("hv2", guest.name) not in (None, "shut off"):
+        assert time.monotonic() < deadline, lab.domain_state("hv2", guest.name)
+        time.sleep(0.5)
+    assert_runs_only_on(lab, guest, "hv1", "hv2")
 
 
 # --------------------------------------------------------------------------- destination lease conflict

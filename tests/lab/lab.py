@@ -15,6 +15,7 @@ disk images and virtlockd's lockspace.
     lab inventory            print the path of the Ansible inventory the lab wrote
     lab image [--force]      build the lab's Linux guest image (cached; prints its directory)
     lab exec HOST -- CMD...  run a command inside a host's namespaces
+    lab restart HOST DAEMON  stop a host's daemon if it runs and start it again (fault tests)
 
 Runs as root, stdlib only.  Everything it makes is recorded under LAB_ROOT so that `down`
 removes exactly that and nothing else.
@@ -431,6 +432,21 @@ def start_host(state, name):
         raise SystemExit("lab: host {} did not start:\n{}".format(name, fh.read()))
 
 
+def wait_pidfile(path, timeout=10.0):
+    """The live pid a daemon wrote to ``path``, or None when none appears in time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(path) as fh:
+                pid = int(fh.read().strip())
+            if pid_alive(pid):
+                return pid
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    return None
+
+
 def anchor_main(name):
     """Runs inside the host's fresh namespaces (see start_host)."""
     import ctypes
@@ -458,17 +474,8 @@ mount --bind {h}/root /root
         for daemon in DAEMONS:
             argv = [a.format(hdir=hdir) for a in DAEMON_COMMANDS[daemon]]
             subprocess.run(argv, check=True, env=env, cwd="/", stdin=subprocess.DEVNULL)
-            pidfile = "/run/{}.pid".format(daemon)
-            for _attempt in range(200):
-                try:
-                    with open(pidfile) as fh:
-                        pid = int(fh.read().strip())
-                    if pid_alive(pid):
-                        break
-                except (OSError, ValueError):
-                    pass
-                time.sleep(0.05)
-            else:
+            pid = wait_pidfile("/run/{}.pid".format(daemon))
+            if pid is None:
                 raise RuntimeError("{} did not start (see {}/var-log-libvirt)".format(daemon, hdir))
             pids[daemon] = pid
         write(os.path.join(hdir, "pids.json"), json.dumps(pids) + "\n")
@@ -757,6 +764,31 @@ def cmd_inventory(_args):
     return 0
 
 
+def cmd_restart(args):
+    """Stop one daemon of a host (if it still runs) and start it again, as a crashed daemon is."""
+    state = load_state()
+    if not state or args.host not in state.get("hosts", {}):
+        raise SystemExit("lab: no such lab host: {}".format(args.host))
+    info = state["hosts"][args.host]
+    old = info.get("pids", {}).get(args.daemon)
+    if old:
+        kill_pids([old])
+    # the host's /run, seen through its anchor
+    pidfile = "/proc/{}/root/run/{}.pid".format(info["anchor"], args.daemon)
+    if os.path.exists(pidfile):
+        os.unlink(pidfile)
+    host_run(state, args.host, [a.format(hdir=host_dir(args.host)) for a in DAEMON_COMMANDS[args.daemon]])
+    pid = wait_pidfile(pidfile)
+    if pid is None:
+        raise SystemExit("lab: {} on {} did not start again".format(args.daemon, args.host))
+    info.setdefault("pids", {})[args.daemon] = pid
+    save_state(state)
+    if args.daemon == "libvirtd":
+        wait_libvirt(state, args.host)
+    log("{} on {} restarted (pid {})".format(args.daemon, args.host, pid))
+    return 0
+
+
 def cmd_image(args):
     """Build (or reuse) the lab's Linux guest image; prints its directory."""
     argv = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "guest_image.py")]
@@ -800,6 +832,10 @@ def main():
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     sub.add_parser("inventory").set_defaults(func=cmd_inventory)
+    p = sub.add_parser("restart", help="stop a host's daemon if it runs, and start it again")
+    p.add_argument("host")
+    p.add_argument("daemon", choices=DAEMONS)
+    p.set_defaults(func=cmd_restart)
     p = sub.add_parser("image", help="build the Linux guest image (cached)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_image)

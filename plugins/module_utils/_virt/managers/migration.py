@@ -735,20 +735,26 @@ class MigrationManager:
             except VirtError as exc:
                 reacquire_error = exc
         # the destination: no domain left running, no lease held there
-        dest_dom, gone = self._wait_inactive(self.dest, DEST_CLEANUP_TIMEOUT)
+        unreachable = None
+        try:
+            dest_dom, gone = self._wait_inactive(self.dest, DEST_CLEANUP_TIMEOUT)
+        except VirtError as exc:
+            # its libvirtd is gone (crashed, or the link to it broke): its copy cannot be seen, but the
+            # shared lockspace still shows whether anything there holds a lease
+            dest_dom, gone, unreachable = None, True, exc.msg
         leases = self._probe()
         other = [r for r in leases if r.get("holder") == "other"]
         dest_ok = gone and not other
+        if unreachable:
+            dest_seen = "a libvirtd that cannot be reached ({}), so no copy that can run".format(unreachable)
+        else:
+            dest_seen = "no running copy" if gone else "a copy still running"
         self._record(
             "finish/dest_clean",
             ok=dest_ok,
             leases=leases,
             host=self.dest_name,
-            detail="{} has {}; {}".format(
-                self.dest_name,
-                "no running copy" if gone else "a copy still running",
-                describe(leases, self.src_name, self.dest_name),
-            ),
+            detail="{} has {}; {}".format(self.dest_name, dest_seen, describe(leases, self.src_name, self.dest_name)),
         )
         src_state = state_name(src_dom)
         held_src = [r for r in leases if r.get("holder") == "source"]
@@ -794,12 +800,16 @@ class MigrationManager:
             msg += "{} is {} on {}: {}; ".format(
                 self.name, src_state, self.src_name, describe(leases, self.src_name, self.dest_name)
             )
-        msg += (
-            "{} has no copy of it and holds no lease (verified)".format(self.dest_name)
-            if dest_ok
-            else "{} did not clean up within {}s".format(self.dest_name, DEST_CLEANUP_TIMEOUT)
-        )
-        self._fail(msg, state=self._state(self.dest, dest_dom), leases=leases, err=err)
+        if unreachable and dest_ok:
+            msg += "{}'s libvirtd cannot be reached ({}); it holds no lease (verified)".format(
+                self.dest_name, unreachable
+            )
+        elif dest_ok:
+            msg += "{} has no copy of it and holds no lease (verified)".format(self.dest_name)
+        else:
+            msg += "{} did not clean up within {}s".format(self.dest_name, DEST_CLEANUP_TIMEOUT)
+        state = "unknown" if unreachable else self._state(self.dest, dest_dom)
+        self._fail(msg, state=state, leases=leases, err=err)
 
     def _handoff(self, src_dom):
         plan = self.plan
