@@ -23,14 +23,16 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
 
 # lookup_method: the method of the virConnect (or, for volumes, the virStoragePool) finding one by name;
+# list_method: the one listing them all;
 # not_found: (name, code) of the VIR_ERR_ that means there is none; inactive_flag: the XMLDesc flag of
 # the persistent definition (None: one XML only); root_tag: the XML root element; noun: what messages
 # call the kind; label: how its manager's messages name one object; xml_context: the message of a
 # failed XML read.
-Kind = namedtuple("Kind", "lookup_method not_found inactive_flag root_tag noun label xml_context")
+Kind = namedtuple("Kind", "lookup_method list_method not_found inactive_flag root_tag noun label xml_context")
 
 DOMAIN = Kind(
     "lookupByName",
+    "listAllDomains",
     ("NO_DOMAIN", 42),
     "VIR_DOMAIN_XML_INACTIVE",
     "domain",
@@ -40,6 +42,7 @@ DOMAIN = Kind(
 )
 NETWORK = Kind(
     "networkLookupByName",
+    "listAllNetworks",
     ("NO_NETWORK", 43),
     "VIR_NETWORK_XML_INACTIVE",
     "network",
@@ -49,6 +52,7 @@ NETWORK = Kind(
 )
 POOL = Kind(
     "storagePoolLookupByName",
+    "listAllStoragePools",
     ("NO_STORAGE_POOL", 49),
     "VIR_STORAGE_XML_INACTIVE",
     "pool",
@@ -58,6 +62,7 @@ POOL = Kind(
 )
 VOLUME = Kind(
     "storageVolLookupByName",
+    "listAllVolumes",
     ("NO_STORAGE_VOL", 50),
     None,
     "volume",
@@ -84,6 +89,17 @@ def lookup(owner, kind, name):
         raise from_libvirt_error(exc, "cannot look up {} {}".format(kind.noun, name)) from None
 
 
+def select(owner, kind, name=None, context=None):
+    """The objects of ``kind`` in ``owner``, by name: the one called ``name`` (none when there is no
+    such), or all of them. ``context``: the message of a failed listing."""
+    if name is not None:
+        obj = lookup(owner, kind, name)
+        return [obj] if obj is not None else []
+    lister = getattr(getattr(owner, "virt", owner), kind.list_method)
+    with libvirt_errors(context or "cannot list {}s".format(kind.noun)):
+        return sorted(lister(0), key=lambda obj: obj.name())
+
+
 def read_xml(obj, kind, inactive=True):
     """The XML element of ``obj``: its persistent definition (``inactive``, where the driver has the
     flag; otherwise its only XML) or what runs."""
@@ -100,4 +116,4 @@ def read_xml(obj, kind, inactive=True):
         return parse_xml(text, kind.root_tag, "libvirt's {} XML".format(kind.noun))
 
 
-__all__ = ["DOMAIN", "NETWORK", "POOL", "VOLUME", "Kind", "lookup", "read_xml"]
+__all__ = ["DOMAIN", "NETWORK", "POOL", "VOLUME", "Kind", "lookup", "read_xml", "select"]

@@ -23,7 +23,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import is_managed, mark_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, lookup, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, lookup, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.network import (
     NETWORK_SPEC_OPTIONS,
     build_network_xml,
@@ -316,12 +316,7 @@ def network_facts(net):
 
 
 def list_networks(conn, name=None):
-    if name is not None:
-        net = lookup(conn, NETWORK, name)
-        return [network_facts(net)] if net is not None else []
-    with libvirt_errors("cannot list networks"):
-        nets = list(conn.virt.listAllNetworks(0))
-    return [network_facts(n) for n in sorted(nets, key=lambda n: n.name())]
+    return [network_facts(net) for net in select(conn, NETWORK, name)]
 
 
 # --------------------------------------------------------------------------- manager

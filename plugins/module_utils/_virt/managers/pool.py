@@ -19,7 +19,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, lookup, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, lookup, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import (
     DIRECTORY_TARGET_TYPES,
     POOL_SPEC_OPTIONS,
@@ -144,12 +144,7 @@ def pool_facts(pool):
 
 
 def list_pools(conn, name=None):
-    if name is not None:
-        pool = lookup(conn, POOL, name)
-        return [pool_facts(pool)] if pool is not None else []
-    with libvirt_errors("cannot list storage pools"):
-        pools = list(conn.virt.listAllStoragePools(0))
-    return [pool_facts(p) for p in sorted(pools, key=lambda p: p.name())]
+    return [pool_facts(pool) for pool in select(conn, POOL, name)]
 
 
 # --------------------------------------------------------------------------- manager

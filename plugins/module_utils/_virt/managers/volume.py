@@ -18,7 +18,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import pool_target, pool_type
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import DIRECTORY_TARGET_TYPES
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume import (
     VOLUME_FORMATS,
@@ -116,23 +116,11 @@ def backing_chain(conn, facts):
 def list_volumes(conn, pool_name=None, name=None):
     if name is not None:
         validate_volume_name(name)
-    if pool_name is not None:
-        pool = lookup(conn, POOL, pool_name)
-        pools = [pool] if pool is not None else []
-    else:
-        with libvirt_errors("cannot list storage pools"):
-            pools = sorted(conn.virt.listAllStoragePools(0), key=lambda p: p.name())
     out = []
-    for pool in pools:
+    for pool in select(conn, POOL, pool_name):
         if not pool.isActive():
             continue
-        if name is not None:
-            vol = lookup(pool, VOLUME, name)
-            vols = [vol] if vol is not None else []
-        else:
-            with libvirt_errors("cannot list the volumes of {}".format(pool.name())):
-                vols = sorted(pool.listAllVolumes(0), key=lambda v: v.name())
-        for vol in vols:
+        for vol in select(pool, VOLUME, name, "cannot list the volumes of {}".format(pool.name())):
             facts = volume_facts(vol, pool.name())
             facts["backing_chain"] = backing_chain(conn, facts)
             out.append(facts)
