@@ -91,3 +91,17 @@ class Manager:
         if not self.check_mode:
             with libvirt_errors("cannot set autostart of {}".format(self.label)):
                 obj.setAutostart(1 if want else 0)
+
+    def _restart_if_pending(self, pending, restart):
+        """A running object whose definition differs from what runs: restart it (``restart()``) with
+        ``restart_on_change``, otherwise report ``pending_restart``."""
+        if not pending:
+            return
+        if not self.params["restart_on_change"]:
+            self.result["pending_restart"] = True
+            return
+        self._act("restart")
+        if self.check_mode:
+            return
+        with libvirt_errors("cannot restart {}".format(self.label)):
+            restart()

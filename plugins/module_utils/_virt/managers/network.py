@@ -453,17 +453,12 @@ class NetworkManager(Manager):
             pending = True
         else:
             pending = network_drift(desired, read_xml(net, NETWORK, inactive=False)).rest_changed
-        if not pending:
-            return
-        if not self.params["restart_on_change"]:
-            self.result["pending_restart"] = True
-            return
-        self._act("restart")
-        if self.check_mode:
-            return
-        with libvirt_errors("cannot restart network {}".format(self.name)):
+
+        def restart():
             net.destroy()
             net.create()
+
+        self._restart_if_pending(pending, restart)
 
     def _absent(self, net):
         if net is None:

@@ -324,17 +324,12 @@ class PoolManager(Manager):
         else:
             # libvirt reports the live directory's own permissions; a start does not change them
             pending = compare(desired, read_xml(pool, POOL, inactive=False), ignore=("permissions",)).changed
-        if not pending:
-            return
-        if not self.params["restart_on_change"]:
-            self.result["pending_restart"] = True
-            return
-        self._act("restart")
-        if self.check_mode:
-            return
-        with libvirt_errors("cannot restart storage pool {}".format(self.name)):
+
+        def restart():
             pool.destroy()
             pool.create(0)
+
+        self._restart_if_pending(pending, restart)
 
     def _absent(self, pool, delete):
         if pool is None:
