@@ -10,6 +10,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 import tempfile
 
 import yaml
@@ -18,11 +19,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAB = os.path.join(REPO, "tests", "lab", "lab")
 COLLECTIONS = os.path.join(REPO, ".build", "collections")
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
+sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
+from labpaths import LAB_ROOT  # noqa: E402
 
 
 def lab_state():
     """The lab's recorded state: hosts, addresses, daemon pids (tests/lab/lab writes it)."""
-    with open(os.path.join(os.environ.get("LOCKSTEP_LAB_ROOT", "/var/lib/lockstep-lab"), "state.json")) as fh:
+    with open(os.path.join(LAB_ROOT, "state.json")) as fh:
         return json.load(fh)
 
 

@@ -487,8 +487,8 @@ BAD_INPUT = {
         "mutually exclusive: xml|spec",
     ),
     "unreachable_ssh_uri": (
-        lambda n: {"spec": tiny_spec(), "uri": "qemu+ssh://10.77.0.99/system"},
-        "cannot connect to qemu+ssh://10.77.0.99/system",
+        lambda n: {"spec": tiny_spec(), "uri": "qemu+ssh://127.0.0.1:1/system"},
+        "cannot connect to qemu+ssh://127.0.0.1:1/system",
     ),
     "missing_unix_socket": (
         lambda n: {"spec": tiny_spec(), "uri": "qemu+unix:///system?socket=/run/lockstep-no-such/libvirt-sock"},

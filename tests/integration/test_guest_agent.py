@@ -15,12 +15,11 @@ import uuid
 
 import pytest
 import yaml
-from labkit import REPO, PlaybookRun
+from labkit import LAB_ROOT, REPO, PlaybookRun
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 import guest_image
 
-LAB_ROOT = "/var/lib/lockstep-lab"
 KEY = os.path.join(LAB_ROOT, "ssh", "id_ed25519")
 KNOWN_HOSTS = os.path.join(LAB_ROOT, "ssh", "known_hosts")
 BOOT_TIMEOUT = 90

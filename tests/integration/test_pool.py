@@ -6,9 +6,10 @@ import stat
 import uuid
 
 import pytest
+from labkit import LAB_ROOT
 
 MODULE = "lockstep.virt.pool"
-SHARED_POOLS = "/var/lib/lockstep-lab/shared/pools"
+SHARED_POOLS = os.path.join(LAB_ROOT, "shared", "pools")
 
 
 @pytest.fixture

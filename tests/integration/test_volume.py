@@ -7,9 +7,10 @@ import subprocess
 import uuid
 
 import pytest
+from labkit import LAB_ROOT
 
 MODULE = "lockstep.virt.volume"
-SHARED_POOLS = "/var/lib/lockstep-lab/shared/pools"
+SHARED_POOLS = os.path.join(LAB_ROOT, "shared", "pools")
 MiB = 1024 * 1024
 
 

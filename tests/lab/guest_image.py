@@ -34,8 +34,9 @@ import tempfile
 import time
 from xml.sax.saxutils import escape
 
-LAB_ROOT = os.environ.get("LOCKSTEP_LAB_ROOT", "/var/lib/lockstep-lab")
-CACHE_DIR = os.path.join(LAB_ROOT, "cache")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labpaths import CACHE_DIR
+
 IMAGE_DIR = os.path.join(CACHE_DIR, "guest-image")
 DEB_CACHE = os.path.join(CACHE_DIR, "debs")
 

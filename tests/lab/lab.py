@@ -32,19 +32,17 @@ import sys
 import time
 import uuid
 
-LAB_ROOT = os.environ.get("LOCKSTEP_LAB_ROOT", "/var/lib/lockstep-lab")
+from labpaths import BRIDGE, CACHE_DIR, LAB_ROOT, NETNS_PREFIX, SUBNET
+
 STATE_FILE = os.path.join(LAB_ROOT, "state.json")
 SHARED_DIR = os.path.join(LAB_ROOT, "shared")
 LOCKSPACE_DIR = os.path.join(SHARED_DIR, "lockd")
 IMAGES_DIR = os.path.join(SHARED_DIR, "images")
 SSH_DIR = os.path.join(LAB_ROOT, "ssh")
 HOSTS_DIR = os.path.join(LAB_ROOT, "hosts")
-CACHE_DIR = os.path.join(LAB_ROOT, "cache")
 INVENTORY = os.path.join(LAB_ROOT, "inventory.yml")
 
-BRIDGE = "lsvbr0"
-NETNS_PREFIX = "lsv-"
-SUBNET = "10.77.0"  # only ever configured on the lab's bridge and inside its namespaces
+VETH_PREFIX = NETNS_PREFIX
 BRIDGE_ADDR = SUBNET + ".1"
 PREFIX_LEN = 24
 
@@ -521,7 +519,7 @@ def create_network(names):
         run(["ip", "link", "set", BRIDGE, "up"])
     for n in names:
         ns = netns_name(n)
-        veth = "lsv-" + n
+        veth = VETH_PREFIX + n
         run(["ip", "netns", "add", ns])
         run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
         run(["ip", "link", "set", veth, "master", BRIDGE])
@@ -729,8 +727,8 @@ def teardown(purge):
         kill_pids([p for p in recorded if p and pid_alive(p)])
         run(["ip", "netns", "del", ns], check=False)
     for n in state.get("names", []):
-        if link_exists("lsv-" + n):
-            run(["ip", "link", "del", "lsv-" + n], check=False)
+        if link_exists(VETH_PREFIX + n):
+            run(["ip", "link", "del", VETH_PREFIX + n], check=False)
     if link_exists(BRIDGE):
         run(["ip", "link", "del", BRIDGE], check=False)
     kvm_restore(state)
