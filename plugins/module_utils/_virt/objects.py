@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The libvirt object kinds (domain, network, storage pool, volume): how each is looked up by name
+"""The libvirt object kinds (domain, network, storage pool, volume, secret): how each is looked up by name
 and how its XML is read, in one place.
 
 Usage::
@@ -70,9 +70,24 @@ VOLUME = Kind(
     "volume {}",
     "cannot read volume {}",
 )
+SECRET = Kind(
+    "secretLookupByUUIDString",
+    "listAllSecrets",
+    ("NO_SECRET", 66),
+    None,
+    "secret",
+    "secret",
+    "secret {}",
+    "cannot read secret {}",
+)
 
 # What a driver answers for an XMLDesc flag it does not have (test:// has one definition).
 _NO_FLAG = (("INVALID_ARG", 8), ("NO_SUPPORT", 3))
+
+
+def _name(obj):
+    """An object's name (a secret, which has none, by its UUID)."""
+    return obj.name() if hasattr(obj, "name") else obj.UUIDString()
 
 
 def lookup(owner, kind, name):
@@ -97,13 +112,13 @@ def select(owner, kind, name=None, context=None):
         return [obj] if obj is not None else []
     lister = getattr(getattr(owner, "virt", owner), kind.list_method)
     with libvirt_errors(context or "cannot list {}s".format(kind.noun)):
-        return sorted(lister(0), key=lambda obj: obj.name())
+        return sorted(lister(0), key=_name)
 
 
 def read_xml(obj, kind, inactive=True):
     """The XML element of ``obj``: its persistent definition (``inactive``, where the driver has the
     flag; otherwise its only XML) or what runs."""
-    with libvirt_errors(kind.xml_context.format(obj.name())):
+    with libvirt_errors(kind.xml_context.format(_name(obj))):
         text = None
         if inactive and kind.inactive_flag:
             try:
@@ -116,4 +131,4 @@ def read_xml(obj, kind, inactive=True):
         return parse_xml(text, kind.root_tag, "libvirt's {} XML".format(kind.noun))
 
 
-__all__ = ["DOMAIN", "NETWORK", "POOL", "VOLUME", "Kind", "lookup", "read_xml", "select"]
+__all__ = ["DOMAIN", "NETWORK", "POOL", "SECRET", "VOLUME", "Kind", "lookup", "read_xml", "select"]
