@@ -12,8 +12,14 @@ description:
     what libvirt fills in (a UUID you did not give, MAC and PCI addresses, aliases, controllers,
     default models) is never a difference. Devices you manage (disks, interfaces, leases, channels,
     graphics, ...) are compared as sets, so removing one from the definition is a change.
-  - A change to the definition of a running guest applies at its next boot and is reported with
-    RV(pending_restart); O(restart_on_change=true) restarts it.
+  - A running guest takes some changes live (libvirt's LIVE flag; the definition is updated first) -
+    disks (C(device=disk) on a C(virtio) or C(scsi) bus) and C(virtio) interfaces added or removed are
+    hot-plugged or unplugged, a disk whose O(spec.disks[].size) grew is resized online, the current memory
+    (balloon) and current vCPU count change within the running maximums. Each is listed in RV(live_changes)
+    and named in the diff, one line each after C(live:) (V(hotplug disk vdb), V(resize vda 1 GiB -> 2 GiB)).
+  - Any other change to the definition of a running guest applies at its next boot and is reported with
+    RV(pending_restart) and RV(pending_differences); O(restart_on_change=true) restarts it. An unplug the guest
+    does not complete (it must release the device) stays a pending difference.
   - Starting a guest follows the lock manager's ordering rule (O(lock.acquire=after_create)) - the guest is
     created paused, resumed (the lock manager takes its leases as the vCPUs start), its leases are checked
     to be held by this host's virtlockd, and only then is it reported running. Every step is returned as a
@@ -192,6 +198,12 @@ options:
           boot_order:
             description: Per-device boot order (instead of O(spec.boot)).
             type: int
+          size:
+            description:
+              - Size the guest sees (V(2G), V(512MiB), bytes). While the guest runs, a disk smaller than this is
+                grown online (block resize; its image grows too); a disk is never shrunk. A shut-off guest's
+                disk is left alone (grow its volume with M(lockstep.virt.volume)).
+            type: raw
       interfaces:
         description: Network interfaces, in order. Give exactly one of O(spec.interfaces[].network) or
           O(spec.interfaces[].bridge).
@@ -445,6 +457,20 @@ pending_restart:
   description: The guest runs an older definition than the persistent one; the change applies at its next boot.
   returned: always
   type: bool
+pending_differences:
+  description: Where what the guest runs differs from its definition after the live changes.
+  returned: when RV(pending_restart) is true or the guest was restarted for it
+  type: list
+  elements: str
+  sample: ["/domain/memory/text()"]
+live_changes:
+  description: >-
+    The changes made to the running guest without a restart (or that would be, in check mode) -
+    hotplug and unplug of disks and interfaces, resize, memory, vcpus.
+  returned: when there were any
+  type: list
+  elements: str
+  sample: [hotplug disk vdb, resize vda 1 GiB -> 2 GiB, memory 64 MiB -> 48 MiB]
 differences:
   description: Paths in the definition that differed from what you specified.
   returned: when the definition changed
@@ -461,7 +487,7 @@ lock_checkpoints:
       description: >-
         defined, lease_files_created, created_paused, resumed, leases_acquired, leases_verified, running,
         acquire_failed, destroyed_paused, rolled_back, paused, shutdown_requested, stopped, stop_timeout,
-        destroyed, leases_released, undefined, storage_removed, pending_restart.
+        destroyed, leases_released, undefined, storage_removed, live_change, pending_restart.
       type: str
     host: {description: "Hypervisor host name.", type: str}
     at: {description: "UTC time, ISO 8601 with milliseconds.", type: str, sample: "2025-01-01T12:00:00.123Z"}

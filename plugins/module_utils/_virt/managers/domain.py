@@ -31,6 +31,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle impo
     is_active,
     state_name,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.live import apply_live_changes, diff_lines
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
@@ -239,7 +240,8 @@ class DomainManager(Manager):
         after_state = predicted["state"]
         self.result["diff"] = self._diff(
             diff_text(before_xml, before_state, before_autostart),
-            diff_text(after_xml if desired is not None else before_xml, after_state, predicted["autostart"]),
+            diff_text(after_xml if desired is not None else before_xml, after_state, predicted["autostart"])
+            + diff_lines(self.result),
             "desired",
         )
         if dom is None:  # check mode, new domain
@@ -332,10 +334,11 @@ class DomainManager(Manager):
         """A running guest whose definition differs from what it runs: restart it, or say so."""
         if dom is None or predicted["state"] not in ACTIVE_STATES or not is_active(dom):
             return
-        # what the guest runs, seen through the desired definition (cpu is expanded at start)
-        pending = compare(desired, read_xml(dom, DOMAIN, inactive=False), ignore=LIVE_IGNORE).changed
-        if not pending:
+        # what the guest runs after the changes it takes live, seen through the desired definition
+        drift = compare(desired, apply_live_changes(self, dom, desired), ignore=LIVE_IGNORE)
+        if not drift.changed:
             return
+        self.result["pending_differences"] = drift.differences
         if not self.params["restart_on_change"]:
             self.result["pending_restart"] = True
             self.recorder.record("pending_restart", detail="the new definition applies at the next boot")

@@ -19,6 +19,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed, set_user_metadata
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import sub, validate_spec
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import parse_size
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import etree
 
 MIN_MEMORY_MIB = 1
@@ -39,6 +40,7 @@ DISK_OPTIONS = {
     "readonly": {"type": "bool", "default": False},
     "shareable": {"type": "bool", "default": False},
     "boot_order": {"type": "int"},
+    "size": {"type": "raw"},
 }
 
 INTERFACE_OPTIONS = {
@@ -221,6 +223,8 @@ def normalize_domain_spec(spec):
             raise ValidationError("{}: give path, or pool and volume".format(where))
         else:
             d["type"] = d.get("type") or "file"
+        if d.get("size") is not None:
+            parse_size(d["size"], "{}.size".format(where))
         if d["device"] == "cdrom":
             d["readonly"] = True
         if d.get("bus") is None:
