@@ -283,6 +283,33 @@ options:
         description: Flat string key/values stored in the domain's C(<metadata>) under the collection's namespace.
         type: dict
         default: {}
+      cloud_init:
+        description:
+          - A cloud-init NoCloud seed for the guest - an ISO 9660 image labelled C(cidata) holding C(user-data),
+            C(meta-data) and C(network-config), built on the hypervisor with xorriso, uploaded as a raw volume
+            into O(spec.cloud_init.pool) and attached as a read-only CD-ROM.
+          - The seed is rebuilt only when its content changes (its SHA-256 is kept in the collection's managed
+            mark of the definition); a running guest reads a new seed at its next boot (RV(pending_restart)).
+          - The seed volume is removed with the guest (O(state=absent)).
+        type: dict
+        suboptions:
+          user_data:
+            description:
+              - The user data - text as it is (start it with C(#cloud-config) for cloud-config), or a dictionary
+                written as cloud-config. An empty cloud-config when not given.
+            type: raw
+          meta_data:
+            description: The meta data, text or a dictionary. Default C(instance-id) and C(local-hostname) = O(name).
+            type: raw
+          network_config:
+            description: Network configuration (version 1 or 2), text or a dictionary. No file when not given.
+            type: raw
+          pool:
+            description: Storage pool of the seed volume. Default the pool of the first disk that is a volume.
+            type: str
+          volume:
+            description: Name of the seed volume. Default C(<name>-cidata.iso).
+            type: str
   autostart:
     description: Start the domain when the host's libvirt starts. Left alone when not given.
     type: bool
@@ -448,11 +475,23 @@ domain:
   sample: {name: web1, uuid: 3c1c4b4e-9a4e-4c32-9f0a-1b4f1b0f2a11, id: 4, state: running, persistent: true,
            autostart: false}
 actions:
-  description: What was done (or would be, in check mode), in order.
+  description: >-
+    What was done (or would be, in check mode), in order - define, redefine, build_seed (the cloud-init seed),
+    autostart, start, resume, pause, shutdown, destroy, restart, hotplug, unplug, resize, set_memory, set_vcpus,
+    undefine, remove_seed, remove_storage, ...
   returned: always
   type: list
   elements: str
-  sample: [define, start]
+  sample: [build_seed, define, start]
+cloud_init_seed:
+  description: The cloud-init seed built by this task - its pool, volume, path on the host and content hash.
+  returned: when the seed was built
+  type: dict
+  sample:
+    pool: lab-images
+    volume: web1-cidata.iso
+    path: /var/lib/lockstep-lab/shared/pools/lab-images/web1-cidata.iso
+    hash: "sha256:0c5b..."
 pending_restart:
   description: The guest runs an older definition than the persistent one; the change applies at its next boot.
   returned: always

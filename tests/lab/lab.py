@@ -65,6 +65,7 @@ PACKAGES = (
     "iproute2",
     "util-linux",
     "procps",
+    "xorriso",
 )
 
 

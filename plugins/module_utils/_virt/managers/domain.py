@@ -13,6 +13,7 @@ import copy
 import os
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.cloudinit import ensure_seed, remove_seed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
     error_code,
     libvirt,
@@ -209,6 +210,7 @@ class DomainManager(Manager):
         if desired is not None:
             drift = compare(desired, existing)
             before_xml, after_xml = drift.before, drift.after
+            ensure_seed(self, existing, desired)  # the cloud-init seed volume, before the definition names it
             if drift.changed:
                 self.result["differences"] = drift.differences
                 self._act("define" if dom is None else "redefine")
@@ -370,6 +372,7 @@ class DomainManager(Manager):
             self._act("undefine")
             if not self.check_mode:
                 self._undefine(dom)
+        remove_seed(self, existing)
         if storage:
             self._act("remove_storage")
             self.result["removed_storage"] = storage

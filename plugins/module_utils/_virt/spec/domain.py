@@ -12,6 +12,12 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.cloudinit import (
+    CLOUD_INIT_OPTIONS,
+    mark_seed,
+    seed_files,
+    seed_hash,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     default_lease_lockspace,
@@ -102,6 +108,7 @@ DOMAIN_SPEC_OPTIONS = {
     "channels": {"type": "list", "elements": "dict", "options": CHANNEL_OPTIONS, "default": []},
     "lease": {"type": "dict", "options": LEASE_OPTIONS},
     "metadata": {"type": "dict", "default": {}},
+    "cloud_init": {"type": "dict", "options": CLOUD_INIT_OPTIONS},
 }
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
@@ -255,7 +262,37 @@ def normalize_domain_spec(spec):
         _check_text(value, "spec.metadata.{}".format(key))
     for key in ("title", "description", "cmdline"):
         _check_text(s.get(key), "spec." + key)
+    if s.get("cloud_init") is not None:
+        _cloud_init(s)
     return s
+
+
+def _cloud_init(s):
+    """Check spec.cloud_init and give it a pool: the pool of the first disk that is a volume."""
+    ci = s["cloud_init"]
+    for key in ("user_data", "meta_data", "network_config"):
+        value = ci.get(key)
+        if value is not None and not isinstance(value, (str, dict, list)):
+            raise ValidationError("spec.cloud_init.{} must be text or a dictionary".format(key))
+        if isinstance(value, str):
+            _check_text(value, "spec.cloud_init." + key)
+    if not ci.get("pool"):
+        pools = [d["pool"] for d in s["disks"] if d["type"] == "volume"]
+        if not pools:
+            raise ValidationError("spec.cloud_init.pool is required when no disk of spec.disks is a volume")
+        ci["pool"] = pools[0]
+    if ci.get("volume") is not None and ("/" in ci["volume"] or not ci["volume"].strip()):
+        raise ValidationError("spec.cloud_init.volume must be a volume name, got {!r}".format(ci["volume"]))
+
+
+def _seed_disk(name, s):
+    """The read-only CD-ROM of the cloud-init seed: an IDE (SATA on q35) target no disk uses."""
+    ci = s["cloud_init"]
+    bus = "sata" if (s.get("machine") or "").startswith(("q35", "pc-q35")) else "ide"
+    seed = {"type": "volume", "device": "cdrom", "bus": bus, "format": "raw", "readonly": True, "shareable": False}
+    seed.update(pool=ci["pool"], volume=ci.get("volume") or "{}-cidata.iso".format(name))
+    _assign_disk_targets([dict(d) for d in s["disks"]] + [seed])
+    return seed
 
 
 _PREFIX = {"virtio": "vd", "sata": "sd", "scsi": "sd", "usb": "sd", "ide": "hd"}
@@ -345,6 +382,10 @@ def build_domain_xml(name, spec, uuid=None, lock_config=None, normalized=False):
     devices = sub(root, "devices")
     for d in s["disks"]:
         _disk(devices, d)
+    if s.get("cloud_init"):
+        seed = _seed_disk(name, s)
+        _disk(devices, seed)
+        mark_seed(root, seed_hash(seed_files(name, s["cloud_init"])), seed["pool"], seed["volume"])
     lease = lease_settings(s, uuid, lock_config)
     if lease:
         key, lockspace, path = lease
