@@ -85,7 +85,7 @@ migration_blockers:
   contains:
     name: {description: Snapshot., type: str}
     external: {description: Whether it is external., type: bool}
-    reason: {description: Why, and what to do., type: str}
+    reason: {description: "Why, and what to do.", type: str}
 libvirt_error:
   description: libvirt's error code, domain and message, when a libvirt call failed.
   returned: failure

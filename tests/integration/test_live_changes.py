@@ -96,3 +96,29 @@ def test_sata_disk_waits_for_the_next_boot(lab, guest):
     r = lab.module(hv1, MODULE, args)
     assert r["pending_restart"] and "live_changes" not in r and r["pending_differences"], r
     assert live_targets(lab, hv1, guest["name"]) == ["vda"]
+
+
+@pytest.fixture
+def network(lab):
+    name = "it-" + os.urandom(4).hex()
+    xml = "<network><name>{}</name><bridge name='itb{}'/></network>".format(name, name[3:])
+    r = lab.module(lab.hosts[0], "lockstep.virt.network", {"name": name, "state": "active", "xml": xml})
+    assert r["changed"], r
+    yield name
+    lab.virsh(lab.hosts[0], "net-destroy", name, check=False)
+    lab.virsh(lab.hosts[0], "net-undefine", name, check=False)
+
+
+def test_interface_hotplug(lab, guest, network):
+    hv1 = lab.hosts[0]
+    mac = "52:54:00:7e:00:01"
+    args = {"name": guest["name"], "state": "running", "spec": spec([(guest["vda"], {})])}
+    args["spec"]["interfaces"] = [{"network": network, "mac": mac}]
+    r = lab.module(hv1, MODULE, args, check=True, diff=True)
+    assert r["live_changes"] == ["hotplug interface " + mac] and "live: hotplug interface" in r["diff"]["after"], r
+    r = lab.module(hv1, MODULE, args)
+    assert r["actions"] == ["redefine", "hotplug"] and not r["pending_restart"], r
+    assert mac in lab.virsh(hv1, "domiflist", guest["name"]).stdout
+    for check, diff in ((False, False), (True, False), (False, True), (True, True)):
+        r = lab.module(hv1, MODULE, args, check=check, diff=diff)
+        assert not r["changed"] and not r["pending_restart"], (check, diff, r)

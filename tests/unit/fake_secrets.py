@@ -17,7 +17,7 @@ USAGE_CODE = {
 
 class FakeError(libvirt.libvirtError):
     def __init__(self, code_name, message):
-        Exception.__init__(self, message)
+        libvirt.libvirtError.__init__(self, message)
         self._code = getattr(libvirt, "VIR_ERR_" + code_name)
         self._message = message
 

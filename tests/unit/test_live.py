@@ -20,8 +20,10 @@ def dom_xml(disks="", nics="", memory=65536, current=65536, vcpus="<vcpu>2</vcpu
 
 
 def disk(dev, bus="virtio", device="disk", alias=True):
-    return "<disk type='file' device='{}'><source file='/img/{}.qcow2'/><target dev='{}' bus='{}'/>{}</disk>".format(
-        device, dev, dev, bus, "<alias name='virtio-disk0'/><address type='pci' slot='0x07'/>" if alias else ""
+    return (
+        "<disk type='file' device='{d}'><source file='/img/{t}.qcow2'/><target dev='{t}' bus='{b}'/>{a}</disk>".format(
+            d=device, t=dev, b=bus, a="<alias name='virtio-disk0'/><address type='pci' slot='0x07'/>" if alias else ""
+        )
     )
 
 

@@ -90,7 +90,7 @@ def seed_of(root):
     mark = md.find(managed_tag()) if md is not None else None
     if mark is None or not mark.get(VOLUME_ATTR):
         return None, None, None
-    pool, _, volume = mark.get(VOLUME_ATTR).partition("/")
+    pool, _slash, volume = mark.get(VOLUME_ATTR).partition("/")
     return mark.get(HASH_ATTR), pool, volume
 
 
@@ -177,7 +177,7 @@ def ensure_seed(manager, existing, desired):
 
 def remove_seed(manager, existing):
     """Delete the seed recorded in ``existing`` (the guest is being removed)."""
-    _, pool, volume = seed_of(existing)
+    _hash, pool, volume = seed_of(existing)
     pool_obj = lookup(manager.conn, POOL, pool) if volume else None
     if pool_obj is None or lookup(pool_obj, VOLUME, volume) is None:
         return

@@ -172,7 +172,7 @@ def plan(live, target, sizes=None, capacity=None):
         elements(projected, "currentMemory")[0].text = str(cur_want)
         elements(projected, "currentMemory")[0].set("unit", "KiB")
     vmax_live, vcur_live = _vcpus(live)
-    _, vcur_want = _vcpus(target)
+    vcur_want = _vcpus(target)[1]
     if vcur_want and vcur_live and vcur_want != vcur_live and vcur_want <= (vmax_live or 0):
         actions.append({"kind": "vcpus", "text": "vcpus {} -> {}".format(vcur_live, vcur_want), "count": vcur_want})
         el = elements(projected, "vcpu")[0]
