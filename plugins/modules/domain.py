@@ -19,7 +19,8 @@ description:
     and named in the diff, one line each after C(live:) (V(hotplug disk vdb), V(resize vda 1 GiB -> 2 GiB)).
   - Any other change to the definition of a running guest applies at its next boot and is reported with
     RV(pending_restart) and RV(pending_differences); O(restart_on_change=true) restarts it. An unplug the guest
-    does not complete (it must release the device) stays a pending difference.
+    does not complete (it must release the device) stays a pending difference. A balloon target the guest does
+    not reach (no balloon driver) is set once and reported as a warning, not as a pending difference.
   - Starting a guest follows the lock manager's ordering rule (O(lock.acquire=after_create)) - the guest is
     created paused, resumed (the lock manager takes its leases as the vCPUs start), its leases are checked
     to be held by this host's virtlockd, and only then is it reported running. Every step is returned as a

@@ -122,3 +122,17 @@ def test_interface_hotplug(lab, guest, network):
     for check, diff in ((False, False), (True, False), (False, True), (True, True)):
         r = lab.module(hv1, MODULE, args, check=check, diff=diff)
         assert not r["changed"] and not r["pending_restart"], (check, diff, r)
+
+
+def test_balloon_target_set_once_on_a_guest_without_a_balloon_driver(lab, guest):
+    """The BIOS-only guest never gives memory back: the target is set once, then the module says so."""
+    hv1 = lab.hosts[0]
+    args = {"name": guest["name"], "state": "running", "spec": dict(spec([(guest["vda"], {})]), current_memory=24)}
+    r = lab.module(hv1, MODULE, args)
+    assert r["live_changes"] == ["memory 32 MiB -> 24 MiB"] and not r["pending_restart"], r
+    for check, diff in ((False, False), (True, False), (False, True), (True, True)):
+        r = lab.module(hv1, MODULE, args, check=check, diff=diff)
+        assert not r["changed"] and not r["pending_restart"], (check, diff, r)
+        assert any("balloon driver" in w for w in r["warnings"]), r
+    r = lab.module(hv1, MODULE, dict(args, spec=spec([(guest["vda"], {})])))
+    assert r["live_changes"] == ["memory 24 MiB -> 32 MiB"] and not r["pending_restart"], r

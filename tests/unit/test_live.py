@@ -103,3 +103,13 @@ def test_domain_applies_memory_and_vcpus_live(hv, run_module):
     args["xml"] = XML.format(mem=524288, cur=2).replace(">4</vcpu>", ">6</vcpu>")
     r = run_module(domain_module.main, args)
     assert r["pending_restart"] and r["pending_differences"] and "live_changes" not in r, r
+
+
+def test_balloon_target_asked_before_is_not_asked_again():
+    md = "<metadata><b:balloon xmlns:b='https://lockstep.virt/ns/live/1' target-kib='24576'/></metadata>"
+    live = dom_xml(current=32768)
+    live.insert(1, parse_xml(md, "metadata"))
+    actions, projected, warnings = plan(live, dom_xml(current=24576))
+    assert actions == [] and projected.findtext("currentMemory") == "24576"
+    assert warnings == ["the guest uses 32 MiB of its balloon target 24 MiB (does it run a balloon driver?)"]
+    assert texts(plan(live, dom_xml(current=32768))[0]) == ["memory 24 MiB -> 32 MiB"]

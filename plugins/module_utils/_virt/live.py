@@ -33,6 +33,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import ele
 LIVE_DISK_BUSES = ("virtio", "scsi")
 LIVE_NIC_MODELS = ("virtio",)
 UNPLUG_WAIT = 10.0
+# The running guest's metadata (never its definition) holds the balloon target set here.
+LIVE_NS = "https://lockstep.virt/ns/live/1"
 # What libvirt adds to a device of a running guest; a hot-plugged device gets its own.
 _RUNTIME_CHILDREN = ("address", "alias")
 
@@ -94,6 +96,29 @@ def _device_xml(el):
         if isinstance(child.tag, str) and child.tag in _RUNTIME_CHILDREN:
             out.remove(child)
     return to_text(out)
+
+
+def balloon_target(live):
+    """The balloon target (KiB) this module set on the running guest, from its live metadata; None if none."""
+    md = elements(live, "metadata")
+    found = md[0].find("{%s}balloon" % LIVE_NS) if md else None
+    return int(found.get("target-kib")) if found is not None and found.get("target-kib") else None
+
+
+def _set_current_memory(root, kib):
+    el = elements(root, "currentMemory")[0]
+    el.text = str(kib)
+    el.set("unit", "KiB")
+
+
+def as_requested(live):
+    """``live`` with its current memory at the balloon target this module set (the guest's own pace
+    of ballooning is not a pending change)."""
+    target = balloon_target(live)
+    if target is not None and elements(live, "currentMemory"):
+        live = copy.deepcopy(live)
+        _set_current_memory(live, target)
+    return live
 
 
 def plan(live, target, sizes=None, capacity=None):
@@ -161,16 +186,24 @@ def plan(live, target, sizes=None, capacity=None):
         )
     max_live = _kib(live, "memory")
     cur_live, cur_want = _kib(live, "currentMemory"), _kib(target, "currentMemory")
-    if cur_want and cur_live and cur_want != cur_live and cur_want <= (max_live or 0):
+    asked = balloon_target(live) or cur_live  # what the balloon is set to
+    if cur_want and cur_live and cur_want == asked and cur_live != cur_want:
+        # set before: the guest has not given the memory back (yet)
+        warnings.append(
+            "the guest uses {} of its balloon target {} (does it run a balloon driver?)".format(
+                human_size(cur_live * 1024), human_size(cur_want * 1024)
+            )
+        )
+        _set_current_memory(projected, cur_want)
+    elif cur_want and asked and cur_want != asked and cur_want <= (max_live or 0):
         actions.append(
             {
                 "kind": "memory",
-                "text": "memory {} -> {}".format(human_size(cur_live * 1024), human_size(cur_want * 1024)),
+                "text": "memory {} -> {}".format(human_size(asked * 1024), human_size(cur_want * 1024)),
                 "kib": cur_want,
             }
         )
-        elements(projected, "currentMemory")[0].text = str(cur_want)
-        elements(projected, "currentMemory")[0].set("unit", "KiB")
+        _set_current_memory(projected, cur_want)
     vmax_live, vcur_live = _vcpus(live)
     vcur_want = _vcpus(target)[1]
     if vcur_want and vcur_live and vcur_want != vcur_live and vcur_want <= (vmax_live or 0):
@@ -195,6 +228,14 @@ def _apply(dom, action):
             dom.blockResize(action["dev"], action["bytes"], getattr(libvirt, "VIR_DOMAIN_BLOCK_RESIZE_BYTES", 1))
         elif kind == "memory":
             dom.setMemoryFlags(action["kib"], live)
+            # QEMU keeps the target to itself; libvirt shows what the guest gave back: record what was asked
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                "<balloon target-kib='{}'/>".format(action["kib"]),
+                "lsvlive",
+                LIVE_NS,
+                live,
+            )
         elif kind == "vcpus":
             dom.setVcpusFlags(action["count"], live)
 
@@ -246,7 +287,7 @@ def apply_live_changes(manager, dom, desired):
     actions, projected, warnings = plan(live, target, spec_sizes(getattr(manager, "_spec", None)), capacity_reader(dom))
     manager.result["warnings"].extend(warnings)
     if not actions:
-        return live
+        return projected
     manager.result["live_changes"] = [a["text"] for a in actions]
     for a in actions:
         manager._act(a["kind"] if a["kind"] in ("hotplug", "unplug", "resize") else "set_" + a["kind"])
@@ -261,7 +302,7 @@ def apply_live_changes(manager, dom, desired):
         manager.recorder.record("live_change", detail=a["text"])
     if any(a["kind"] in ("hotplug", "unplug") and "disk" in a["text"] for a in actions):
         manager.lifecycle.verify(dom, manager.lock["required"])  # lockd leases hot-plugged disks too
-    return read_xml(dom, DOMAIN, inactive=False)
+    return as_requested(read_xml(dom, DOMAIN, inactive=False))
 
 
 def diff_lines(result):
