@@ -6,7 +6,6 @@ import sys
 
 import libvirt
 import pytest
-from test_leases import HOLDER
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
@@ -14,6 +13,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig, read_lock_config
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle
 from ansible_collections.lockstep.virt.plugins.modules import domain as domain_module
+from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_leases import HOLDER
 
 URI = "test:///default"
 
