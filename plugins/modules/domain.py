@@ -22,6 +22,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.sizes
 attributes:
   check_mode:
     support: full
@@ -77,12 +78,13 @@ options:
         type: str
       memory:
         description:
-          - Maximum memory. An integer is MiB; a string may carry a unit (V(512MiB), V(2G), V(1GiB), V(65536KiB)).
-          - Must be between 1 MiB and 16 TiB.
+          - Maximum memory, a size (see the note on sizes); a number without a unit is MiB.
+          - Must be a whole number of MiB between 1 MiB and 16 TiB, so V(2G) or V(2GiB), not V(2GB).
         type: raw
         required: true
       current_memory:
-        description: Memory at boot (balloon), same units as O(spec.memory); defaults to O(spec.memory).
+        description:
+          - Memory at boot (balloon), a size read as O(spec.memory) is; defaults to O(spec.memory).
         type: raw
       vcpus:
         description: Number of virtual CPUs (1 to 4096).
