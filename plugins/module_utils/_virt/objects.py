@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     error_code,
     from_libvirt_error,
-    libvirt,
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
@@ -31,44 +31,44 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import par
 Kind = namedtuple("Kind", "lookup_method list_method not_found inactive_flag root_tag noun label xml_context")
 
 DOMAIN = Kind(
-    "lookupByName",
-    "listAllDomains",
-    ("NO_DOMAIN", 42),
-    "VIR_DOMAIN_XML_INACTIVE",
-    "domain",
-    "domain",
-    "{}",
-    "cannot read the XML of {}",
+    lookup_method="lookupByName",
+    list_method="listAllDomains",
+    not_found=("NO_DOMAIN", 42),
+    inactive_flag="VIR_DOMAIN_XML_INACTIVE",
+    root_tag="domain",
+    noun="domain",
+    label="{}",
+    xml_context="cannot read the XML of {}",
 )
 NETWORK = Kind(
-    "networkLookupByName",
-    "listAllNetworks",
-    ("NO_NETWORK", 43),
-    "VIR_NETWORK_XML_INACTIVE",
-    "network",
-    "network",
-    "network {}",
-    "cannot read the XML of network {}",
+    lookup_method="networkLookupByName",
+    list_method="listAllNetworks",
+    not_found=("NO_NETWORK", 43),
+    inactive_flag="VIR_NETWORK_XML_INACTIVE",
+    root_tag="network",
+    noun="network",
+    label="network {}",
+    xml_context="cannot read the XML of network {}",
 )
 POOL = Kind(
-    "storagePoolLookupByName",
-    "listAllStoragePools",
-    ("NO_STORAGE_POOL", 49),
-    "VIR_STORAGE_XML_INACTIVE",
-    "pool",
-    "storage pool",
-    "storage pool {}",
-    "cannot read the XML of storage pool {}",
+    lookup_method="storagePoolLookupByName",
+    list_method="listAllStoragePools",
+    not_found=("NO_STORAGE_POOL", 49),
+    inactive_flag="VIR_STORAGE_XML_INACTIVE",
+    root_tag="pool",
+    noun="storage pool",
+    label="storage pool {}",
+    xml_context="cannot read the XML of storage pool {}",
 )
 VOLUME = Kind(
-    "storageVolLookupByName",
-    "listAllVolumes",
-    ("NO_STORAGE_VOL", 50),
-    None,
-    "volume",
-    "volume",
-    "volume {}",
-    "cannot read volume {}",
+    lookup_method="storageVolLookupByName",
+    list_method="listAllVolumes",
+    not_found=("NO_STORAGE_VOL", 50),
+    inactive_flag=None,
+    root_tag="volume",
+    noun="volume",
+    label="volume {}",
+    xml_context="cannot read volume {}",
 )
 
 # What a driver answers for an XMLDesc flag it does not have (test:// has one definition).

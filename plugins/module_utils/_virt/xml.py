@@ -18,16 +18,9 @@ import copy
 import re
 import uuid as uuidlib
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import HAS_LXML, etree
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import to_bytes
-
-try:
-    from lxml import etree
-
-    HAS_LXML = True
-except ImportError:  # pragma: no cover
-    etree = None
-    HAS_LXML = False
 
 
 # --------------------------------------------------------------------------- parsing

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import fnmatch
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     domain_lease_resources,
@@ -17,7 +17,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes
 
 INFO_STATES = ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown", "blocked", "nostate"]
@@ -170,10 +170,9 @@ class DomainInfoManager:
     def select(self):
         p = self.params
         if p.get("name"):
-            dom = self.conn.lookup_domain(p["name"])
-            doms = [dom] if dom is not None else []
+            doms = select(self.conn, DOMAIN, p["name"])
         else:
-            doms = self.conn.list_domains()
+            doms = select(self.conn, DOMAIN, context="cannot list domains")
         if p.get("pattern"):
             doms = [d for d in doms if fnmatch.fnmatchcase(d.name(), p["pattern"])]
         return sorted(doms, key=lambda d: d.name())

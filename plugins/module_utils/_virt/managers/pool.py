@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
     error_code,
-    libvirt,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, lookup, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import etree
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 
 
@@ -31,8 +32,6 @@ def validate_spec(options, spec, what="spec"):
 
 def sub(parent, tag, text=None, **attrs):
     """Append a child element with attributes (``None`` values skipped, a trailing ``_`` stripped)."""
-    from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import etree
-
     el = etree.SubElement(parent, tag)
     for k, v in attrs.items():
         if v is not None:

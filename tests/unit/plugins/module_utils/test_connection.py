@@ -5,23 +5,23 @@ import pytest
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
     Connection,
-    libvirt_errors,
-    merge_argument_spec,
     resolve_uri,
     uri_is_local,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import (
     TEST,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import merge_argument_spec
 
 
 def test_connection_opens_test_driver():
     with Connection("test:///default") as conn:
         assert conn.driver == "TEST" and conn.profile is TEST and conn.local
-        assert conn.lookup_domain("test").name() == "test"
-        assert conn.lookup_domain("missing") is None
-        assert "test" in [d.name() for d in conn.list_domains()]
+        assert lookup(conn, DOMAIN, "test").name() == "test"
+        assert lookup(conn, DOMAIN, "missing") is None
+        assert "test" in [d.name() for d in select(conn, DOMAIN)]
         assert conn.hostname
     assert conn.virt is None
 
