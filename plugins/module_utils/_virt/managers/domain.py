@@ -193,7 +193,7 @@ class DomainManager(Manager):
         p = self.params
         if p.get("xml") and p.get("spec") is not None:
             raise ValidationError("xml and spec are mutually exclusive")
-        self._spec = normalize_domain_spec(p["spec"]) if p.get("spec") is not None else None
+        self._spec = normalize_domain_spec(p["spec"], validated=True) if p.get("spec") is not None else None
         if p.get("xml"):
             desired_from_xml(self.name, p["xml"])  # validate before touching anything
         dom = lookup(self.conn, DOMAIN, self.name)

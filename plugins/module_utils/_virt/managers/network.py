@@ -341,7 +341,7 @@ class NetworkManager(Manager):
         if p.get("xml"):
             return desired_network_from_xml(self.name, p["xml"])
         if p.get("spec") is not None:
-            return build_network_xml(self.name, normalize_network_spec(p["spec"]), normalized=True)
+            return build_network_xml(self.name, normalize_network_spec(p["spec"], validated=True), normalized=True)
         return None
 
     def _run(self):

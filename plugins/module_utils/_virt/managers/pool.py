@@ -162,7 +162,7 @@ class PoolManager(Manager):
         if p.get("xml"):
             return desired_pool_from_xml(self.name, p["xml"])
         if p.get("spec") is not None:
-            return build_pool_xml(self.name, normalize_pool_spec(p["spec"]), normalized=True)
+            return build_pool_xml(self.name, normalize_pool_spec(p["spec"], validated=True), normalized=True)
         return None
 
     def _check_target(self, root):

@@ -136,14 +136,16 @@ def _drop_none(value):
     return value
 
 
-def normalize_domain_spec(spec):
+def normalize_domain_spec(spec, validated=False):
     """Validate ``spec`` against DOMAIN_SPEC_OPTIONS, fill defaults and check values.
 
     Returns a new dict; raises ValidationError (unknown keys, wrong types, bad sizes, conflicts).
+    ``validated``: ``spec`` is the domain module's option, which AnsibleModule validated against
+    DOMAIN_SPEC_OPTIONS already; only what the options cannot express is checked.
     """
-    if isinstance(spec, dict):  # a spec normalized before: what was derived goes, unset options go
+    if isinstance(spec, dict) and not validated:  # normalized before: what was derived goes, unset options go
         spec = _drop_none(dict((k, v) for k, v in spec.items() if k not in _DERIVED))
-    s = validate_spec(DOMAIN_SPEC_OPTIONS, spec)
+    s = validate_spec(DOMAIN_SPEC_OPTIONS, spec, validated=validated)
     s["memory_mib"] = memory_mib(s["memory"])
     if s.get("current_memory") is not None:
         s["current_memory_mib"] = memory_mib(s["current_memory"], "spec.current_memory")
