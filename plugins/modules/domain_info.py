@@ -116,18 +116,25 @@ domains:
         held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
         holder_pid: {description: "Holder's pid.", type: int}
     leases:
-      description: VM leases (C(<lease>) elements).
+      description: Leases of the domain (disk leases and VM leases) and who holds them.
       type: list
       elements: dict
       contains:
-        key: {description: "Lease key.", type: str}
-        lockspace: {description: "Lockspace name.", type: str}
-        target_path: {description: "Directory of the lockspace.", type: str}
-        offset: {description: "Offset (always 0 for lockd).", type: int}
-        resource: {description: "Lease file.", type: str}
-        held: {description: "Held.", type: bool}
-        held_here: {description: "Held by this host's virtlockd.", type: bool}
-        holder_pid: {description: "Holder's pid.", type: int}
+        # shared: lease
+        kind: {description: "C(disk) (a disk lease) or C(lease) (a VM lease, a C(<lease>) element).", type: str}
+        resource: {description: "The lease file (null when the disk is not leased).", type: str}
+        lockspace:
+          description:
+            - The lockspace directory, the same in every result - a disk lease's C(file_lockspace_dir) (or
+              C(lvm_lockspace_dir)), a VM lease's C(<target path>/<lockspace>).
+          type: str
+        disk: {description: "Disk target, for disk leases (null for VM leases).", type: str}
+        path: {description: "Disk path, for disk leases (null for VM leases).", type: str}
+        key: {description: "Lease key, for VM leases (null for disk leases).", type: str}
+        held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
+        held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
+        holder_pid: {description: "Pid of the holder, when visible.", type: int}
+        # end shared: lease
     interfaces:
       description: Network interfaces.
       type: list
@@ -152,6 +159,16 @@ lock_config:
   sample: {manager: lockd, auto_disk_leases: true, require_lease_for_disks: false,
            file_lockspace_dir: /var/lib/lockstep-lab/shared/lockd, lvm_lockspace_dir: null, scsi_lockspace_dir: null,
            lock_conf: /etc/libvirt/qemu.conf, lockd_conf: /etc/libvirt/qemu-lockd.conf, local: true}
+# shared: libvirt_error
+libvirt_error:
+  description: libvirt's error, when a libvirt call failed.
+  returned: failure
+  type: dict
+  contains:
+    code: {description: "libvirt's error code (C(VIR_ERR_*)).", type: int}
+    domain: {description: "libvirt's error domain (C(VIR_FROM_*)).", type: int}
+    message: {description: "libvirt's message.", type: str}
+# end shared: libvirt_error
 """
 
 

@@ -11,8 +11,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     domain_lease_resources,
-    domain_vm_leases,
     probe_resources,
+    public_lease,
     read_lock_config,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
@@ -119,18 +119,6 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
             holder_pid=r.get("holder_pid"),
         )
         disks.append(d)
-    vm_leases = []
-    probed = [r for r in leases if r["kind"] == "lease"]
-    for lease, r in zip(domain_vm_leases(root), probed):
-        vm_leases.append(
-            dict(
-                lease,
-                resource=r.get("resource"),
-                held=r.get("held"),
-                held_here=r.get("held_here"),
-                holder_pid=r.get("holder_pid"),
-            )
-        )
     ifaces = interfaces_of(root)
     if addresses != "none" and active:
         try:
@@ -149,7 +137,7 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
         current_memory_mib=_mib(root, "currentMemory"),
         vcpus=_int_text(root, "vcpu"),
         disks=disks,
-        leases=vm_leases,
+        leases=[public_lease(r) for r in leases],
         interfaces=ifaces,
         metadata=get_user_metadata(root),
     )

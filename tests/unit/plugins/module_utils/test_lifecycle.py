@@ -13,6 +13,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig, read_lock_config
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle
 from ansible_collections.lockstep.virt.plugins.modules import domain as domain_module
+from ansible_collections.lockstep.virt.plugins.modules import domain_info as domain_info_module
+from ansible_collections.lockstep.virt.plugins.modules import lease_info as lease_info_module
 from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_leases import HOLDER
 
 URI = "test:///default"
@@ -89,6 +91,25 @@ def test_not_required_runs_and_reports_leases(hv, run_module, lockd_host, hold):
     # lease target path defaults so that path/lockspace == file_lockspace_dir
     xml = hv.lookupByName("lk").XMLDesc(0)
     assert "<target path='{}'/>".format(lockd_host) in xml
+
+
+def test_one_lease_shape_and_one_lockspace_meaning_across_results(hv, run_module, lockd_host, hold):
+    """domain, domain_info and lease_info report the same leases with the same fields, and ``lockspace`` is
+    the lockspace directory in all three (a VM lease's <target path>/<lockspace>, a disk's file_lockspace_dir)."""
+    proc = hold(lockd_host / "lockd" / "vm-key")
+    fields = {"kind", "resource", "lockspace", "disk", "path", "key", "held", "held_here", "holder_pid"}
+    domain = run_module(domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running"})["leases"]
+    (info,) = run_module(domain_info_module.main, {"uri": URI, "name": "lk"})["domains"]
+    (guest,) = run_module(lease_info_module.main, {"uri": URI, "names": ["lk"]})["guests"]
+    for leases in (domain, info["leases"], guest["leases"]):
+        assert [set(x) for x in leases] == [fields, fields], leases
+        by_kind = dict((x["kind"], x) for x in leases)
+        assert by_kind["lease"]["lockspace"] == by_kind["disk"]["lockspace"] == str(lockd_host / "lockd")
+        assert by_kind["lease"]["key"] == "vm-key" and by_kind["lease"]["disk"] is None
+        assert by_kind["lease"]["resource"] == str(lockd_host / "lockd" / "vm-key")
+        assert by_kind["lease"]["holder_pid"] == proc.pid and by_kind["lease"]["held_here"] is False
+        assert by_kind["disk"]["path"] == "/img/leased.qcow2" and by_kind["disk"]["key"] is None
+    assert domain == info["leases"] == guest["leases"]
 
 
 class Guest:
