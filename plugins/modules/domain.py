@@ -22,6 +22,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.definition
   - lockstep.virt.sizes
 attributes:
   check_mode:
@@ -48,16 +49,7 @@ options:
     type: str
     choices: [present, absent, running, paused, shutdown, destroyed]
     default: present
-  xml:
-    description:
-      - libvirt domain XML. Its C(<name>) must equal O(name) (it is added when missing).
-      - Parsed without entity expansion or network access; an XML with a DOCTYPE or an external entity is refused.
-      - Mutually exclusive with O(spec).
-    type: str
   spec:
-    description:
-      - Structured description of the domain, turned into libvirt XML. Mutually exclusive with O(xml).
-      - Unknown keys are an error.
     type: dict
     suboptions:
       type:

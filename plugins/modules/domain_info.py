@@ -16,10 +16,8 @@ extends_documentation_fragment:
   - lockstep.virt.attributes.info_module
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.info
 options:
-  name:
-    description: Only this domain (no error when it does not exist - RV(domains) is empty).
-    type: str
   pattern:
     description: Only domains whose name matches this shell-style pattern (V(web*)). Mutually exclusive with O(name).
     type: str

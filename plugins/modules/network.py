@@ -21,6 +21,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.definition
 attributes:
   check_mode:
     support: full
@@ -45,16 +46,7 @@ options:
     type: str
     choices: [present, absent, active, inactive]
     default: present
-  xml:
-    description:
-      - libvirt network XML. Its C(<name>) must equal O(name) (it is added when missing).
-      - Parsed without entity expansion or network access; an XML with a DOCTYPE or an external entity is refused.
-      - Mutually exclusive with O(spec).
-    type: str
   spec:
-    description:
-      - Structured description of the network, turned into libvirt XML. Mutually exclusive with O(xml).
-      - Unknown keys are an error.
     type: dict
     suboptions:
       forward:

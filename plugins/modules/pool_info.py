@@ -13,10 +13,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes.info_module
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
-options:
-  name:
-    description: Only this pool. All pools when not given; none (an empty list) when it does not exist.
-    type: str
+  - lockstep.virt.info
 seealso:
   - module: lockstep.virt.pool
   - module: lockstep.virt.volume_info
