@@ -4,6 +4,7 @@ import shlex
 
 import pytest
 from ansible import constants as C
+from ansible.errors import AnsibleParserError
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import fragment_loader
@@ -139,9 +140,13 @@ keyed_groups:
     assert [h.name for h in data.groups["placed_hv1"].get_hosts()] == ["web1"]
 
 
-def test_bad_hypervisor_entry(inventory):
-    with pytest.raises(Exception, match="unknown hypervisor keys: colour"):
-        inventory("plugin: lockstep.virt.libvirt\nhypervisors: [{host: h, colour: red}]\n")
+@pytest.mark.parametrize(
+    "entry,message",
+    [("{host: h, colour: red}", "unknown hypervisor keys: colour"), ("{name: h}", "each hypervisor needs a host")],
+)
+def test_bad_hypervisor_entry(inventory, entry, message):
+    with pytest.raises(AnsibleParserError, match=message):
+        inventory("plugin: lockstep.virt.libvirt\nhypervisors: [{}]\n".format(entry))
 
 
 def test_parse_listing_skips_garbage():

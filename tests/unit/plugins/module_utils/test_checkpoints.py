@@ -1,6 +1,7 @@
 """The checkpoint recorder and its clock."""
 
 import re
+import time
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder, utc_now
 
@@ -32,9 +33,16 @@ def test_checkpoints_are_ordered_and_complete():
     assert rec.as_list()[1]["resources"] == ["/l/a"]
 
 
-def test_real_clock_never_goes_backwards():
+def test_each_checkpoint_is_stamped_when_it_is_recorded():
+    """Steps a few milliseconds apart get increasing times, each between the clock read before and after it."""
     rec = CheckpointRecorder()
-    for i in range(20):
+    bounds = []
+    for i in range(5):
+        before = utc_now()
         rec.record("step{}".format(i))
+        bounds.append((before, utc_now()))
+        time.sleep(0.003)  # > 1 ms: the times of successive steps must differ
     ats = [c["at"] for c in rec]
-    assert ats == sorted(ats) and rec.host
+    assert all(a < b for a, b in zip(ats, ats[1:])), ats
+    assert all(lo <= at <= hi for at, (lo, hi) in zip(ats, bounds)), (ats, bounds)
+    assert rec.host
