@@ -1,11 +1,10 @@
 """Generate docs/plugins/*.md from the plugins' own documentation (ansible-doc --json).
 
-    python docs/generate.py           write the pages (and the shared RETURN blocks into the modules)
-    python docs/generate.py --check   fail when a page or a shared RETURN block differs from its source
+    python docs/generate.py           write the pages
+    python docs/generate.py --check   fail when a page differs from what the docs say now
 
 The pages are generated, never edited by hand: the source of truth is each plugin's
-DOCUMENTATION / EXAMPLES / RETURN and each role's meta/argument_specs.yml. RETURN entries modules share
-come from docs/shared_return.yml (see there why).
+DOCUMENTATION / EXAMPLES / RETURN and each role's meta/argument_specs.yml.
 """
 
 import argparse
@@ -15,38 +14,11 @@ import re
 import subprocess
 import sys
 
-import yaml
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "plugins")
 COLLECTION = "lockstep.virt"
 PLUGIN_DIRS = {"module": "modules", "connection": "connection", "inventory": "inventory"}
-
-
-SHARED_RETURN = os.path.join(HERE, "shared_return.yml")
-SHARED_RE = re.compile(r"^( *)# shared: (\w+)\n.*?^ *# end shared: \2\n", re.M | re.S)
-
-
-def shared_return_blocks():
-    """{module file: its text with every shared RETURN block as docs/shared_return.yml has it}."""
-    with open(SHARED_RETURN) as fh:
-        blocks = yaml.safe_load(fh)
-    out = {}
-    for name in plugin_names("module"):
-        path = os.path.join(REPO, "plugins", "modules", name + ".py")
-        with open(path) as fh:
-            old = fh.read()
-
-        def fill(m, path=path):
-            indent, key = m.group(1), m.group(2)
-            if key not in blocks:
-                raise SystemExit("{}: no shared RETURN block {!r} in {}".format(path, key, SHARED_RETURN))
-            body = "".join(indent + line if line.strip() else line for line in blocks[key].splitlines(True))
-            return "{0}# shared: {1}\n{2}{0}# end shared: {1}\n".format(indent, key, body)
-
-        out[path] = SHARED_RE.sub(fill, old)
-    return out
 
 
 def plugin_names(kind):
@@ -222,17 +194,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    modules = shared_return_blocks()
-    if args.check:
-        stale = [os.path.relpath(p, REPO) for p, text_ in modules.items() if open(p).read() != text_]
-        if stale:
-            print("shared RETURN blocks out of date (run `make docs`): " + ", ".join(stale), file=sys.stderr)
-            return 1
-    else:
-        for path, content in modules.items():
-            if open(path).read() != content:
-                with open(path, "w") as fh:
-                    fh.write(content)
     pages = render()
     if args.check:
         stale = []

@@ -468,7 +468,6 @@ leases:
   type: list
   elements: dict
   contains:
-    # shared: lease
     kind: {description: "C(disk) (a disk lease) or C(lease) (a VM lease, a C(<lease>) element).", type: str}
     resource: {description: "The lease file (null when the disk is not leased).", type: str}
     lockspace:
@@ -482,22 +481,15 @@ leases:
     held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
     held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
     holder_pid: {description: "Pid of the holder, when visible.", type: int}
-    # end shared: lease
 removed_storage:
   description: Storage removed with O(remove_storage=true).
   returned: when storage was removed
   type: list
   elements: dict
-# shared: libvirt_error
 libvirt_error:
-  description: libvirt's error, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
-  contains:
-    code: {description: "libvirt's error code (C(VIR_ERR_*)).", type: int}
-    domain: {description: "libvirt's error domain (C(VIR_FROM_*)).", type: int}
-    message: {description: "libvirt's message.", type: str}
-# end shared: libvirt_error
 """
 
 

@@ -114,25 +114,11 @@ domains:
         held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
         holder_pid: {description: "Holder's pid.", type: int}
     leases:
-      description: Leases of the domain (disk leases and VM leases) and who holds them.
+      description:
+        - Leases of the domain (disk leases and VM leases) and who holds them, each with the fields of
+          RV(lockstep.virt.domain#module:leases) (C(lockspace) is the lockspace directory).
       type: list
       elements: dict
-      contains:
-        # shared: lease
-        kind: {description: "C(disk) (a disk lease) or C(lease) (a VM lease, a C(<lease>) element).", type: str}
-        resource: {description: "The lease file (null when the disk is not leased).", type: str}
-        lockspace:
-          description:
-            - The lockspace directory, the same in every result - a disk lease's C(file_lockspace_dir) (or
-              C(lvm_lockspace_dir)), a VM lease's C(<target path>/<lockspace>).
-          type: str
-        disk: {description: "Disk target, for disk leases (null for VM leases).", type: str}
-        path: {description: "Disk path, for disk leases (null for VM leases).", type: str}
-        key: {description: "Lease key, for VM leases (null for disk leases).", type: str}
-        held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
-        held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
-        holder_pid: {description: "Pid of the holder, when visible.", type: int}
-        # end shared: lease
     interfaces:
       description: Network interfaces.
       type: list
@@ -157,16 +143,10 @@ lock_config:
   sample: {manager: lockd, auto_disk_leases: true, require_lease_for_disks: false,
            file_lockspace_dir: /var/lib/lockstep-lab/shared/lockd, lvm_lockspace_dir: null, scsi_lockspace_dir: null,
            lock_conf: /etc/libvirt/qemu.conf, lockd_conf: /etc/libvirt/qemu-lockd.conf, local: true}
-# shared: libvirt_error
 libvirt_error:
-  description: libvirt's error, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
-  contains:
-    code: {description: "libvirt's error code (C(VIR_ERR_*)).", type: int}
-    domain: {description: "libvirt's error domain (C(VIR_FROM_*)).", type: int}
-    message: {description: "libvirt's message.", type: str}
-# end shared: libvirt_error
 """
 
 

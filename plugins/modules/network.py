@@ -242,16 +242,10 @@ host_updates:
     command: {description: V(add) or V(delete)., type: str}
     section: {description: V(dhcp_host) or V(dns_host)., type: str}
     xml: {description: The host element., type: str}
-# shared: libvirt_error
 libvirt_error:
-  description: libvirt's error, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
-  contains:
-    code: {description: "libvirt's error code (C(VIR_ERR_*)).", type: int}
-    domain: {description: "libvirt's error domain (C(VIR_FROM_*)).", type: int}
-    message: {description: "libvirt's message.", type: str}
-# end shared: libvirt_error
 """
 
 

@@ -86,16 +86,10 @@ networks:
            dhcp_range: {start: 10.78.200.100, end: 10.78.200.199}, dhcp_hosts: []}
       dns_hosts: []
       dhcp_leases: []
-# shared: libvirt_error
 libvirt_error:
-  description: libvirt's error, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
-  contains:
-    code: {description: "libvirt's error code (C(VIR_ERR_*)).", type: int}
-    domain: {description: "libvirt's error domain (C(VIR_FROM_*)).", type: int}
-    message: {description: "libvirt's message.", type: str}
-# end shared: libvirt_error
 """
 
 

@@ -57,16 +57,10 @@ pools:
        persistent: true, autostart: true, type: dir, path: /var/lib/lockstep-lab/shared/pools/lab-images,
        capacity: 270553174016, allocation: 23678308352, available: 246874865664,
        source: {hosts: [], devices: [], dir: null, name: null, format: null}, volumes: [web1.qcow2]}
-# shared: libvirt_error
 libvirt_error:
-  description: libvirt's error, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
-  contains:
-    code: {description: "libvirt's error code (C(VIR_ERR_*)).", type: int}
-    domain: {description: "libvirt's error domain (C(VIR_FROM_*)).", type: int}
-    message: {description: "libvirt's message.", type: str}
-# end shared: libvirt_error
 """
 
 

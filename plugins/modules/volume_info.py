@@ -69,16 +69,10 @@ volumes:
        backing: {path: /var/lib/lockstep-lab/shared/pools/lab-images/base.qcow2, format: qcow2},
        backing_chain: [{path: /var/lib/lockstep-lab/shared/pools/lab-images/base.qcow2, format: qcow2,
                         volume: base.qcow2, pool: lab-images}]}
-# shared: libvirt_error
 libvirt_error:
-  description: libvirt's error, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
-  contains:
-    code: {description: "libvirt's error code (C(VIR_ERR_*)).", type: int}
-    domain: {description: "libvirt's error domain (C(VIR_FROM_*)).", type: int}
-    message: {description: "libvirt's message.", type: str}
-# end shared: libvirt_error
 """
 
 

@@ -30,44 +30,35 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import par
 # failed XML read.
 Kind = namedtuple("Kind", "lookup_method list_method not_found inactive_flag root_tag noun label xml_context")
 
-DOMAIN = Kind(
-    lookup_method="lookupByName",
-    list_method="listAllDomains",
-    not_found=("NO_DOMAIN", 42),
-    inactive_flag="VIR_DOMAIN_XML_INACTIVE",
-    root_tag="domain",
-    noun="domain",
-    label="{}",
-    xml_context="cannot read the XML of {}",
-)
-NETWORK = Kind(
-    lookup_method="networkLookupByName",
-    list_method="listAllNetworks",
-    not_found=("NO_NETWORK", 43),
-    inactive_flag="VIR_NETWORK_XML_INACTIVE",
-    root_tag="network",
-    noun="network",
-    label="network {}",
-    xml_context="cannot read the XML of network {}",
-)
-POOL = Kind(
-    lookup_method="storagePoolLookupByName",
-    list_method="listAllStoragePools",
-    not_found=("NO_STORAGE_POOL", 49),
-    inactive_flag="VIR_STORAGE_XML_INACTIVE",
-    root_tag="pool",
-    noun="storage pool",
-    label="storage pool {}",
-    xml_context="cannot read the XML of storage pool {}",
-)
-VOLUME = Kind(
-    lookup_method="storageVolLookupByName",
-    list_method="listAllVolumes",
-    not_found=("NO_STORAGE_VOL", 50),
-    inactive_flag=None,
-    root_tag="volume",
-    noun="volume",
-    label="volume {}",
+
+def _kind(noun, lookup_method, list_method, not_found, inactive_flag, root_tag=None, label=None, xml_context=None):
+    """A Kind by field name; ``root_tag`` defaults to the noun, ``label`` to "<noun> {}", ``xml_context``
+    to "cannot read the XML of <label>"."""
+    label = label or noun + " {}"
+    return Kind(
+        lookup_method=lookup_method,
+        list_method=list_method,
+        not_found=not_found,
+        inactive_flag=inactive_flag,
+        root_tag=root_tag or noun,
+        noun=noun,
+        label=label,
+        xml_context=xml_context or "cannot read the XML of " + label,
+    )
+
+
+DOMAIN = _kind("domain", "lookupByName", "listAllDomains", ("NO_DOMAIN", 42), "VIR_DOMAIN_XML_INACTIVE", label="{}")
+NETWORK = _kind("network", "networkLookupByName", "listAllNetworks", ("NO_NETWORK", 43), "VIR_NETWORK_XML_INACTIVE")
+POOL = _kind(
+    "storage pool", "storagePoolLookupByName", "listAllStoragePools", ("NO_STORAGE_POOL", 49),
+    "VIR_STORAGE_XML_INACTIVE", root_tag="pool",
+)  # fmt: skip
+VOLUME = _kind(
+    "volume",
+    "storageVolLookupByName",
+    "listAllVolumes",
+    ("NO_STORAGE_VOL", 50),
+    None,
     xml_context="cannot read volume {}",
 )
 
