@@ -12,6 +12,7 @@ from ansible.utils.plugin_docs import get_docstring
 
 from ansible_collections.lockstep.virt.plugins.inventory import libvirt as plugin
 from ansible_collections.lockstep.virt.plugins.plugin_utils import _agent_ssh as ga
+from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_units import EVERY_UNIT
 
 NAME = "lockstep.virt.libvirt"
 
@@ -152,3 +153,10 @@ def test_bad_hypervisor_entry(inventory, entry, message):
 def test_parse_listing_skips_garbage():
     text = ga._MARK + " running\n<domain><name>x</na\n" + domain("ok", "running")
     assert [g["name"] for g in ga.parse_domain_listing(text)] == ["ok"]
+
+
+@pytest.mark.parametrize("unit,factor", EVERY_UNIT)
+def test_guest_memory_in_the_inventory_listing(unit, factor):
+    xml = "<domain><name>g</name><memory unit='{}'>{}</memory></domain>".format(unit, 4 * 1048576 * 1000)
+    (guest,) = ga.parse_domain_listing(ga._MARK + " running\n" + xml + "\n")
+    assert guest["memory_mib"] == 4 * 1000 * factor

@@ -1,4 +1,6 @@
-"""Sizes: one unit table with libvirt's convention, used by every option and reader that takes a size."""
+"""Sizes: one unit table with libvirt's convention, used by every option and reader that takes a size.
+
+The inventory's reading of guest memory is tested with the inventory (controller side)."""
 
 import pytest
 
@@ -10,7 +12,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import (
     parse_size,
     to_bytes,
 )
-from ansible_collections.lockstep.virt.plugins.plugin_utils import _agent_ssh as ga
 
 # Written out, not computed from the table under test: libvirt's virScaleInteger convention.
 EVERY_UNIT = [
@@ -96,10 +97,3 @@ def test_domain_memory_and_volume_capacity_agree_on_units():
     assert memory_mib("16384MB") * 1048576 == parse_size("16384MB", "capacity") == 16384 * 10**6
     with pytest.raises(ValidationError, match="not a whole number of MiB"):
         memory_mib("2GB")
-
-
-@pytest.mark.parametrize("unit,factor", EVERY_UNIT)
-def test_guest_memory_in_the_inventory_listing(unit, factor):
-    xml = "<domain><name>g</name><memory unit='{}'>{}</memory></domain>".format(unit, 4 * 1048576 * 1000)
-    (guest,) = ga.parse_domain_listing(ga._MARK + " running\n" + xml + "\n")
-    assert guest["memory_mib"] == 4 * 1000 * factor
