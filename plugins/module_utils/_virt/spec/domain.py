@@ -108,7 +108,8 @@ _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 def memory_mib(value, what="spec.memory"):
     """Whole MiB from a size (a number is MiB; see :func:`units.parse_mib`), within the supported range."""
-    mib = parse_mib(value, what)
+    negative = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+    mib = -1 if negative else parse_mib(value, what)
     if mib < MIN_MEMORY_MIB or mib > MAX_MEMORY_MIB:
         raise ValidationError(
             "{} must be between {} MiB and {} MiB (16 TiB), got {!r}".format(

@@ -287,7 +287,7 @@ BAD_INPUT = [
         "external entity",
     ),
     ({"spec": dict(SPEC, colour="blue")}, "colour"),
-    ({"spec": dict(SPEC, memory=-5)}, "must not be negative"),
+    ({"spec": dict(SPEC, memory=-5)}, "between 1 MiB"),
     ({"spec": dict(SPEC, memory="900TiB")}, "between 1 MiB"),
     ({"spec": dict(SPEC, memory="lots")}, "must be a size such as"),
     ({"spec": dict(SPEC, memory="2GB")}, "not a whole number of MiB"),
