@@ -24,12 +24,8 @@ import shutil
 import subprocess
 import tempfile
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    error_code,
-    libvirt,
-    libvirt_errors,
-)
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, error_code, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import managed_tag, metadata_element
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup
 

@@ -25,10 +25,11 @@ from __future__ import annotations
 import copy
 import time
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import human_size, parse_size
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes, to_text
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import human_size, parse_size, to_bytes
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_text
 
 LIVE_DISK_BUSES = ("virtio", "scsi")
 LIVE_NIC_MODELS = ("virtio",)
@@ -275,11 +276,10 @@ def spec_sizes(spec):
     )
 
 
-def apply_live_changes(manager, dom, desired):
-    from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import prepare_for_define
-
+def apply_live_changes(manager, dom, desired, prepare_for_define):
     """Plan and (unless check mode) apply the live changes of ``dom`` towards its definition; record them
-    on ``manager`` (a DomainManager: actions, ``live_changes``, checkpoints, warnings). Returns what runs
+    on ``manager`` (a DomainManager: actions, ``live_changes``, checkpoints, warnings); in check mode the
+    definition is predicted with ``prepare_for_define(desired, existing)``. Returns what runs
     afterwards (predicted in check mode), for the caller's pending-restart comparison."""
     live = read_xml(dom, DOMAIN, inactive=False)
     # the definition as libvirt holds it (in check mode: as it would, MAC addresses kept)

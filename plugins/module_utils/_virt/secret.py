@@ -23,12 +23,13 @@ import hmac
 import os
 import re
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
     error_code,
-    libvirt,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import SECRET, lookup, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import sub

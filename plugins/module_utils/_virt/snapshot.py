@@ -28,12 +28,14 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    LeaseError,
+    ValidationError,
+    VirtError,
     error_code,
-    libvirt,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     describe_holder,
     domain_lease_resources,
@@ -45,7 +47,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domai
     LOCK_OPTIONS,
     DomainManager,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import sub
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, etree, parse_xml, to_text
 
@@ -161,7 +163,7 @@ def list_snapshots(dom):
 
 
 def snapshot_info(conn, domain):
-    dom = conn.lookup_domain(domain)
+    dom = lookup(conn, DOMAIN, domain)
     if dom is None:
         raise VirtError("domain {} is not defined on {}".format(domain, conn.hostname))
     snaps = list_snapshots(dom)
@@ -243,7 +245,7 @@ class SnapshotManager(Manager):
     def _run(self):
         p = self.params
         self._check()
-        dom = self.conn.lookup_domain(p["domain"])
+        dom = lookup(self.conn, DOMAIN, p["domain"])
         if dom is None:
             raise VirtError("domain {} is not defined on {}".format(p["domain"], self.conn.hostname))
         snap = self._lookup(dom, self.snap_name) if self.snap_name else None
