@@ -35,26 +35,6 @@ def test_hypervisor_role_check_mode_predicts_a_lockspace_change_without_making_i
     assert lab.exec(lab.hosts[0], "test", "-e", "/srv/elsewhere", check=False).returncode != 0
 
 
-@pytest.fixture
-def two_guests(lab, guest_name):
-    names = [guest_name + "-a", guest_name + "-b"]
-    guests = []
-    for name in names:
-        disk = lab.new_disk(name)
-        spec = {
-            "type": "qemu",
-            "memory": 32,
-            "boot": ["hd"],
-            "disks": [{"path": disk, "format": "qcow2", "cache": "none"}],
-            "lease": {},
-        }
-        guests.append({"name": name, "state": "running", "spec": spec})
-    yield guests
-    for name in names:
-        lab.cleanup_domain(name)
-        os.unlink(os.path.join(lab.images_dir, name + ".qcow2"))
-
-
 def test_guests_role_starts_every_guest_once_and_then_changes_nothing(lab, two_guests):
     hv1 = lab.hosts[0]
     role_vars = {"guests_list": two_guests, "guests_lock": {"acquire": "after_create", "required": True}}
