@@ -103,10 +103,11 @@ author:
 """
 
 EXAMPLES = r"""
-# Run on the source hypervisor (here hv1; lab - the shared directory is local, so libvirt needs unsafe)
-- name: Move every guest off hv1 to hv2 and hv3, two at a time
+# Run on the source hypervisor (here hv1; lab - the shared directory is local, so libvirt needs unsafe).
+# List more destinations to spread the guests over them by free memory.
+- name: Move every guest off hv1 to hv2, two at a time
   lockstep.virt.migrate_many:
-    destinations: [hv2, hv3]
+    destinations: [hv2]
     concurrency: 2
     migrate:
       unsafe: true
@@ -121,7 +122,9 @@ EXAMPLES = r"""
 
 - name: The plan only - which guest would go where, each checked by the migrate preflight
   lockstep.virt.migrate_many:
-    destinations: [hv2, hv3]
+    destinations: [hv2]
+    placement:
+      web1: hv2
     migrate:
       unsafe: true
   check_mode: true

@@ -86,6 +86,14 @@ def test_evacuate_role_refuses_its_own_host(lab):
     assert "must name other hypervisors" in run.task("Refuse to evacuate a host onto itself or to nowhere", hv1)["msg"]
 
 
+MOVE_TASK = "Move the guests, each with a verified lease handoff, a bounded number at a time"
+
+
+def move_report(run, host):
+    """The evacuate role's report: {guest: its entry}."""
+    return dict((g["name"], g) for g in run.task(MOVE_TASK, host)["guests"])
+
+
 def where(lab, name):
     return [h for h in lab.hosts if lab.domain_state(h, name) in ("running", "paused")]
 
@@ -113,9 +121,7 @@ def test_evacuate_role_places_by_free_memory_in_parallel_and_dry_run_changes_not
         check = not dry
         plan = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", dict(role_vars, **dry)), check=check)
         assert plan.rc == 0, plan.stdout[-3000:]
-        assert changed_tasks(plan, hv1) == (
-            [] if dry else ["Move the guests, each with a verified lease handoff, a bounded number at a time"]
-        )
+        assert changed_tasks(plan, hv1) == ([] if dry else [MOVE_TASK])
         lines = plan.task("The plan - order, guest, size, destination", hv1)["msg"]
         assert [line.split(" ")[1] for line in lines] == names  # same size: by name
         assert all("(32 MiB) -> hv" in line for line in lines)
@@ -123,8 +129,7 @@ def test_evacuate_role_places_by_free_memory_in_parallel_and_dry_run_changes_not
 
     run = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
     assert run.rc == 0, run.stdout[-3000:]
-    report = run.task("Move the guests, each with a verified lease handoff, a bounded number at a time", hv1)
-    for guest in report["guests"]:
+    for guest in move_report(run, hv1).values():
         assert guest["state"] == "moved"
         assert guest["dest"] in (hv2, hv3)
         assert guest["runs_on"] == [guest["dest"]] == where(lab, guest["name"])
@@ -169,12 +174,7 @@ def test_evacuate_role_stops_at_the_first_failure_and_leaves_every_guest_running
     }
     run = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
     assert run.rc != 0
-    report = dict(
-        (g["name"], g)
-        for g in run.task("Move the guests, each with a verified lease handoff, a bounded number at a time", hv1)[
-            "guests"
-        ]
-    )
+    report = move_report(run, hv1)
     assert report[refused]["state"] == "failed" and report[refused]["phase"] == "preflight"
     assert hv1_only_network in report[refused]["msg"]
     assert report[other]["state"] == "not_started"
@@ -192,11 +192,6 @@ def test_evacuate_role_stops_at_the_first_failure_and_leaves_every_guest_running
     role_vars["evacuate_continue_on_error"] = True
     go_on = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
     assert go_on.rc != 0
-    report = dict(
-        (g["name"], g)
-        for g in go_on.task("Move the guests, each with a verified lease handoff, a bounded number at a time", hv1)[
-            "guests"
-        ]
-    )
+    report = move_report(go_on, hv1)
     assert report[refused]["state"] == "failed" and where(lab, refused) == [hv1]
     assert report[other]["state"] == "moved" and where(lab, other) == [hv2]
