@@ -15,6 +15,7 @@ time and pause. Between runs the guests are put back on hv1 (not timed).
 """
 
 import statistics
+from datetime import datetime
 
 from benchlib import ok, timed
 from labkit import define_and_start, tiny_domain_xml
@@ -88,6 +89,26 @@ def serial_loop(lab, src, dests):
     return seconds, {"inner_s": end - start}
 
 
+def _at(text):
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+
+def profile(guest):
+    """Where one move's time went, from its start and its migrate result's checkpoints (seconds)."""
+    checkpoints = guest["result"]["lock_checkpoints"]
+    start, first, last = _at(guest["started_at"]), _at(checkpoints[0]["at"]), _at(checkpoints[-1]["at"])
+    sent = _at([c for c in checkpoints if c["name"] == "perform/send"][0]["at"])
+    return {
+        "setup_s": first - start,  # connections to both hosts, preflight checks, lease probes
+        "send_s": sent - first,  # prepare on the destination, the memory copy
+        "handoff_s": last - sent,  # source released, destination resumed and verified, source confirmed
+        "exit_s": guest["elapsed_s"] - (last - start),  # connections closed, result back to the module
+    }
+
+
+PHASES = ("setup_s", "send_s", "handoff_s", "exit_s")
+
+
 def role(lab, src, dests, concurrency):
     play = [
         {
@@ -111,8 +132,13 @@ def role(lab, src, dests, concurrency):
         raise SystemExit("evacuate role (concurrency {}) failed: {}".format(concurrency, run.stdout[-3000:]))
     moved = run.task(MOVE_TASK, src)
     guests = moved["guests"]
+    profiles = [profile(g) for g in guests]
     return seconds, {
         "inner_s": moved["elapsed_s"],
+        "setup_s": [p["setup_s"] for p in profiles],
+        "send_s": [p["send_s"] for p in profiles],
+        "handoff_s": [p["handoff_s"] for p in profiles],
+        "exit_s": [p["exit_s"] for p in profiles],
         "move_s": [g["elapsed_s"] for g in guests],
         "pause_ms": [g["downtime_ms"] for g in guests],
         "first_start_s": min(g["started_s"] for g in guests),
@@ -135,7 +161,8 @@ def run(lab, rounds):
     }
     samples = dict((m, []) for m in methods)
     inner = dict((m, []) for m in methods)
-    details = dict((m, {"move_s": [], "pause_ms": [], "first_start_s": []}) for m in methods if m != "serial virsh")
+    keys = ("move_s", "pause_ms", "first_start_s") + PHASES
+    details = dict((m, dict((k, []) for k in keys)) for m in methods if m != "serial virsh")
     cleanup(lab)
     start_guests(lab, src)
     try:
@@ -172,6 +199,7 @@ def run(lab, rounds):
             entry["median_move_s"] = med(details[method]["move_s"])
             entry["median_pause_ms"] = med(details[method]["pause_ms"])
             entry["median_first_start_s"] = med(details[method]["first_start_s"])
+            entry["median_move_profile_s"] = dict((k, med(details[method][k])) for k in PHASES)
         report["methods"][method] = entry
         rows.append(
             "| {} | {:.2f} | {:.2f}x | {} | {:.2f} | {:.2f}x | {} | {} |".format(
@@ -198,6 +226,27 @@ def run(lab, rounds):
         ]
         + rows
         + [
+            "",
+            "Where a move's time goes (medians, s) and the role's time outside the moves:",
+            "",
+            "| method | setup | send | handoff | exit | first move starts at | playbook outside migrate_many |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        + [
+            "| {} | {} | {} | {} | {} | {} | {:.2f} |".format(
+                m,
+                *[report["methods"][m]["median_move_profile_s"][k] for k in PHASES],
+                report["methods"][m]["median_first_start_s"],
+                report["methods"][m]["median_s"] - report["methods"][m]["inner_median_s"],
+            )
+            for m in details
+        ]
+        + [
+            "",
+            "Setup: from the move's start to its first checkpoint (the migrate engine connecting to both hosts, "
+            "its preflight and lease probes); send: to perform/send (prepare and the memory copy); handoff: to "
+            "the last checkpoint (source released, destination resumed, leases verified, source confirmed); "
+            "exit: the rest of the move (connections closed, result returned).",
             "",
             "Wall: the whole ansible-playbook run from the controller (the serial loop as one shell task). "
             "Inside: the loop's own time in the shell; migrate_many's elapsed_s for the role. "

@@ -204,6 +204,9 @@ guests:
     started_s:
       description: When its move started, seconds after the module started.
       type: float
+    started_at:
+      description: When its move started, UTC, ISO 8601 with milliseconds.
+      type: str
     elapsed_s:
       description: How long its move took (the migrate run), in seconds.
       type: float

@@ -20,11 +20,13 @@ import fnmatch
 import json
 import os
 import select
+import threading
 import time
 import traceback
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import utc_now
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
     Connection,
     libvirt,
@@ -275,17 +277,28 @@ class Evacuation:
             return conn.virt.getFreeMemory() // (1024 * 1024)
 
     def _open_dests(self, dests):
+        """Connect to every destination at once (each may be an SSH handshake) and read its free memory."""
         free = {}
         unreachable = {}
-        for dest in dests:
+
+        def one(dest):
             try:
                 conn = self.open_conn(self.dest_uri(dest))
             except VirtError as err:
                 unreachable[dest] = err.libvirt_message or err.msg
-                continue
+                return
             self.dests[dest] = conn
-            free[dest] = self.free_memory_mib(conn)
-        return free, unreachable
+            try:
+                free[dest] = self.free_memory_mib(conn)
+            except VirtError as err:
+                unreachable[dest] = err.libvirt_message or err.msg
+
+        threads = [threading.Thread(target=one, args=(dest,)) for dest in dests]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return dict((d, free[d]) for d in dests if d in free), unreachable
 
     def _where(self, name):
         """{host: state} of every host with an active copy of ``name``."""
@@ -368,6 +381,7 @@ class Evacuation:
                 params = migrate_params(p["migrate"], name, self.dest_uri(entry["dest"]), p.get("uri"))
                 entry["state"] = "moving"
                 entry["started_s"] = round(self.clock() - started, 3)
+                entry["started_at"] = utc_now()
                 pid, fd = _fork(lambda params=params: self.run_one(params, self.check_mode))
                 running[fd] = _Child(pid, fd, entry, self.clock())
             if not running:
