@@ -8,7 +8,7 @@ short_description: Live-migrate several guests off a hypervisor at once, each wi
 version_added: 0.2.0
 description:
   - Runs on the source hypervisor and moves its running (and paused) guests - those named in O(names), matching
-    O(pattern) - to O(destinations), at most O(concurrency) at a time. This is what the M(lockstep.virt.evacuate)
+    O(pattern) - to O(destinations), at most O(concurrency) at a time. This is what the C(lockstep.virt.evacuate)
     role runs.
   - Every move is a full M(lockstep.virt.migrate) run - the same engine, options and result, each in a process
     of its own - so the lease rules are the same as one migration at a time - the destination takes the
@@ -97,7 +97,6 @@ notes:
 seealso:
   - module: lockstep.virt.migrate
   - module: lockstep.virt.lease_info
-  - role: lockstep.virt.evacuate
 author:
   - lockstep.virt contributors (@lockstep)
 """
