@@ -26,14 +26,17 @@ import traceback
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import utc_now
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    libvirt,
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
     libvirt_errors,
-    merge_argument_spec,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import MIGRATE_ARGUMENT_SPEC
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import merge_argument_spec
 
 # Options of every migration that the evacuation sets itself.
 _OWN_MIGRATE_OPTIONS = ("name", "dest_uri", "uri")
@@ -52,20 +55,11 @@ MIGRATE_MANY_ARGUMENT_SPEC = {
 }
 
 
-def _engine():
-    """The migrate module's engine and its argument spec, imported as the migrate module imports them."""
-    from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
-    from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import MIGRATE_ARGUMENT_SPEC
-
-    return MigrationManager, MIGRATE_ARGUMENT_SPEC
-
-
 def migrate_params(options, name, dest_uri, uri):
     """The migrate module's parameters for one guest, validated and with its defaults, or ValidationError."""
-    _manager, spec = _engine()
     raw = dict(options or {})
     raw.update(name=name, dest_uri=dest_uri, uri=uri)
-    result = ArgumentSpecValidator(merge_argument_spec(spec)).validate(raw)
+    result = ArgumentSpecValidator(merge_argument_spec(MIGRATE_ARGUMENT_SPEC)).validate(raw)
     if result.error_messages:
         raise ValidationError("migrate options: " + "; ".join(result.error_messages))
     return result.validated_parameters
@@ -73,9 +67,8 @@ def migrate_params(options, name, dest_uri, uri):
 
 def run_migration(params, check_mode):
     """One migration (or its preflight in check mode) as lockstep.virt.migrate runs it: (ok, result)."""
-    manager, _spec = _engine()
     try:
-        return True, manager(params, check_mode).run()
+        return True, MigrationManager(params, check_mode).run()
     except VirtError as err:
         return False, err.to_fail_kwargs()
 
