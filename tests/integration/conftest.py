@@ -1,6 +1,7 @@
 """Integration fixtures: the lab's real hypervisor hosts (see labkit)."""
 
 import json
+import os
 import subprocess
 import uuid
 
@@ -32,3 +33,23 @@ def guest_name(lab):
     name = "it-" + uuid.uuid4().hex[:8]
     yield name
     lab.cleanup_domain(name)
+
+
+@pytest.fixture
+def two_guests(lab, guest_name):
+    names = [guest_name + "-a", guest_name + "-b"]
+    guests = []
+    for name in names:
+        disk = lab.new_disk(name)
+        spec = {
+            "type": "qemu",
+            "memory": 32,
+            "boot": ["hd"],
+            "disks": [{"path": disk, "format": "qcow2", "cache": "none"}],
+            "lease": {},
+        }
+        guests.append({"name": name, "state": "running", "spec": spec})
+    yield guests
+    for name in names:
+        lab.cleanup_domain(name)
+        os.unlink(os.path.join(lab.images_dir, name + ".qcow2"))
