@@ -142,13 +142,13 @@ class Lifecycle:
         names = [r["resource"] for r in wanted]
         cfg = self.lock_config
         if not wanted and not rw_disks_without_lease(leases):
-            self.recorder.record(what, ok=True, detail="nothing to lease")
+            self.recorder.record(what, ok=True, detail="nothing to lease", source="probe", verified_by="domain XML")
             return leases, True
         if not cfg.enabled:
             detail = "no lock manager is configured for the {} driver: the guest holds no lease".format(
                 self.profile.name
             )
-            self.recorder.record(what, ok=False, resources=names, detail=detail)
+            self.recorder.record(what, ok=False, resources=names, detail=detail, verified=False)
             return leases, False
         if not cfg.probeable:
             self.recorder.record(what, ok=False, resources=names, detail="leases cannot be probed from here")
@@ -163,7 +163,9 @@ class Lifecycle:
             detail = "read-write disk(s) not leased: " + ", ".join(r["disk"] or "?" for r in unleased)
         else:
             detail = "held by this host's virtlockd"
-        self.recorder.record(what, ok=ok, resources=names, detail=detail)
+        self.recorder.record(
+            what, ok=ok, resources=names, detail=detail, source="probe", verified_by="lease probe (F_GETLK)"
+        )
         return leases, ok
 
     # ------------------------------------------------------------------ start
@@ -338,6 +340,8 @@ class Lifecycle:
             "leases_released",
             ok=not still,
             resources=[r["resource"] for r in was],
+            source="probe",
+            verified_by="lease probe (F_GETLK)",
             detail=("still held here: " + ", ".join(still)) if still else None,
         )
         return self.probe(dom, inactive=not is_active(dom))
