@@ -19,36 +19,17 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     SUSPENDED_MIGRATED,
     SUSPENDED_PAUSED,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import (  # noqa: F401
+    METADATA_KEY,
+    METADATA_NS,
+    marker_xml,
+    read_marker,
+)
 
 RELEASE_WAIT = 10.0  # seconds the source's leases get to go (virtlockd drops them when QEMU exits)
 SOURCE_STOP_WAIT = 10.0  # seconds the source gets to stop after the send returned
 PAUSED_MIGRATION = 2  # VIR_DOMAIN_PAUSED_MIGRATION: paused while migrating (incoming, or the source's final stop)
 PAUSED_USER = 1
-METADATA_NS = "https://github.com/lockstep/virt/handoff"
-METADATA_KEY = "lockstep"
-
-
-def handoff_marker(dest, resume):
-    return "<handoff dest='{}' resume='{}'/>".format(dest, "yes" if resume else "no")
-
-
-def read_marker(dom):
-    """The handoff marker in the guest's live metadata: {'dest', 'resume'} or None."""
-    if libvirt is None:
-        return None
-    try:
-        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-    except Exception:
-        return None
-    if not text or "<handoff" not in text:
-        return None
-    import re
-
-    out = {}
-    for key in ("dest", "resume"):
-        m = re.search(r"{}=['\"]([^'\"]*)['\"]".format(key), text)
-        out[key] = m.group(1) if m else None
-    return out
 
 
 def job_type(dom):

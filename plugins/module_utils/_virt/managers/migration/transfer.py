@@ -18,7 +18,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import ConvergenceMonitor
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration.handoff import handoff_marker
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration.handoff import marker_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import (
     RELEASE_BEFORE_SEND,
     LifecycleEvents,
@@ -26,7 +26,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
     describe,
     holders,
     job_summary,
-    lease_summary,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
     RESUMED_POSTCOPY,
@@ -107,9 +106,7 @@ class TransferPhase:
             self.events.watch(self.src, "source")
             self.events.watch(self.dest, "dest")
         if plan["handoff"] == "verified":
-            self.marked = self._set_marker(
-                self.src, src_dom, handoff_marker(self.dest_name, self.src_state == "running")
-            )
+            self.marked = self._set_marker(self.src, src_dom, marker_xml(self.dest_name, self.src_state == "running"))
         if plan["release"] == RELEASE_BEFORE_SEND:
             lc = Lifecycle(
                 self.src,
@@ -605,8 +602,8 @@ class TransferPhase:
             )
         if not stopped:
             self._fail(
-                "confirm: {0} is still {1} on {2} after the handoff{3}; it is {4} on {5}. Two copies exist: check "
-                "which one holds the leases ({6}) before touching either".format(
+                "confirm: {} is still {} on {} after the handoff{}; it is {} on {}. Two copies exist: check "
+                "which one holds the leases ({}) before touching either".format(
                     self.name,
                     src_state,
                     self.src_name,
