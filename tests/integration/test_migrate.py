@@ -277,7 +277,13 @@ def test_destination_lease_conflict_is_retried_until_it_clears(lab, guest):
     assert not failed(res), res.get("msg")
     seq = names(res)
     assert "finish/acquire_busy" in seq
-    assert [n for n in seq if n != "finish/acquire_busy"] == SUCCESS_ORDER
+    # the refused resumes outlast libvirt's Confirm: the source stopped (its event) before the destination
+    # could take the leases, and the checkpoints say so in that order
+    assert sorted(n for n in seq if n != "finish/acquire_busy") == sorted(SUCCESS_ORDER)
+    assert seq.index("confirm/source_stopped") < seq.index("finish/dest_acquired")
+    assert [n for n in seq if n not in ("finish/acquire_busy", "confirm/source_stopped")] == [
+        n for n in SUCCESS_ORDER if n != "confirm/source_stopped"
+    ]
     busy = [c for c in res["lock_checkpoints"] if c["name"] == "finish/acquire_busy"]
     assert all(not c["ok"] and "resource busy" in c["detail"] for c in busy)
     assert_runs_only_on(lab, guest, "hv2", "hv1")
@@ -291,15 +297,29 @@ def test_destination_lease_conflict_that_stays_fails_cleanly(lab, guest):
         assert grabbed
         assert res["msg"].startswith("finish: hv2 could not take the leases"), res["msg"]
         assert guest.key in res["msg"] and "runs nowhere" in res["msg"]
+        assert "is paused on hv2 and absent on hv1" in res["msg"]  # the state read after the failure
+        assert res["changed"] is True and res["state"] == "paused"
+        assert res["hosts"] == {"hv1": "absent", "hv2": "paused"}
         assert lab.domain_state("hv2", guest.name) == "paused"
         assert lab.domain_state("hv1", guest.name) is None
         assert lock_holder(guest.vm_lease) not in (lab.virtlockd_pid("hv1"), lab.virtlockd_pid("hv2"))
-    seq = names(res)
-    assert seq[-2:] == ["finish/dest_acquired", "confirm/source_stopped"]
-    assert res["lock_checkpoints"][-2]["ok"] is False
-    # once the stale holder is gone the paused guest can be resumed where it is
-    lab.virsh("hv2", "resume", guest.name)
+        # while the stale holder keeps the lease, running the task again fails the same way, changed
+        busy = migrate(lab, "hv1", "hv2", guest.name, lock={"acquire_timeout": 1})
+        assert failed(busy) and busy["changed"] is True and "reconcile/inquire" in names(busy)
+    cps = {c["name"]: c for c in res["lock_checkpoints"]}
+    assert cps["finish/dest_acquired"]["ok"] is False and cps["confirm/source_stopped"]["ok"] is True
+    # once the stale holder is gone, the same task finishes the handoff
+    again = migrate(lab, "hv1", "hv2", guest.name)
+    assert not failed(again), again.get("msg")
+    assert again["changed"] is True
+    assert names(again) == [
+        "reconcile/inquire",
+        "reconcile/source_released",
+        "reconcile/dest_acquired",
+        "reconcile/resumed",
+    ]
     assert_runs_only_on(lab, guest, "hv2", "hv1")
+    assert migrate(lab, "hv1", "hv2", guest.name)["changed"] is False
 
 
 # --------------------------------------------------------------------------- the seed regression

@@ -538,6 +538,13 @@ def test_busy_destination_past_the_timeout_returns_the_whole_result():
     got = names(err.result)
     assert "finish/dest_acquired" in got and got[-1] == "confirm/source_stopped"
     assert hv2.domains["g1"]._state == "paused" and "g1" not in hv1.domains
+    # while the lease stays busy the re-run fails the same way, reporting the whole result
+    with pytest.raises(LeaseError) as again_info:
+        manager(w, lock={"acquire_timeout": 0}).run()
+    busy = again_info.value.result
+    assert busy["changed"] is True and busy["state"] == "paused" and "reconcile/inquire" in names(busy)
+    assert again_info.value.msg.startswith("reconcile: hv2 could not take the leases of g1")
+    assert "Now: g1 is absent on hv1, g1 is paused on hv2" in again_info.value.msg
     # the re-run finishes the handoff once the lease is free
     w.stale_attempts = 0
     w.locks[w.stale_resource] = None

@@ -97,7 +97,7 @@ class MigrationManager(PreflightPhase, ReconcilePhase, TransferPhase, HandoffPha
         try:
             return self._run()
         except VirtError as err:
-            if err.result is None and self.sent:
+            if not err.result and self.sent:
                 err.result = self._result(changed=self._changed_now(), state=self._dest_state_now())
                 self._timing(err.result)
             raise

@@ -127,10 +127,13 @@ class ReconcilePhase:
                 return None
             return self._reconcile_dest(src_dom, dest_dom, left)
         except VirtError as err:
-            if err.result is not None:
+            if err.result:
                 raise
+            msg = err.msg.rstrip(".")
             self._fail(
-                "reconcile: {}. Now: {}".format(err.msg.rstrip("."), self._where_text()),
+                "{}{}. Now: {}; run the task again once the cause is gone".format(
+                    "" if msg.startswith("reconcile:") else "reconcile: ", msg, self._where_text()
+                ),
                 changed=True,
                 state=self._dest_state_now(),
                 leases=self._probe(),
