@@ -77,17 +77,23 @@ class HandoffPhase:
             return False
 
     # ------------------------------------------------------------------ finished receiving
+    def _dest_finished_event(self):
+        """The destination's SUSPENDED/paused event after the send started (it has the whole guest), or None."""
+        if self.events is None or not self.events.available:
+            return None
+        ev = self.events.first("dest", "suspended", SUSPENDED_PAUSED, after=self.marks.get("send_start"))
+        if ev is None:
+            return None
+        return {
+            "ts": ev["ts"],
+            "source": "event",
+            "what": "lifecycle event SUSPENDED/paused on {}".format(self.dest_name),
+        }
+
     def _dest_finished(self):
-        """The destination's 'finished receiving' observation, or None: {'ts', 'source', 'dom'}."""
+        """The destination's 'finished receiving' observation, or None: {'ts', 'source', 'what'}."""
         if self.events is not None and self.events.available:
-            ev = self.events.first("dest", "suspended", SUSPENDED_PAUSED, after=self.marks.get("send_start"))
-            if ev is None:
-                return None
-            return {
-                "ts": ev["ts"],
-                "source": "event",
-                "what": "lifecycle event SUSPENDED/paused on {}".format(self.dest_name),
-            }
+            return self._dest_finished_event()
         # no events: the destination's state, polled (paused, not by the incoming migration, no job)
         now = self.clock()
         if now - self.marks.get("dest_polled", 0) < 0.05:

@@ -536,20 +536,6 @@ class TransferPhase:
         src_state, stopped = self._confirm()
         return self._conclude(dest_dom, src_state, stopped)
 
-    def _dest_finished_event(self):
-        if self.events is None or not self.events.available:
-            return None
-        from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import SUSPENDED_PAUSED
-
-        ev = self.events.first("dest", "suspended", SUSPENDED_PAUSED, after=self.marks.get("send_start"))
-        if ev is None:
-            return None
-        return {
-            "ts": ev["ts"],
-            "source": "event",
-            "what": "lifecycle event SUSPENDED/paused on {}".format(self.dest_name),
-        }
-
     def _keep_paused(self, dest_dom):
         """The guest was paused on the source: it stays paused on the destination (a qemu guest holds no lease)."""
         leases, _still = self._wait_released()
