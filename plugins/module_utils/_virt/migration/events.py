@@ -84,10 +84,11 @@ class LifecycleEvents:
         self._cond = threading.Condition()
         self.available = False
 
-    def add(self, role, event, detail):
+    def add(self, role, event, detail, dom=None):
         """Record an event (called by the libvirt callback; fakes call it directly)."""
         ts = self.wall()
         item = {
+            "dom": dom,
             "role": role,
             "event": EVENT_NAMES.get(event, str(event)) if isinstance(event, int) else event,
             "detail": detail,
@@ -115,7 +116,7 @@ class LifecycleEvents:
                     return
             except Exception:
                 return
-            self.add(role, event, detail)
+            self.add(role, event, detail, dom)
 
         try:
             cid = conn.virt.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, None)

@@ -10,7 +10,7 @@ The destination is never resumed before a probe shows the source released: that 
 from __future__ import annotations
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import iso_utc
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import PhaseRecorder, describe
@@ -126,15 +126,20 @@ class HandoffPhase:
         return {"ts": self.wall(), "source": "probe", "what": "state read on {}: paused, no job".format(self.dest_name)}
 
     def _record_received(self, seen, dest_dom):
-        """perform/send: the destination has the whole guest, paused (checked by reading its state)."""
-        state = self._state(self.dest, dest_dom)
+        """perform/send: the destination has the whole guest, paused.
+
+        Seen by its SUSPENDED/paused event (no state read before the resume: it would lengthen the guest's
+        pause; the event is the evidence) or, without events, by the state read that found it.
+        """
+        by_state = seen["source"] != "event"
         self._record(
             "perform/send",
-            ok=state == "paused",
+            ok=True,
             host=self.dest_name,
             at=seen["ts"],
             source=seen["source"],
-            verified_by="state read on {}: {}".format(self.dest_name, state),
+            verified=by_state,
+            verified_by=seen["what"] if by_state else None,
             detail="{} finished receiving {} ({}); libvirt keeps it paused (VIR_MIGRATE_PAUSED)".format(
                 self.dest_name, self.name, seen["what"]
             ),
@@ -226,7 +231,15 @@ class HandoffPhase:
             clock=self.clock,
         )
         try:
-            lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
+            try:
+                # the fast path: the leases are known and were just probed free, so no XML read first
+                with libvirt_errors("cannot resume {} on {}".format(self.name, self.dest_name)):
+                    dest_dom.resume()
+            except VirtError as first:
+                lc.recorder.record("acquire_failed" if first.is_busy else "resume_failed", ok=False, detail=first.msg)
+                if not first.is_busy:
+                    raise
+                lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
         except VirtError as err:
             leases, ts = self._probed()
             self._record(

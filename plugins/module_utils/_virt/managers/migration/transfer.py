@@ -221,7 +221,7 @@ class TransferPhase:
             return
         self.marks["handed"] = True
         try:
-            dest_dom = self.dest.lookup_domain(self.name)
+            dest_dom = seen.get("dom") or self.dest.lookup_domain(self.name)
             if dest_dom is None:
                 raise VirtError("{} reported {} but has no domain {}".format(self.dest_name, seen["what"], self.name))
             self._record_received(seen, dest_dom)
