@@ -5,7 +5,7 @@ import subprocess
 import uuid
 
 import pytest
-from labkit import LAB, Lab
+from labkit import LAB, Lab, linux_image
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,15 @@ def lab():
     if not status.get("up"):
         pytest.fail("the lab is not up: run `tests/lab/lab up` (make test does)", pytrace=False)
     return Lab(status)
+
+
+@pytest.fixture(scope="session")
+def lab_image():
+    """The lab's Linux guest image, built or checked once before any test boots it."""
+    try:
+        return linux_image()
+    except SystemExit as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture
