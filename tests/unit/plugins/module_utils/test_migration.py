@@ -678,6 +678,14 @@ def test_before_send_failed_send_must_reacquire_and_can_fail():
     assert "perform/send" in got and "confirm/source_reacquire_busy" in got
     assert hv1.domains["g1"]._state == "paused"
     assert any("before_send" in x for x in info.value.result["warnings"])
+    # the source stays paused, running nowhere, with the handoff marker: the re-run resumes it, then migrates
+    assert hv1.domains["g1"].meta is not None
+    w.fail_send = False
+    w.locks[RESOURCES[1]] = None
+    del hv1.domains["g1"].migrateToURI3
+    again = manager(w).run()
+    assert names(again)[:2] == ["reconcile/inquire", "reconcile/source_resumed"]
+    assert again["changed"] is True and hv2.domains["g1"]._state == "running"
 
 
 def test_already_on_destination_is_unchanged():

@@ -329,8 +329,6 @@ class TransferPhase:
 
     def _send_failed(self, src_dom, err):
         plan = self.plan
-        if self.marked:
-            self._set_marker(self.src, src_dom, None)
         leases, ts = self._probed()
         self._record(
             "perform/send",
@@ -449,6 +447,9 @@ class TransferPhase:
                 err=reacquire_error,
                 cls=LeaseError,
             )
+        if self.marked and src_state == "running":
+            # a source left paused keeps the marker: a re-run then resumes it
+            self._set_marker(self.src, src_dom, None)
         msg = "perform: sending {} from {} to {} failed: {}. ".format(self.name, self.src_name, self.dest_name, err.msg)
         if kept:
             msg += "{} keeps running on {} holding its leases (verified{}); ".format(
