@@ -19,12 +19,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     SUSPENDED_MIGRATED,
     SUSPENDED_PAUSED,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import (  # noqa: F401
-    METADATA_KEY,
-    METADATA_NS,
-    marker_xml,
-    read_marker,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import METADATA_KEY, METADATA_NS
 
 RELEASE_WAIT = 10.0  # seconds the source's leases get to go (virtlockd drops them when QEMU exits)
 SOURCE_STOP_WAIT = 10.0  # seconds the source gets to stop after the send returned

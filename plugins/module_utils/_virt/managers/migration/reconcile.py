@@ -27,7 +27,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle impo
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration.handoff import (
     PAUSED_MIGRATION,
     job_type,
-    read_marker,
     state_reason,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import (
@@ -36,6 +35,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
     describe,
     holders,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import read_marker
 
 JOB_WAIT = 600  # seconds to wait for a migration job an earlier run left running (without a timeout option)
 

@@ -18,7 +18,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import ConvergenceMonitor
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration.handoff import marker_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import (
     RELEASE_BEFORE_SEND,
     LifecycleEvents,
@@ -31,6 +30,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     RESUMED_POSTCOPY,
     STARTED_MIGRATED,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import marker_xml
 
 DEST_CLEANUP_TIMEOUT = 20  # seconds the destination gets to remove a half-received guest
 STATS_EVERY = 0.25  # seconds between job statistics reads when convergence is controlled
@@ -528,6 +528,17 @@ class TransferPhase:
                     self.handoff_error = err
         else:
             # post-copy: libvirt resumed the destination itself; verify afterwards
+            self._record(
+                "perform/send",
+                host=self.dest_name,
+                at=self.marks.get("returned"),
+                verified=False,
+                detail="the transfer completed (the migration call returned); {}".format(
+                    "libvirt ran the guest on the destination from the switch to post-copy"
+                    if "postcopy" in self.marks
+                    else "post-copy allowed but not needed: libvirt resumed the guest on the destination"
+                ),
+            )
             try:
                 self._wait_released()
                 self._verify_dest(dest_dom, "finish")
