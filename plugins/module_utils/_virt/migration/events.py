@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 import time
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import iso_utc
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt
 
 EVENT_NAMES = {
     0: "defined",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 
 METADATA_NS = "https://github.com/lockstep/virt/handoff"
 METADATA_KEY = "lockstep-handoff"

@@ -38,6 +38,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
     lease_summary,
     public_leases,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 
 class MigrationManager(PreflightPhase, ReconcilePhase, TransferPhase, HandoffPhase, TimingPhase):
@@ -172,7 +173,7 @@ class MigrationManager(PreflightPhase, ReconcilePhase, TransferPhase, HandoffPha
         if conn is None:
             return "unknown"
         try:
-            return self._state(conn, conn.lookup_domain(self.name))
+            return self._state(conn, lookup(conn, DOMAIN, self.name))
         except Exception:
             return "unknown"
 

@@ -9,9 +9,9 @@ The destination is never resumed before a probe shows the source released: that 
 
 from __future__ import annotations
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import iso_utc
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import PhaseRecorder, describe
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
@@ -20,6 +20,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     SUSPENDED_PAUSED,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import METADATA_KEY, METADATA_NS
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 RELEASE_WAIT = 10.0  # seconds the source's leases get to go (virtlockd drops them when QEMU exits)
 SOURCE_STOP_WAIT = 10.0  # seconds the source gets to stop after the send returned
@@ -95,7 +96,7 @@ class HandoffPhase:
             return None
         self.marks["dest_polled"] = now
         try:
-            dom = self.dest.lookup_domain(self.name)
+            dom = lookup(self.dest, DOMAIN, self.name)
         except VirtError:
             return None
         if dom is None:

@@ -5,9 +5,12 @@
 from __future__ import annotations
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import describe_plan, plan_convergence
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
+    libvirt_errors,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     domain_lease_resources,
@@ -21,6 +24,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
     describe,
     start_event_loop,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import parse_size
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml
 
@@ -45,8 +49,8 @@ class PreflightPhase:
         if self.use_events is True:
             self.use_events = start_event_loop()  # before any connection is opened
         self._connect()
-        src_dom = self.src.lookup_domain(self.name)
-        dest_dom = self.dest.lookup_domain(self.name)
+        src_dom = lookup(self.src, DOMAIN, self.name)
+        dest_dom = lookup(self.dest, DOMAIN, self.name)
         left = self._leftover(src_dom, dest_dom)
         if left is not None:
             if self.check_mode:
@@ -57,8 +61,8 @@ class PreflightPhase:
             if done is not None:
                 return done
             # the source runs again: migrate it as asked
-            src_dom = self.src.lookup_domain(self.name)
-            dest_dom = self.dest.lookup_domain(self.name)
+            src_dom = lookup(self.src, DOMAIN, self.name)
+            dest_dom = lookup(self.dest, DOMAIN, self.name)
         src_active = src_dom is not None and self._active(src_dom)
         dest_active = dest_dom is not None and self._active(dest_dom)
         if dest_active and not src_active:

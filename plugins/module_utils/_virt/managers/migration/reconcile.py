@@ -21,8 +21,7 @@ Every step is a ``reconcile/...`` checkpoint and the result is ``changed=true``.
 
 from __future__ import annotations
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import STATE_NAMES, Lifecycle, state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration.handoff import (
     PAUSED_MIGRATION,
@@ -36,6 +35,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
     holders,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import read_marker
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 JOB_WAIT = 600  # seconds to wait for a migration job an earlier run left running (without a timeout option)
 
@@ -147,8 +147,8 @@ class ReconcilePhase:
     def _reconcile_job(self, again):
         deadline = self.clock() + (self.params.get("timeout") or JOB_WAIT)
         while True:
-            src_dom = self.src.lookup_domain(self.name)
-            dest_dom = self.dest.lookup_domain(self.name)
+            src_dom = lookup(self.src, DOMAIN, self.name)
+            dest_dom = lookup(self.dest, DOMAIN, self.name)
             s, d = look(src_dom), look(dest_dom)
             if not ((s["active"] and s["job"]) or (d["active"] and d["job"] and not s["active"])):
                 break

@@ -5,8 +5,9 @@ completed job's own figures from libvirt."""
 
 from __future__ import annotations
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import ms_between
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 
 class TimingPhase:
@@ -17,7 +18,7 @@ class TimingPhase:
             flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | getattr(libvirt, "VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED", 0)
         for conn in (self.dest, self.src):
             try:
-                dom = conn.lookup_domain(self.name)
+                dom = lookup(conn, DOMAIN, self.name)
                 if dom is None:
                     continue
                 stats = dom.jobStats(flags)

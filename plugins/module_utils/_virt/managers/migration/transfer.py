@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import ConvergenceMonitor
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    LeaseError,
+    VirtError,
     from_libvirt_error,
-    libvirt,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import ConvergenceMonitor
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import (
     RELEASE_BEFORE_SEND,
@@ -31,6 +32,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     STARTED_MIGRATED,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import marker_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 DEST_CLEANUP_TIMEOUT = 20  # seconds the destination gets to remove a half-received guest
 STATS_EVERY = 0.25  # seconds between job statistics reads when convergence is controlled
@@ -221,7 +223,7 @@ class TransferPhase:
             return
         self.marks["handed"] = True
         try:
-            dest_dom = seen.get("dom") or self.dest.lookup_domain(self.name)
+            dest_dom = seen.get("dom") or lookup(self.dest, DOMAIN, self.name)
             if dest_dom is None:
                 raise VirtError("{} reported {} but has no domain {}".format(self.dest_name, seen["what"], self.name))
             self._record_received(seen, dest_dom)
@@ -292,7 +294,7 @@ class TransferPhase:
         where = []
         paused_now = []
         for conn, host in ((self.src, self.src_name), (self.dest, self.dest_name)):
-            dom = conn.lookup_domain(self.name)
+            dom = lookup(conn, DOMAIN, self.name)
             state = self._state(conn, dom)
             if state == "running":
                 # running nowhere: a copy whose memory is partly on the other host must not run on
@@ -309,7 +311,7 @@ class TransferPhase:
             leases=leases,
             detail="{}; {}".format(", ".join(where), describe(leases, self.src_name, self.dest_name)),
         )
-        dest_dom = self.dest.lookup_domain(self.name)
+        dest_dom = lookup(self.dest, DOMAIN, self.name)
         msg = (
             "perform: the migration of {0} failed after the switch to post-copy: {1}. This cannot be undone: the "
             "guest's memory is split between {2} and {3}, neither copy can run alone. {0} is left where libvirt "
@@ -475,7 +477,7 @@ class TransferPhase:
     def _wait_inactive(self, conn, timeout):
         deadline = self.clock() + timeout
         while True:
-            dom = conn.lookup_domain(self.name)
+            dom = lookup(conn, DOMAIN, self.name)
             if dom is None or not self._active(dom):
                 return dom, True
             if self.clock() >= deadline:
@@ -499,7 +501,7 @@ class TransferPhase:
         plan = self.plan
         self._prepare_inferred()
         self.job = job_summary(self._job_stats())
-        dest_dom = self.dest.lookup_domain(self.name)
+        dest_dom = lookup(self.dest, DOMAIN, self.name)
         if dest_dom is None:
             src_state = self._state_of(self.src)
             self._fail(
@@ -636,5 +638,5 @@ class TransferPhase:
         """The migration call failed after the destination had finished receiving (and maybe been resumed)."""
         self._prepare_inferred()
         src_state, stopped = self._confirm(api_error=err)
-        dest_dom = self.dest.lookup_domain(self.name)
+        dest_dom = lookup(self.dest, DOMAIN, self.name)
         return self._conclude(dest_dom, src_state, stopped, api_error=err)
