@@ -10,7 +10,7 @@ pool, volume or network fails with nothing changed, in normal and check mode ali
 
 from __future__ import annotations
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import domain_disks
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, POOL, VOLUME, lookup
@@ -39,22 +39,11 @@ def domain_references(root):
     return {"pools": pools, "networks": networks}
 
 
-def _find_volume(pool, name):
-    vol = lookup(pool, VOLUME, name)
-    if vol is None:
-        # a file put in a directory pool by other means is seen after a refresh (a read, no change)
-        try:
-            pool.refresh(0)
-        except libvirt.libvirtError:  # a pool that cannot refresh now keeps what it listed
-            return None
-        vol = lookup(pool, VOLUME, name)
-    return vol
-
-
 def missing_references(conn, root):
     """Messages naming each pool, volume and network that the domain XML ``root`` references and the
-    host of ``conn`` lacks (empty when it has them all). A volume of an inactive pool is not checked:
-    libvirt lists an inactive pool's volumes only once it runs."""
+    host of ``conn`` lacks (empty when it has them all). A volume is looked for as libvirt looks for it
+    when the guest starts: among what its pool lists (no refresh). A volume of an inactive pool is not
+    checked: libvirt lists an inactive pool's volumes only once it runs."""
     refs = domain_references(root)
     missing = []
     for pool_name, volumes in refs["pools"].items():
@@ -67,7 +56,7 @@ def missing_references(conn, root):
         if not active:
             continue
         for vol in volumes:
-            if _find_volume(pool, vol) is None:
+            if lookup(pool, VOLUME, vol) is None:
                 missing.append("volume {} in storage pool {}".format(vol, pool_name))
     for net in refs["networks"]:
         if lookup(conn, NETWORK, net) is None:
