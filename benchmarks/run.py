@@ -25,6 +25,7 @@ from benchlib import RESULTS, lab_from_status  # noqa: E402
 # suite name -> module in benchmarks/ with NAME and run(lab, rounds) -> (report dict, markdown)
 SUITES = [
     "handoff",
+    "evacuate",
 ]
 
 

@@ -22,6 +22,8 @@ extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.definition
+  - lockstep.virt.sizes
 attributes:
   check_mode:
     support: full
@@ -47,16 +49,7 @@ options:
     type: str
     choices: [present, absent, running, paused, shutdown, destroyed]
     default: present
-  xml:
-    description:
-      - libvirt domain XML. Its C(<name>) must equal O(name) (it is added when missing).
-      - Parsed without entity expansion or network access; an XML with a DOCTYPE or an external entity is refused.
-      - Mutually exclusive with O(spec).
-    type: str
   spec:
-    description:
-      - Structured description of the domain, turned into libvirt XML. Mutually exclusive with O(xml).
-      - Unknown keys are an error.
     type: dict
     suboptions:
       type:
@@ -77,12 +70,13 @@ options:
         type: str
       memory:
         description:
-          - Maximum memory. An integer is MiB; a string may carry a unit (V(512MiB), V(2G), V(1GiB), V(65536KiB)).
-          - Must be between 1 MiB and 16 TiB.
+          - Maximum memory, a size (see the note on sizes); a number without a unit is MiB.
+          - Must be a whole number of MiB between 1 MiB and 16 TiB, so V(2G) or V(2GiB), not V(2GB).
         type: raw
         required: true
       current_memory:
-        description: Memory at boot (balloon), same units as O(spec.memory); defaults to O(spec.memory).
+        description:
+          - Memory at boot (balloon), a size read as O(spec.memory) is; defaults to O(spec.memory).
         type: raw
       vcpus:
         description: Number of virtual CPUs (1 to 4096).
@@ -474,12 +468,16 @@ leases:
   type: list
   elements: dict
   contains:
-    kind: {description: "disk or lease.", type: str}
+    kind: {description: "C(disk) (a disk lease) or C(lease) (a VM lease, a C(<lease>) element).", type: str}
     resource: {description: "The lease file (null when the disk is not leased).", type: str}
-    lockspace: {description: "Lockspace directory.", type: str}
-    disk: {description: "Disk target, for disk leases.", type: str}
-    path: {description: "Disk path, for disk leases.", type: str}
-    key: {description: "Lease key, for VM leases.", type: str}
+    lockspace:
+      description:
+        - The lockspace directory, the same in every result - a disk lease's C(file_lockspace_dir) (or
+          C(lvm_lockspace_dir)), a VM lease's C(<target path>/<lockspace>).
+      type: str
+    disk: {description: "Disk target, for disk leases (null for VM leases).", type: str}
+    path: {description: "Disk path, for disk leases (null for VM leases).", type: str}
+    key: {description: "Lease key, for VM leases (null for disk leases).", type: str}
     held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
     held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
     holder_pid: {description: "Pid of the holder, when visible.", type: int}
@@ -489,7 +487,7 @@ removed_storage:
   type: list
   elements: dict
 libvirt_error:
-  description: libvirt's error code, domain and message, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
 """

@@ -16,10 +16,8 @@ extends_documentation_fragment:
   - lockstep.virt.attributes.info_module
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.info
 options:
-  name:
-    description: Only this domain (no error when it does not exist - RV(domains) is empty).
-    type: str
   pattern:
     description: Only domains whose name matches this shell-style pattern (V(web*)). Mutually exclusive with O(name).
     type: str
@@ -116,18 +114,11 @@ domains:
         held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
         holder_pid: {description: "Holder's pid.", type: int}
     leases:
-      description: VM leases (C(<lease>) elements).
+      description:
+        - Leases of the domain (disk leases and VM leases) and who holds them, each with the fields of
+          RV(lockstep.virt.domain#module:leases) (C(lockspace) is the lockspace directory).
       type: list
       elements: dict
-      contains:
-        key: {description: "Lease key.", type: str}
-        lockspace: {description: "Lockspace name.", type: str}
-        target_path: {description: "Directory of the lockspace.", type: str}
-        offset: {description: "Offset (always 0 for lockd).", type: int}
-        resource: {description: "Lease file.", type: str}
-        held: {description: "Held.", type: bool}
-        held_here: {description: "Held by this host's virtlockd.", type: bool}
-        holder_pid: {description: "Holder's pid.", type: int}
     interfaces:
       description: Network interfaces.
       type: list
@@ -152,6 +143,10 @@ lock_config:
   sample: {manager: lockd, auto_disk_leases: true, require_lease_for_disks: false,
            file_lockspace_dir: /var/lib/lockstep-lab/shared/lockd, lvm_lockspace_dir: null, scsi_lockspace_dir: null,
            lock_conf: /etc/libvirt/qemu.conf, lockd_conf: /etc/libvirt/qemu-lockd.conf, local: true}
+libvirt_error:
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
+  returned: failure
+  type: dict
 """
 
 

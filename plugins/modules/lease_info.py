@@ -104,8 +104,8 @@ guests:
       type: str
     leases:
       description:
-        - C(kind) (C(disk) or C(lease)), C(resource) (lease file; null when the disk is not leased), C(lockspace),
-          C(disk) and C(path) or C(key), C(held), C(held_here) (by this host's virtlockd), C(holder_pid).
+        - Leases of the guest (disk leases and VM leases) and who holds them, each with the fields of
+          RV(lockstep.virt.domain#module:leases) (C(lockspace) is the lockspace directory).
       type: list
       elements: dict
 unleased_running:
@@ -121,6 +121,10 @@ missing:
   returned: always
   type: list
   elements: str
+libvirt_error:
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
+  returned: failure
+  type: dict
 """
 
 

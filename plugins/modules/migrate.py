@@ -422,17 +422,21 @@ checks:
   returned: always
   type: list
   elements: dict
+libvirt_error:
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
+  returned: failure
+  type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import MIGRATE_ARGUMENT_SPEC
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import (
     check_libvirt,
     merge_argument_spec,
     run_module,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import MIGRATE_ARGUMENT_SPEC
 
 
 def main():

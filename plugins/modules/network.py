@@ -21,6 +21,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.definition
 attributes:
   check_mode:
     support: full
@@ -45,16 +46,7 @@ options:
     type: str
     choices: [present, absent, active, inactive]
     default: present
-  xml:
-    description:
-      - libvirt network XML. Its C(<name>) must equal O(name) (it is added when missing).
-      - Parsed without entity expansion or network access; an XML with a DOCTYPE or an external entity is refused.
-      - Mutually exclusive with O(spec).
-    type: str
   spec:
-    description:
-      - Structured description of the network, turned into libvirt XML. Mutually exclusive with O(xml).
-      - Unknown keys are an error.
     type: dict
     suboptions:
       forward:
@@ -251,7 +243,7 @@ host_updates:
     section: {description: V(dhcp_host) or V(dns_host)., type: str}
     xml: {description: The host element., type: str}
 libvirt_error:
-  description: libvirt's error code, domain and message, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
 """

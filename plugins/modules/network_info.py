@@ -13,10 +13,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes.info_module
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
-options:
-  name:
-    description: Only this network. All networks when not given; none (an empty list) when it does not exist.
-    type: str
+  - lockstep.virt.info
 seealso:
   - module: lockstep.virt.network
 author:
@@ -90,7 +87,7 @@ networks:
       dns_hosts: []
       dhcp_leases: []
 libvirt_error:
-  description: libvirt's error code, domain and message, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
 """

@@ -19,6 +19,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.definition
 attributes:
   check_mode:
     support: full
@@ -45,16 +46,7 @@ options:
     type: str
     choices: [present, absent, active, inactive, deleted]
     default: present
-  xml:
-    description:
-      - libvirt storage pool XML. Its C(<name>) must equal O(name) (it is added when missing); its
-        C(<capacity>), C(<allocation>) and C(<available>) are ignored.
-      - Parsed without entity expansion or network access; an XML with a DOCTYPE or an external entity is refused.
-      - Mutually exclusive with O(spec).
-    type: str
   spec:
-    description:
-      - Structured description of the pool. Mutually exclusive with O(xml). Unknown keys are an error.
     type: dict
     suboptions:
       type:
@@ -152,6 +144,8 @@ options:
     description: Restart a running pool whose definition changed, so the change applies now.
     type: bool
     default: false
+notes:
+  - The C(<capacity>), C(<allocation>) and C(<available>) of O(xml) are ignored.
 seealso:
   - module: lockstep.virt.pool_info
   - module: lockstep.virt.volume
@@ -234,7 +228,7 @@ differences:
   elements: str
   sample: ["/pool/target/path/text()"]
 libvirt_error:
-  description: libvirt's error code, domain and message, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
 """

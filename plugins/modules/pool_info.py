@@ -13,10 +13,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes.info_module
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
-options:
-  name:
-    description: Only this pool. All pools when not given; none (an empty list) when it does not exist.
-    type: str
+  - lockstep.virt.info
 seealso:
   - module: lockstep.virt.pool
   - module: lockstep.virt.volume_info
@@ -61,7 +58,7 @@ pools:
        capacity: 270553174016, allocation: 23678308352, available: 246874865664,
        source: {hosts: [], devices: [], dir: null, name: null, format: null}, volumes: [web1.qcow2]}
 libvirt_error:
-  description: libvirt's error code, domain and message, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
 """

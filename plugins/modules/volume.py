@@ -19,6 +19,7 @@ extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
   - lockstep.virt.connection
+  - lockstep.virt.sizes
 attributes:
   check_mode:
     support: full
@@ -46,14 +47,14 @@ options:
     default: present
   capacity:
     description:
-      - Size the guest sees. An integer is bytes; a string may carry a unit - V(10G), V(512MiB), V(1.5GiB)
-        (K, M, G, T, KiB, MiB, ... are powers of 1024; KB, MB, GB, ... powers of 1000).
+      - Size the guest sees, a size (see the note on sizes); a number without a unit is bytes.
       - Required to create an empty volume; an overlay, clone or import defaults to its source's size.
       - libvirt rounds qcow2 sizes up to whole 512-byte sectors; that is not a difference.
     type: raw
   allocation:
     description:
       - Space allocated up front when the volume is created (V(0) for a sparse volume). Not compared afterwards.
+      - A size (see the note on sizes); a number without a unit is bytes.
     type: raw
   format:
     description:
@@ -161,7 +162,7 @@ actions:
   elements: str
   sample: [create_overlay]
 libvirt_error:
-  description: libvirt's error code, domain and message, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
 """

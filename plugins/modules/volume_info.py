@@ -72,7 +72,7 @@ volumes:
        backing_chain: [{path: /var/lib/lockstep-lab/shared/pools/lab-images/base.qcow2, format: qcow2,
                         volume: base.qcow2, pool: lab-images}]}
 libvirt_error:
-  description: libvirt's error code, domain and message, when a libvirt call failed.
+  description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict
 """

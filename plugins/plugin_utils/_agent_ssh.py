@@ -25,6 +25,9 @@ import uuid
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import MIB, to_bytes
+
 try:
     import paramiko
 except ImportError as exc:  # optional dependency, reported when first needed
@@ -503,10 +506,10 @@ def parse_domain_listing(text):
         memory = root.find("memory")
         mem_mib = None
         if memory is not None and memory.text:
-            unit = (memory.get("unit") or "KiB").lower()
-            factor = {"b": 1.0 / 2**20, "bytes": 1.0 / 2**20, "k": 1.0 / 1024, "kib": 1.0 / 1024, "m": 1, "mib": 1,
-                      "g": 1024, "gib": 1024}.get(unit, 1.0 / 1024)  # fmt: skip
-            mem_mib = int(int(memory.text) * factor)
+            try:
+                mem_mib = to_bytes(memory.text.strip(), memory.get("unit")) // MIB
+            except (ValueError, ValidationError):
+                mem_mib = None
         vcpu = root.find("vcpu")
         guests.append(
             {

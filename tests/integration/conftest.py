@@ -1,11 +1,12 @@
 """Integration fixtures: the lab's real hypervisor hosts (see labkit)."""
 
 import json
+import os
 import subprocess
 import uuid
 
 import pytest
-from labkit import LAB, Lab
+from labkit import LAB, Lab, linux_image
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +18,38 @@ def lab():
     return Lab(status)
 
 
+@pytest.fixture(scope="session")
+def lab_image():
+    """The lab's Linux guest image, built or checked once before any test boots it."""
+    try:
+        return linux_image()
+    except SystemExit as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 @pytest.fixture
 def guest_name(lab):
     """A fresh guest name, removed from every host afterwards."""
     name = "it-" + uuid.uuid4().hex[:8]
     yield name
     lab.cleanup_domain(name)
+
+
+@pytest.fixture
+def two_guests(lab, guest_name):
+    names = [guest_name + "-a", guest_name + "-b"]
+    guests = []
+    for name in names:
+        disk = lab.new_disk(name)
+        spec = {
+            "type": "qemu",
+            "memory": 32,
+            "boot": ["hd"],
+            "disks": [{"path": disk, "format": "qcow2", "cache": "none"}],
+            "lease": {},
+        }
+        guests.append({"name": name, "state": "running", "spec": spec})
+    yield guests
+    for name in names:
+        lab.cleanup_domain(name)
+        os.unlink(os.path.join(lab.images_dir, name + ".qcow2"))

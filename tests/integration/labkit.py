@@ -20,7 +20,21 @@ LAB = os.path.join(REPO, "tests", "lab", "lab")
 COLLECTIONS = os.path.join(REPO, ".build", "collections")
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
+import guest_image  # noqa: E402
 from labpaths import LAB_ROOT  # noqa: E402
+
+_LINUX_IMAGE = []
+
+
+def linux_image():
+    """The lab's Linux guest image (tests/lab/guest_image.py): built, or checked current, once per run.
+
+    Everything that boots the image gets it through here first, so a fresh machine (no cache) builds it
+    before the first guest needs it.  A build that cannot finish fails with its step and package named.
+    """
+    if not _LINUX_IMAGE:
+        _LINUX_IMAGE.append(guest_image.build())
+    return _LINUX_IMAGE[0]
 
 
 def lab_state():

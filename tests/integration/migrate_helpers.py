@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from labkit import REPO, define_and_start, lock_holder, tiny_domain_xml
+from labkit import REPO, define_and_start, linux_image, lock_holder, tiny_domain_xml
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 import guest_image
@@ -78,7 +78,7 @@ class LinuxGuest(Guest):
     def domain_xml(self):
         # init_on_free: memory the guest freed (its unpacked initramfs archive, the boot loader's copies) is
         # zero, so the first pass of a migration sends only what the guest uses
-        cmdline = (guest_image.read_manifest() or {}).get("cmdline", guest_image.CMDLINE) + " init_on_free=1"
+        cmdline = linux_image().get("cmdline", guest_image.CMDLINE) + " init_on_free=1"
         xml = guest_image.domain_xml(self.name, disk=self.disk, memory_mib=self.memory_mib, cmdline=cmdline)
         return xml.replace("<devices>", "<devices>\n    " + lease_xml(self.key, self.lab.lockspace_dir), 1)
 

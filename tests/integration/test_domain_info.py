@@ -41,9 +41,12 @@ def test_domain_info_reports_disk_leases_and_runs_ad_hoc(lab, guest_name):
         assert d["path"] == disk and d["target"] == "vda" and d["format"] == "qcow2"
         assert d["lease_resource"] == disk_lease
         assert d["held"] is True and d["held_here"] is True and d["holder_pid"] == vl1
-        (lease,) = guest["leases"]
-        assert lease["key"] == key and lease["resource"] == vm_lease
-        assert lease["held"] is True and lease["held_here"] is True and lease["holder_pid"] == vl1
+        disk_l, lease = guest["leases"]  # disks first, then <lease> elements: the shape domain and lease_info use
+        assert disk_l["kind"] == "disk" and disk_l["resource"] == disk_lease and disk_l["path"] == disk
+        assert lease["kind"] == "lease" and lease["key"] == key and lease["resource"] == vm_lease
+        assert disk_l["lockspace"] == lease["lockspace"] == lab.lockspace_dir  # the directory, in every result
+        for x in (disk_l, lease):
+            assert x["held"] is True and x["held_here"] is True and x["holder_pid"] == vl1
 
         # as the README says: ansible hypervisors -m lockstep.virt.domain_info
         res = lab.adhoc("hypervisors", MODULE, "")

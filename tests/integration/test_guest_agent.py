@@ -88,15 +88,7 @@ def playbook(lab, inventory, plays):
 
 
 @pytest.fixture(scope="module")
-def image():
-    started = time.monotonic()
-    manifest = guest_image.build()
-    print("image ready in {:.1f}s: initrd {} bytes".format(time.monotonic() - started, manifest["initrd_bytes"]))
-    return manifest
-
-
-@pytest.fixture(scope="module")
-def guest(lab, image):
+def guest(lab, lab_image):
     name = "ga-" + uuid.uuid4().hex[:8]
     try:
         seconds = boot_guest(lab, "hv1", name)
@@ -112,9 +104,9 @@ def workdir():
         yield tmp
 
 
-def test_image_fits_and_boots(image, guest, lab):
-    assert image["initrd_unpacked_bytes"] < 64 * 2**20
-    assert image["memory_mib"] == 128
+def test_image_fits_and_boots(lab_image, guest, lab):
+    assert lab_image["initrd_unpacked_bytes"] < 64 * 2**20
+    assert lab_image["memory_mib"] == 128
     xml = lab.virsh("hv1", "dumpxml", guest).stdout
     assert "<memory unit='KiB'>131072</memory>" in xml and "org.qemu.guest_agent.0" in xml
     assert "type='qemu'" in xml
@@ -219,7 +211,7 @@ def test_wrong_host_key_is_refused(lab, guest, workdir):
     assert res.returncode == 0, res.stdout
 
 
-def test_stopped_agent_fails_clearly_and_fast(lab, image, guest_name, workdir):
+def test_stopped_agent_fails_clearly_and_fast(lab, lab_image, guest_name, workdir):
     boot_guest(lab, "hv2", guest_name)
     stop = {
         "execute": "guest-exec",

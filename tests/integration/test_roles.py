@@ -35,26 +35,6 @@ def test_hypervisor_role_check_mode_predicts_a_lockspace_change_without_making_i
     assert lab.exec(lab.hosts[0], "test", "-e", "/srv/elsewhere", check=False).returncode != 0
 
 
-@pytest.fixture
-def two_guests(lab, guest_name):
-    names = [guest_name + "-a", guest_name + "-b"]
-    guests = []
-    for name in names:
-        disk = lab.new_disk(name)
-        spec = {
-            "type": "qemu",
-            "memory": 32,
-            "boot": ["hd"],
-            "disks": [{"path": disk, "format": "qcow2", "cache": "none"}],
-            "lease": {},
-        }
-        guests.append({"name": name, "state": "running", "spec": spec})
-    yield guests
-    for name in names:
-        lab.cleanup_domain(name)
-        os.unlink(os.path.join(lab.images_dir, name + ".qcow2"))
-
-
 def test_guests_role_starts_every_guest_once_and_then_changes_nothing(lab, two_guests):
     hv1 = lab.hosts[0]
     role_vars = {"guests_list": two_guests, "guests_lock": {"acquire": "after_create", "required": True}}
@@ -103,4 +83,115 @@ def test_evacuate_role_refuses_its_own_host(lab):
     hv1 = lab.hosts[0]
     run = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", {"evacuate_destination": hv1}))
     assert run.rc != 0
-    assert "must name another hypervisor" in run.task("Refuse to evacuate a host onto itself", hv1)["msg"]
+    assert "must name other hypervisors" in run.task("Refuse to evacuate a host onto itself or to nowhere", hv1)["msg"]
+
+
+MOVE_TASK = "Move the guests, each with a verified lease handoff, a bounded number at a time"
+
+
+def move_report(run, host):
+    """The evacuate role's report: {guest: its entry}."""
+    return dict((g["name"], g) for g in run.task(MOVE_TASK, host)["guests"])
+
+
+def where(lab, name):
+    return [h for h in lab.hosts if lab.domain_state(h, name) in ("running", "paused")]
+
+
+@pytest.fixture
+def three_hosts(lab):
+    if len(lab.hosts) < 3:
+        pytest.skip("needs a lab of three hosts (tests/lab/lab up --hosts 3)")
+    return lab.hosts[:3]
+
+
+def test_evacuate_role_places_by_free_memory_in_parallel_and_dry_run_changes_nothing(lab, two_guests, three_hosts):
+    hv1, hv2, hv3 = three_hosts
+    start = lab.playbook(role_play(hv1, "lockstep.virt.guests", {"guests_list": two_guests}))
+    assert start.rc == 0, start.stdout[-3000:]
+    names = [g["name"] for g in two_guests]
+    role_vars = {
+        "evacuate_destinations": [hv2, hv3],
+        "evacuate_pattern": names[0][:-2] + "-*",
+        "evacuate_unsafe": True,
+        "evacuate_concurrency": 2,
+        "evacuate_concurrency_per_destination": 1,
+    }
+    for dry in ({"evacuate_dry_run": True}, {}):
+        check = not dry
+        plan = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", dict(role_vars, **dry)), check=check)
+        assert plan.rc == 0, plan.stdout[-3000:]
+        assert changed_tasks(plan, hv1) == ([] if dry else [MOVE_TASK])
+        lines = plan.task("The plan - order, guest, size, destination", hv1)["msg"]
+        assert [line.split(" ")[1] for line in lines] == names  # same size: by name
+        assert all("(32 MiB) -> hv" in line for line in lines)
+        assert all(where(lab, n) == [hv1] for n in names)
+
+    run = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
+    assert run.rc == 0, run.stdout[-3000:]
+    for guest in move_report(run, hv1).values():
+        assert guest["state"] == "moved"
+        assert guest["dest"] in (hv2, hv3)
+        assert guest["runs_on"] == [guest["dest"]] == where(lab, guest["name"])
+        assert guest["elapsed_s"] > 0 and guest["downtime_ms"] == guest["result"]["downtime_ms"]
+        names_cp = [c["name"] for c in guest["result"]["lock_checkpoints"]]
+        assert names_cp.index("perform/source_released") < names_cp.index("finish/dest_acquired")
+        leases = lab.module(guest["dest"], "lockstep.virt.lease_info", {"name": guest["name"]})["guests"][0]["leases"]
+        assert leases and all(lease["held_here"] for lease in leases), leases
+    lines = run.task("Where each guest runs now, how long its move took, its pause, or where it failed", hv1)["msg"]
+    assert all(" moved to hv" in line and " paused " in line for line in lines)
+
+    again = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
+    assert again.rc == 0
+    assert changed_tasks(again, hv1) == []
+
+
+@pytest.fixture
+def hv1_only_network(lab, guest_name):
+    """A network that exists on the first host only: the migrate preflight refuses every other host."""
+    net = guest_name + "-net"
+    args = {"name": net, "state": "active", "spec": {"forward": "isolated", "bridge": "br" + guest_name[3:9]}}
+    assert not lab.module(lab.hosts[0], "lockstep.virt.network", args).get("failed")
+    yield net
+    lab.virsh(lab.hosts[0], "net-destroy", net, check=False)
+    lab.virsh(lab.hosts[0], "net-undefine", net, check=False)
+
+
+def test_evacuate_role_stops_at_the_first_failure_and_leaves_every_guest_running_once(
+    lab, two_guests, hv1_only_network
+):
+    hv1, hv2 = lab.hosts[:2]
+    two_guests[0]["spec"]["interfaces"] = [{"network": hv1_only_network}]
+    start = lab.playbook(role_play(hv1, "lockstep.virt.guests", {"guests_list": two_guests}))
+    assert start.rc == 0, start.stdout[-3000:]
+    refused, other = [g["name"] for g in two_guests]
+    role_vars = {
+        "evacuate_destination": hv2,
+        "evacuate_placement": {refused: hv2},
+        "evacuate_pattern": refused[:-2] + "-*",
+        "evacuate_unsafe": True,
+        "evacuate_concurrency": 1,
+    }
+    run = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
+    assert run.rc != 0
+    report = move_report(run, hv1)
+    assert report[refused]["state"] == "failed" and report[refused]["phase"] == "preflight"
+    assert hv1_only_network in report[refused]["msg"]
+    assert report[other]["state"] == "not_started"
+    for name in (refused, other):
+        assert report[name]["runs_on"] == [hv1] == where(lab, name)
+    leases = lab.module(hv1, "lockstep.virt.lease_info", {"names": [refused, other]})["guests"]
+    assert all(lease["held_here"] for g in leases for lease in g["leases"]), leases
+    assert (
+        "still active here"
+        in run.task(
+            "Check that every guest moved and the host runs none of the pattern and holds none of their leases", hv1
+        )["msg"]
+    )
+
+    role_vars["evacuate_continue_on_error"] = True
+    go_on = lab.playbook(role_play(hv1, "lockstep.virt.evacuate", role_vars))
+    assert go_on.rc != 0
+    report = move_report(go_on, hv1)
+    assert report[refused]["state"] == "failed" and where(lab, refused) == [hv1]
+    assert report[other]["state"] == "moved" and where(lab, other) == [hv2]

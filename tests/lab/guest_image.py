@@ -18,6 +18,7 @@ and runs qemu-ga (respawned unless /run/qemu-ga.hold exists). Logs go to stderr.
 """
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -517,6 +518,26 @@ def image_ready(directory=IMAGE_DIR):
     return bool(m) and all(os.path.exists(os.path.join(directory, f)) for f in ("vmlinuz", "initrd.img"))
 
 
+class BuildFailed(SystemExit):
+    """A build that could not finish, naming its step and, where one is to blame, the package."""
+
+
+@contextlib.contextmanager
+def build_step(step, package=None):
+    try:
+        yield
+    except BuildFailed:
+        raise
+    except (SystemExit, OSError, subprocess.CalledProcessError, ValueError, KeyError) as exc:
+        detail = str(exc)
+        if isinstance(exc, subprocess.CalledProcessError):
+            detail = "{} exited {}: {}".format(exc.cmd[0], exc.returncode, (exc.stderr or "").strip()[-500:])
+        where = "{} ({})".format(step, package) if package else step
+        raise BuildFailed(
+            "guest-image: step '{}' failed: {}".format(where, detail.replace("guest-image: ", ""))
+        ) from exc
+
+
 def build(force=False, directory=IMAGE_DIR):
     """Build the image unless an identical one is there; return the manifest."""
     os.makedirs(directory, exist_ok=True)
@@ -526,7 +547,8 @@ def build(force=False, directory=IMAGE_DIR):
         if not force and image_ready(directory) and still_current(current):
             log("up to date (%s)", current["input_key"][:12])
             return current
-        kernel_pkg, info = resolve_packages()
+        with build_step("resolve packages"):
+            kernel_pkg, info = resolve_packages()
         key = input_key(info)
         current = read_manifest(directory)
         if not force and image_ready(directory) and current.get("input_key") == key:
@@ -534,18 +556,23 @@ def build(force=False, directory=IMAGE_DIR):
             return current
         started = time.monotonic()
         log("building: %d packages, kernel %s", len(info), kernel_pkg)
-        debs = download(info, DEB_CACHE)
+        with build_step("download"):
+            debs = download(info, DEB_CACHE)
         with tempfile.TemporaryDirectory(prefix="guest-image-") as tmp:
             stage = os.path.join(tmp, "stage")
             os.makedirs(stage)
             for name in sorted(debs):
-                subprocess.run(["dpkg", "-x", debs[name], stage], check=True)
+                with build_step("unpack", package=name):
+                    subprocess.run(["dpkg", "-x", debs[name], stage], check=True, capture_output=True, text=True)
             kernel_version = kernel_pkg[len("linux-image-") :]
-            root, modules = build_root(stage, kernel_version)
-            raw = root.cpio()
-            initrd, method = compress(raw)
-            with open(os.path.join(stage, "boot", "vmlinuz-" + kernel_version), "rb") as fh:
-                vmlinuz = fh.read()
+            with build_step("assemble the root", package=kernel_pkg):
+                root, modules = build_root(stage, kernel_version)
+                raw = root.cpio()
+            with build_step("compress the initramfs"):
+                initrd, method = compress(raw)
+            with build_step("read the kernel", package=kernel_pkg):
+                with open(os.path.join(stage, "boot", "vmlinuz-" + kernel_version), "rb") as fh:
+                    vmlinuz = fh.read()
         for fname, data in (("vmlinuz", vmlinuz), ("initrd.img", initrd)):
             tmpname = os.path.join(directory, "." + fname + ".new")
             with open(tmpname, "wb") as fh:

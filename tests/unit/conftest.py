@@ -12,11 +12,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 COLLECTIONS = os.path.join(ROOT, ".build", "collections")
 LINK = os.path.join(COLLECTIONS, "ansible_collections", "lockstep", "virt")
 
-if not os.path.exists(LINK):  # `make collection` makes the same link
-    os.makedirs(os.path.dirname(LINK), exist_ok=True)
-    os.symlink(ROOT, LINK)
-if COLLECTIONS not in sys.path:
-    sys.path.insert(0, COLLECTIONS)
+# Under `ansible-test units` the collection is already importable from its installed path; from a plain
+# checkout (`pytest tests/unit`) it is reached through the same link `make collection` makes.
+if os.path.basename(os.path.dirname(os.path.dirname(ROOT))) != "ansible_collections":
+    if not os.path.exists(LINK):
+        os.makedirs(os.path.dirname(LINK), exist_ok=True)
+        os.symlink(ROOT, LINK)
+    if COLLECTIONS not in sys.path:
+        sys.path.insert(0, COLLECTIONS)
 
 import libvirt  # noqa: E402
 

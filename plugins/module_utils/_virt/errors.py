@@ -1,12 +1,16 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The collection's exception types.
+"""The collection's exception types, and the one place libvirtError is translated into them.
 
 Every expected failure is raised as a :class:`VirtError` (or a subclass); a module's ``main()``
 catches it once and reports it with ``fail_json(**err.to_fail_kwargs())``: no traceback.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 
 
 class VirtError(Exception):
@@ -38,8 +42,6 @@ class VirtError(Exception):
     @property
     def is_busy(self):
         """True when libvirt refused because a lease (or QEMU's own image lock) is held elsewhere."""
-        from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import busy_error_code
-
         if self.code is not None and self.code == busy_error_code():
             return True
         text = self.libvirt_message or self.msg or ""
@@ -52,3 +54,34 @@ class ValidationError(VirtError):
 
 class LeaseError(VirtError):
     """A lease could not be taken, was not held when required, or the lock manager is off."""
+
+
+def busy_error_code():
+    return error_code("RESOURCE_BUSY", 87)
+
+
+def error_code(name, default=None):
+    """libvirt.VIR_ERR_<name>, tolerant of older bindings."""
+    return getattr(libvirt, "VIR_ERR_" + name, default) if libvirt else default
+
+
+def from_libvirt_error(exc, context=None):
+    """Turn a libvirtError into a VirtError carrying code, domain and message."""
+    code = exc.get_error_code()
+    domain = exc.get_error_domain()
+    message = exc.get_error_message() or str(exc)
+    msg = message if not context else "{}: {}".format(context, message)
+    return VirtError(msg, code=code, domain=domain, libvirt_message=message)
+
+
+@contextmanager
+def libvirt_errors(context=None):
+    """Translate libvirtError raised inside the block into VirtError (exactly once)."""
+    try:
+        yield
+    except VirtError:
+        raise
+    except Exception as exc:  # libvirt.libvirtError, but libvirt may be None at import time
+        if libvirt is not None and isinstance(exc, libvirt.libvirtError):
+            raise from_libvirt_error(exc, context) from None
+        raise

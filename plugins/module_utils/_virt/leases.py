@@ -434,22 +434,16 @@ def probe_resources(resources, config=None, here_pids=None):
     return out
 
 
+# The one shape of a lease in every result (domain, domain_info, lease_info): every field always present.
+# ``lockspace`` is always the lockspace *directory* (a disk lease's file_lockspace_dir or lvm_lockspace_dir;
+# a VM lease's <target path>/<lockspace>), never the bare lockspace name.
+LEASE_FIELDS = ("kind", "resource", "lockspace", "disk", "path", "key", "held", "held_here", "holder_pid")
+
+
 def public_lease(r):
-    """The form returned to users: {resource, lockspace, disk or key, held, held_here, holder_pid, kind}."""
-    out = {
-        "kind": r["kind"],
-        "resource": r.get("resource"),
-        "lockspace": r.get("lockspace"),
-        "held": r.get("held"),
-        "held_here": r.get("held_here"),
-        "holder_pid": r.get("holder_pid"),
-    }
-    if r["kind"] == "disk":
-        out["disk"] = r.get("disk")
-        out["path"] = r.get("path")
-    else:
-        out["key"] = r.get("key")
-    return out
+    """A lease as results show it: :data:`LEASE_FIELDS` of a probed :func:`domain_lease_resources` entry
+    (``disk``/``path`` null for a VM lease, ``key`` null for a disk lease)."""
+    return dict((field, r.get(field)) for field in LEASE_FIELDS)
 
 
 def ensure_lease_file(path, mode=0o600):

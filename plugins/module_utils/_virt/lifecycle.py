@@ -17,8 +17,8 @@ import os
 import re
 import time
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     describe_holder,
     domain_lease_resources,

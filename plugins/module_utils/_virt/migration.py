@@ -18,8 +18,8 @@ from __future__ import annotations
 import threading
 import time
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import utc_now
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import (
     CONVERGENCE_OPTIONS,
     validate_convergence,

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     error_code,
     from_libvirt_error,
-    libvirt,
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
@@ -30,45 +30,36 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import par
 # failed XML read.
 Kind = namedtuple("Kind", "lookup_method list_method not_found inactive_flag root_tag noun label xml_context")
 
-DOMAIN = Kind(
-    "lookupByName",
-    "listAllDomains",
-    ("NO_DOMAIN", 42),
-    "VIR_DOMAIN_XML_INACTIVE",
-    "domain",
-    "domain",
-    "{}",
-    "cannot read the XML of {}",
-)
-NETWORK = Kind(
-    "networkLookupByName",
-    "listAllNetworks",
-    ("NO_NETWORK", 43),
-    "VIR_NETWORK_XML_INACTIVE",
-    "network",
-    "network",
-    "network {}",
-    "cannot read the XML of network {}",
-)
-POOL = Kind(
-    "storagePoolLookupByName",
-    "listAllStoragePools",
-    ("NO_STORAGE_POOL", 49),
-    "VIR_STORAGE_XML_INACTIVE",
-    "pool",
-    "storage pool",
-    "storage pool {}",
-    "cannot read the XML of storage pool {}",
-)
-VOLUME = Kind(
+
+def _kind(noun, lookup_method, list_method, not_found, inactive_flag, root_tag=None, label=None, xml_context=None):
+    """A Kind by field name; ``root_tag`` defaults to the noun, ``label`` to "<noun> {}", ``xml_context``
+    to "cannot read the XML of <label>"."""
+    label = label or noun + " {}"
+    return Kind(
+        lookup_method=lookup_method,
+        list_method=list_method,
+        not_found=not_found,
+        inactive_flag=inactive_flag,
+        root_tag=root_tag or noun,
+        noun=noun,
+        label=label,
+        xml_context=xml_context or "cannot read the XML of " + label,
+    )
+
+
+DOMAIN = _kind("domain", "lookupByName", "listAllDomains", ("NO_DOMAIN", 42), "VIR_DOMAIN_XML_INACTIVE", label="{}")
+NETWORK = _kind("network", "networkLookupByName", "listAllNetworks", ("NO_NETWORK", 43), "VIR_NETWORK_XML_INACTIVE")
+POOL = _kind(
+    "storage pool", "storagePoolLookupByName", "listAllStoragePools", ("NO_STORAGE_POOL", 49),
+    "VIR_STORAGE_XML_INACTIVE", root_tag="pool",
+)  # fmt: skip
+VOLUME = _kind(
+    "volume",
     "storageVolLookupByName",
     "listAllVolumes",
     ("NO_STORAGE_VOL", 50),
     None,
-    "volume",
-    "volume",
-    "volume {}",
-    "cannot read volume {}",
+    xml_context="cannot read volume {}",
 )
 
 # What a driver answers for an XMLDesc flag it does not have (test:// has one definition).

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
-
-try:
-    import libvirt
-except ImportError:  # pragma: no cover
-    libvirt = None
 
 # When a driver's lock manager takes a guest's disk leases.
 LEASES_ON_VCPU_START = "on_vcpu_start"  # qemu: at boot/resume; a guest created paused holds none

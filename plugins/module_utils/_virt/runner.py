@@ -5,15 +5,46 @@ hand it to a manager, report the result (or the manager's VirtError) the Ansible
 
 from __future__ import annotations
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import (
+    HAS_LIBVIRT,
+    HAS_LXML,
+    LIBVIRT_IMPORT_ERROR,
+    LXML_IMPORT_ERROR,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import xml_secrets
+
+# Options every module that talks to libvirt accepts (documented in the lockstep.virt.connection fragment).
+CONNECTION_ARGUMENT_SPEC = {
+    "uri": {"type": "str", "fallback": (env_fallback, ["LIBVIRT_DEFAULT_URI"])},
+}
+
+
+def merge_argument_spec(spec):
+    """Return ``spec`` plus the shared connection options."""
+    out = dict((k, dict(v)) for k, v in CONNECTION_ARGUMENT_SPEC.items())
+    out.update(spec)
+    return out
+
+
+def check_libvirt(module):
+    """Fail the module the Ansible way when libvirt-python or lxml is missing on the managed host."""
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    if not HAS_LXML:
+        module.fail_json(msg=missing_required_lib("lxml"), exception=LXML_IMPORT_ERROR)
+
+
+def run_module(module, fn):
+    """Run ``fn()`` (which returns the result dict) and report it: exit_json, or fail_json on VirtError."""
+    try:
+        result = fn()
+    except VirtError as err:
+        module.fail_json(**err.to_fail_kwargs())
+    module.exit_json(**result)
 
 
 def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusive=None, readonly=False):

@@ -18,15 +18,9 @@ import copy
 import re
 import uuid as uuidlib
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import HAS_LXML, etree
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
-
-try:
-    from lxml import etree
-
-    HAS_LXML = True
-except ImportError:  # pragma: no cover
-    etree = None
-    HAS_LXML = False
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import to_bytes
 
 
 # --------------------------------------------------------------------------- parsing
@@ -164,34 +158,7 @@ def structure(el):
 
 
 # --------------------------------------------------------------------------- normalisation
-_UNITS = {
-    "b": 1,
-    "bytes": 1,
-    "k": 1024,
-    "kib": 1024,
-    "kb": 1000,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "mb": 1000**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "gb": 1000**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-    "tb": 1000**4,
-    "p": 1024**5,
-    "pib": 1024**5,
-    "pb": 1000**5,
-}
 MEMORY_TAGS = ("memory", "currentMemory", "maxMemory", "hard_limit", "soft_limit", "swap_hard_limit", "min_guarantee")
-
-
-def to_bytes(value, unit="KiB"):
-    """Bytes in ``value`` ``unit`` (libvirt's unit names, case-insensitive)."""
-    factor = _UNITS.get((unit or "KiB").lower())
-    if factor is None:
-        raise ValidationError("unknown size unit {!r}".format(unit))
-    return int(value) * factor
 
 
 def normalize(el):

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import copy
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
+    libvirt_errors,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import validate_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, etree, parse_xml
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import os
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
     error_code,
-    libvirt,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     public_lease,
@@ -33,7 +34,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle impo
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.references import check_domain_references
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain import (
     DOMAIN_SPEC_OPTIONS,
@@ -193,10 +194,10 @@ class DomainManager(Manager):
         p = self.params
         if p.get("xml") and p.get("spec") is not None:
             raise ValidationError("xml and spec are mutually exclusive")
-        self._spec = normalize_domain_spec(p["spec"]) if p.get("spec") is not None else None
+        self._spec = normalize_domain_spec(p["spec"], validated=True) if p.get("spec") is not None else None
         if p.get("xml"):
             desired_from_xml(self.name, p["xml"])  # validate before touching anything
-        dom = self.conn.lookup_domain(self.name)
+        dom = lookup(self.conn, DOMAIN, self.name)
         if p["state"] == "absent":
             return self._absent(dom)
 

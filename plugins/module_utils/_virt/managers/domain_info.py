@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import fnmatch
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     domain_lease_resources,
-    domain_vm_leases,
     probe_resources,
+    public_lease,
     read_lock_config,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes
 
 INFO_STATES = ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown", "blocked", "nostate"]
@@ -119,18 +119,6 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
             holder_pid=r.get("holder_pid"),
         )
         disks.append(d)
-    vm_leases = []
-    probed = [r for r in leases if r["kind"] == "lease"]
-    for lease, r in zip(domain_vm_leases(root), probed):
-        vm_leases.append(
-            dict(
-                lease,
-                resource=r.get("resource"),
-                held=r.get("held"),
-                held_here=r.get("held_here"),
-                holder_pid=r.get("holder_pid"),
-            )
-        )
     ifaces = interfaces_of(root)
     if addresses != "none" and active:
         try:
@@ -149,7 +137,7 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
         current_memory_mib=_mib(root, "currentMemory"),
         vcpus=_int_text(root, "vcpu"),
         disks=disks,
-        leases=vm_leases,
+        leases=[public_lease(r) for r in leases],
         interfaces=ifaces,
         metadata=get_user_metadata(root),
     )
@@ -170,10 +158,9 @@ class DomainInfoManager:
     def select(self):
         p = self.params
         if p.get("name"):
-            dom = self.conn.lookup_domain(p["name"])
-            doms = [dom] if dom is not None else []
+            doms = select(self.conn, DOMAIN, p["name"])
         else:
-            doms = self.conn.list_domains()
+            doms = select(self.conn, DOMAIN, context="cannot list domains")
         if p.get("pattern"):
             doms = [d for d in doms if fnmatch.fnmatchcase(d.name(), p["pattern"])]
         return sorted(doms, key=lambda d: d.name())

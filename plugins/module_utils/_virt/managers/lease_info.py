@@ -16,6 +16,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     virtlockd_pids,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, is_active, state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, select
 
 LEASE_INFO_ARGUMENT_SPEC = {
     "names": {"type": "list", "elements": "str", "aliases": ["name"]},
@@ -31,13 +32,8 @@ class LeaseInfoManager:
     def _domains(self):
         names = self.params.get("names")
         if not names:
-            return sorted(self.conn.list_domains(), key=lambda d: d.name())
-        out = []
-        for name in names:
-            dom = self.conn.lookup_domain(name)
-            if dom is not None:
-                out.append(dom)
-        return out
+            return select(self.conn, DOMAIN, context="cannot list domains")
+        return [dom for name in names for dom in select(self.conn, DOMAIN, name)]
 
     def run(self):
         cfg = self.config

@@ -29,19 +29,21 @@ from __future__ import annotations
 import threading
 import time
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
-    Connection,
-    from_libvirt_error,
-    libvirt,
-    libvirt_errors,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import (
     ConvergenceMonitor,
     describe_plan,
     plan_convergence,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    LeaseError,
+    ValidationError,
+    VirtError,
+    from_libvirt_error,
+    libvirt_errors,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     read_lock_config,
@@ -62,6 +64,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
     public_leases,
     start_event_loop,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml
 
 # libvirt lifecycle event details
@@ -227,8 +230,8 @@ class MigrationManager:
         self.view = self.lease_view_factory(self.lock_config, resolve_volume=self._resolve_volume)
         self.rec = CheckpointRecorder(host=self.src_name)
 
-        src_dom = self.src.lookup_domain(self.name)
-        dest_dom = self.dest.lookup_domain(self.name)
+        src_dom = lookup(self.src, DOMAIN, self.name)
+        dest_dom = lookup(self.dest, DOMAIN, self.name)
         src_active = src_dom is not None and self._active(src_dom)
         dest_active = dest_dom is not None and self._active(dest_dom)
         if dest_active and not src_active:
@@ -638,7 +641,7 @@ class MigrationManager:
         where = []
         paused_now = []
         for conn, host in ((self.src, self.src_name), (self.dest, self.dest_name)):
-            dom = conn.lookup_domain(self.name)
+            dom = lookup(conn, DOMAIN, self.name)
             state = self._state(conn, dom)
             if state == "running":
                 # running nowhere: a copy whose memory is partly on the other host must not run on
@@ -655,7 +658,7 @@ class MigrationManager:
             leases=leases,
             detail="{}; {}".format(", ".join(where), describe(leases, self.src_name, self.dest_name)),
         )
-        dest_dom = self.dest.lookup_domain(self.name)
+        dest_dom = lookup(self.dest, DOMAIN, self.name)
         msg = (
             "perform: the migration of {0} failed after the switch to post-copy: {1}. This cannot be undone: the "
             "guest's memory is split between {2} and {3}, neither copy can run alone. {0} is left where libvirt "
@@ -676,7 +679,7 @@ class MigrationManager:
     def _wait_inactive(self, conn, timeout):
         deadline = self.clock() + timeout
         while True:
-            dom = conn.lookup_domain(self.name)
+            dom = lookup(conn, DOMAIN, self.name)
             if dom is None or not self._active(dom):
                 return dom, True
             if self.clock() >= deadline:
@@ -836,7 +839,7 @@ class MigrationManager:
             ),
         )
         self.job = job_summary(stats)
-        dest_dom = self.dest.lookup_domain(self.name)
+        dest_dom = lookup(self.dest, DOMAIN, self.name)
         if dest_dom is None:
             self._fail("perform: the send succeeded but {} has no domain {}".format(self.dest_name, self.name))
 
@@ -844,7 +847,7 @@ class MigrationManager:
         leases = self._probe()
         still = [r for r in leases if r.get("holder") == "source"]
         if still:
-            src_left = self.src.lookup_domain(self.name)
+            src_left = lookup(self.src, DOMAIN, self.name)
             if src_left is None or not self._active(src_left):
                 # QEMU is gone, virtlockd drops its locks with the process: give it a moment
                 for _i in range(20):
@@ -1004,7 +1007,7 @@ class MigrationManager:
 
     def _job_stats(self):
         for conn, _role in ((self.dest, "dest"), (self.src, "source")):
-            dom = conn.lookup_domain(self.name)
+            dom = lookup(conn, DOMAIN, self.name)
             if dom is None:
                 continue
             try:

@@ -19,8 +19,12 @@ from __future__ import annotations
 import copy
 import ipaddress
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
+    libvirt_errors,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import is_managed, mark_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, lookup, read_xml, select
@@ -337,7 +341,7 @@ class NetworkManager(Manager):
         if p.get("xml"):
             return desired_network_from_xml(self.name, p["xml"])
         if p.get("spec") is not None:
-            return build_network_xml(self.name, normalize_network_spec(p["spec"]), normalized=True)
+            return build_network_xml(self.name, normalize_network_spec(p["spec"], validated=True), normalized=True)
         return None
 
     def _run(self):

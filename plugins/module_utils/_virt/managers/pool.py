@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
     error_code,
-    libvirt,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, lookup, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import (
@@ -161,7 +162,7 @@ class PoolManager(Manager):
         if p.get("xml"):
             return desired_pool_from_xml(self.name, p["xml"])
         if p.get("spec") is not None:
-            return build_pool_xml(self.name, normalize_pool_spec(p["spec"]), normalized=True)
+            return build_pool_xml(self.name, normalize_pool_spec(p["spec"], validated=True), normalized=True)
         return None
 
     def _check_target(self, root):

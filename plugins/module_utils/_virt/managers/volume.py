@@ -14,8 +14,12 @@ from __future__ import annotations
 import os
 import struct
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt, libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
+    VirtError,
+    libvirt_errors,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import pool_target, pool_type
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup, read_xml, select

@@ -4,8 +4,11 @@
 
 from __future__ import annotations
 
+import copy
+
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import etree
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 
 
@@ -21,30 +24,49 @@ def validate_name(name, noun):
     return name
 
 
-def validate_spec(options, spec, what="spec"):
+def validate_spec(options, spec, what="spec", validated=False):
     """Validate a ``spec`` dict against an argument-spec ``options`` dict (unknown keys, types, choices).
 
-    Returns the validated dict with defaults filled in; raises ValidationError with every problem.
+    Returns a copy with defaults filled in; raises ValidationError naming every unknown key by its path
+    (``spec.disks.speed``) and passing ansible-core's other messages through as they are.
+    ``validated``: ``spec`` is a module option AnsibleModule already validated against these ``options``;
+    it is copied, not validated again.
     """
+    if validated:
+        return copy.deepcopy(spec)
     if not isinstance(spec, dict):
         raise ValidationError("{} must be a dictionary".format(what))
-    validator = ArgumentSpecValidator({what: {"type": "dict", "options": options}})
-    result = validator.validate({what: spec})
-    if result.errors.errors:
-        msgs = []
-        for err in result.errors.errors:
-            m = str(getattr(err, "msg", err))
-            if type(err).__name__ == "UnsupportedError":
-                m = "unsupported keys " + m.split(". Supported parameters include", 1)[0]
-            msgs.append(m)
-        raise ValidationError("invalid {}: {}".format(what, "; ".join(msgs)))
+    unknown = unknown_keys(options, spec, what)
+    if unknown:
+        raise ValidationError("invalid {}: unsupported keys {}".format(what, ", ".join(unknown)))
+    result = ArgumentSpecValidator({what: {"type": "dict", "options": options}}).validate({what: spec})
+    if result.error_messages:
+        raise ValidationError("invalid {}: {}".format(what, "; ".join(result.error_messages)))
     return result.validated_parameters[what]
+
+
+def unknown_keys(options, value, path):
+    """Paths of the keys in ``value`` (and the dicts and lists of dicts nested in it) that ``options`` does
+    not name, in order, each once."""
+    found = []
+    known = set(options)
+    for opt in options.values():
+        known.update(opt.get("aliases") or ())
+    found.extend("{}.{}".format(path, key) for key in value if key not in known)
+    for key, opt in options.items():
+        if not opt.get("options"):
+            continue
+        names = [key] + list(opt.get("aliases") or ())
+        for item in [value[n] for n in names if n in value]:
+            items = item if isinstance(item, list) else [item]
+            for one in items:
+                if isinstance(one, dict):
+                    found.extend(unknown_keys(opt["options"], one, "{}.{}".format(path, key)))
+    return list(dict.fromkeys(found))
 
 
 def sub(parent, tag, text=None, **attrs):
     """Append a child element with attributes (``None`` values skipped, a trailing ``_`` stripped)."""
-    from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import etree
-
     el = etree.SubElement(parent, tag)
     for k, v in attrs.items():
         if v is not None:

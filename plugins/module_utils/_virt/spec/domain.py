@@ -19,6 +19,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed, set_user_metadata
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import sub, validate_spec
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import parse_mib
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import etree
 
 MIN_MEMORY_MIB = 1
@@ -102,48 +103,13 @@ DOMAIN_SPEC_OPTIONS = {
     "metadata": {"type": "dict", "default": {}},
 }
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
-_SIZE_UNITS_MIB = {
-    "": 1,
-    "m": 1,
-    "mb": 1,
-    "mib": 1,
-    "g": 1024,
-    "gb": 1024,
-    "gib": 1024,
-    "t": 1024 * 1024,
-    "tb": 1024 * 1024,
-    "tib": 1024 * 1024,
-}
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 def memory_mib(value, what="spec.memory"):
-    """MiB from an int (MiB) or a string like ``512``, ``512MiB``, ``2G``, ``1 GiB``, ``1024KiB``."""
-    if isinstance(value, bool) or value is None:
-        raise ValidationError(
-            "{} must be a size in MiB or with a unit (e.g. 512 or 2GiB), got {!r}".format(what, value)
-        )
-    if isinstance(value, int):
-        mib = value
-    elif isinstance(value, float) and value.is_integer():
-        mib = int(value)
-    else:
-        text = str(value)
-        m = _SIZE_RE.match(text)
-        if not m:
-            raise ValidationError(
-                "{} must be a size in MiB or with a unit (e.g. 512 or 2GiB), got {!r}".format(what, value)
-            )
-        number, unit = int(m.group(1)), m.group(2).lower()
-        if unit in ("k", "kb", "kib"):
-            if number % 1024:
-                raise ValidationError("{} must be a whole number of MiB, got {!r}".format(what, value))
-            mib = number // 1024
-        elif unit in _SIZE_UNITS_MIB:
-            mib = number * _SIZE_UNITS_MIB[unit]
-        else:
-            raise ValidationError("{} has an unknown unit {!r}".format(what, m.group(2)))
+    """Whole MiB from a size (a number is MiB; see :func:`units.parse_mib`), within the supported range."""
+    negative = isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0
+    mib = -1 if negative else parse_mib(value, what)
     if mib < MIN_MEMORY_MIB or mib > MAX_MEMORY_MIB:
         raise ValidationError(
             "{} must be between {} MiB and {} MiB (16 TiB), got {!r}".format(
@@ -171,14 +137,16 @@ def _drop_none(value):
     return value
 
 
-def normalize_domain_spec(spec):
+def normalize_domain_spec(spec, validated=False):
     """Validate ``spec`` against DOMAIN_SPEC_OPTIONS, fill defaults and check values.
 
     Returns a new dict; raises ValidationError (unknown keys, wrong types, bad sizes, conflicts).
+    ``validated``: ``spec`` is the domain module's option, which AnsibleModule validated against
+    DOMAIN_SPEC_OPTIONS already; only what the options cannot express is checked.
     """
-    if isinstance(spec, dict):  # a spec normalized before: what was derived goes, unset options go
+    if isinstance(spec, dict) and not validated:  # normalized before: what was derived goes, unset options go
         spec = _drop_none(dict((k, v) for k, v in spec.items() if k not in _DERIVED))
-    s = validate_spec(DOMAIN_SPEC_OPTIONS, spec)
+    s = validate_spec(DOMAIN_SPEC_OPTIONS, spec, validated=validated)
     s["memory_mib"] = memory_mib(s["memory"])
     if s.get("current_memory") is not None:
         s["current_memory_mib"] = memory_mib(s["current_memory"], "spec.current_memory")

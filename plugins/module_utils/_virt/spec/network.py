@@ -107,9 +107,11 @@ def _check_ip(ip, version, where):
         seen.update((key, host["ip"]))
 
 
-def normalize_network_spec(spec):
+def normalize_network_spec(spec, validated=False):
     """Validate ``spec`` against NETWORK_SPEC_OPTIONS, fill defaults and check values; returns a new dict."""
-    s = validate_spec(NETWORK_SPEC_OPTIONS, spec)
+    s = validate_spec(
+        NETWORK_SPEC_OPTIONS, spec, validated=validated
+    )  # validated: the module's option, checked already
     mode = s["forward"]
     if s.get("bridge") is not None and not _BRIDGE_RE.match(s["bridge"]):
         raise ValidationError(

@@ -57,9 +57,10 @@ def _host(text, where):
     return m.group(1).strip("[]"), m.group(3)
 
 
-def normalize_pool_spec(spec):
-    """Validate ``spec`` against POOL_SPEC_OPTIONS, fill defaults and check what each type needs."""
-    s = validate_spec(POOL_SPEC_OPTIONS, spec)
+def normalize_pool_spec(spec, validated=False):
+    """Validate ``spec`` against POOL_SPEC_OPTIONS, fill defaults and check what each type needs.
+    ``validated``: ``spec`` is the module's option, which AnsibleModule validated already."""
+    s = validate_spec(POOL_SPEC_OPTIONS, spec, validated=validated)
     kind = s["type"]
     src = s.get("source") or {"hosts": [], "devices": []}
     s["source"] = src

@@ -11,10 +11,10 @@ from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.playbook.play_context import PlayContext
 from ansible.plugins.loader import fragment_loader
 from ansible.utils.plugin_docs import get_docstring
-from fake_hypervisor import FakeHypervisor
 
 from ansible_collections.lockstep.virt.plugins.connection import guest_agent as plugin
 from ansible_collections.lockstep.virt.plugins.plugin_utils import _agent_ssh as ga
+from ansible_collections.lockstep.virt.tests.unit.plugins.connection.fake_hypervisor import FakeHypervisor
 
 NAME = "lockstep.virt.guest_agent"
 
@@ -25,6 +25,15 @@ def loader():
     doc = get_docstring(plugin.__file__, fragment_loader)[0]
     C.config.initialize_plugin_configuration_definitions("connection", NAME, doc["options"])
     return doc
+
+
+@pytest.fixture(autouse=True)
+def _no_option_env(monkeypatch):
+    """Option defaults are tested, not what the calling environment sets (ansible-test sets
+    ANSIBLE_HOST_KEY_CHECKING=false)."""
+    for name in list(os.environ):
+        if name.startswith("LOCKSTEP_VIRT_") or name == "ANSIBLE_HOST_KEY_CHECKING":
+            monkeypatch.delenv(name)
 
 
 def make_connection(loader, **variables):

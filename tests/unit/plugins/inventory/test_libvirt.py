@@ -4,6 +4,7 @@ import shlex
 
 import pytest
 from ansible import constants as C
+from ansible.errors import AnsibleParserError
 from ansible.inventory.data import InventoryData
 from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import fragment_loader
@@ -11,6 +12,7 @@ from ansible.utils.plugin_docs import get_docstring
 
 from ansible_collections.lockstep.virt.plugins.inventory import libvirt as plugin
 from ansible_collections.lockstep.virt.plugins.plugin_utils import _agent_ssh as ga
+from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_units import EVERY_UNIT
 
 NAME = "lockstep.virt.libvirt"
 
@@ -139,11 +141,22 @@ keyed_groups:
     assert [h.name for h in data.groups["placed_hv1"].get_hosts()] == ["web1"]
 
 
-def test_bad_hypervisor_entry(inventory):
-    with pytest.raises(Exception, match="unknown hypervisor keys: colour"):
-        inventory("plugin: lockstep.virt.libvirt\nhypervisors: [{host: h, colour: red}]\n")
+@pytest.mark.parametrize(
+    "entry,message",
+    [("{host: h, colour: red}", "unknown hypervisor keys: colour"), ("{name: h}", "each hypervisor needs a host")],
+)
+def test_bad_hypervisor_entry(inventory, entry, message):
+    with pytest.raises(AnsibleParserError, match=message):
+        inventory("plugin: lockstep.virt.libvirt\nhypervisors: [{}]\n".format(entry))
 
 
 def test_parse_listing_skips_garbage():
     text = ga._MARK + " running\n<domain><name>x</na\n" + domain("ok", "running")
     assert [g["name"] for g in ga.parse_domain_listing(text)] == ["ok"]
+
+
+@pytest.mark.parametrize("unit,factor", EVERY_UNIT)
+def test_guest_memory_in_the_inventory_listing(unit, factor):
+    xml = "<domain><name>g</name><memory unit='{}'>{}</memory></domain>".format(unit, 4 * 1048576 * 1000)
+    (guest,) = ga.parse_domain_listing(ga._MARK + " running\n" + xml + "\n")
+    assert guest["memory_mib"] == 4 * 1000 * factor

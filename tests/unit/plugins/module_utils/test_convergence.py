@@ -6,7 +6,6 @@ import threading
 
 import libvirt
 import pytest
-from test_migration import RESOURCES, FakeDomain, make_world, manager, params
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import (
     GIB,
@@ -20,6 +19,13 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence im
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import build_plan
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LIBXL, QEMU
+from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_migration import (
+    RESOURCES,
+    FakeDomain,
+    make_world,
+    manager,
+    params,
+)
 
 
 def conv(**kw):

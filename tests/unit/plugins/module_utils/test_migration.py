@@ -233,6 +233,13 @@ class FakeVirt:
     def getCapabilities(self):
         return "<capabilities><host><uuid>{}</uuid></host></capabilities>".format(self.host.uuid)
 
+    def lookupByName(self, name):
+        if name in self.host.domains:
+            return self.host.domains[name]
+        err = libvirt.libvirtError("Domain not found: no domain with matching name '{}'".format(name))
+        err.err = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, err.args[0], 2, None, None, None, 0, 0)
+        raise err
+
     def networkLookupByName(self, name):
         raise libvirt.libvirtError("no network")
 
@@ -249,9 +256,6 @@ class FakeConn:
         self.domains = {}
         self.virt = FakeVirt(self)
         world.hosts[name] = self
-
-    def lookup_domain(self, name):
-        return self.domains.get(name)
 
     def close(self):
         pass

@@ -6,7 +6,6 @@ import pytest
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume import validate_volume_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import human_size, parse_size
 from ansible_collections.lockstep.virt.plugins.modules import volume as volume_module
 from ansible_collections.lockstep.virt.plugins.modules import volume_info as info_module
 
@@ -23,24 +22,6 @@ def vol_args(name="v1", **kw):
 
 def names(hv):
     return sorted(hv.storagePoolLookupByName(POOL).listVolumes())
-
-
-@pytest.mark.parametrize(
-    "value,expected",
-    [(1024, 1024), ("10G", 10 * 1024**3), ("512MiB", 512 * MiB), ("1.5 GiB", 1536 * MiB), ("1GB", 10**9), ("7", 7)],
-)
-def test_parse_size(value, expected):
-    assert parse_size(value) == expected
-
-
-@pytest.mark.parametrize("value", ["10Q", "ten", "0.5B", True, None, "-1G"])
-def test_parse_size_refuses(value):
-    with pytest.raises(ValidationError):
-        parse_size(value)
-
-
-def test_human_size():
-    assert human_size(1024**3) == "1 GiB" and human_size(1536 * MiB) == "1.50 GiB" and human_size(10) == "10 B"
 
 
 @pytest.mark.parametrize("name", ["a/b", "../x", "..", ".", "x\0y", "", "  ", "a\\b", "x" * 300])
@@ -160,3 +141,19 @@ def test_import_of_an_overlay_is_refused(hv, run_module, tmp_path):
     img.write_bytes(b"QFI\xfb" + struct.pack(">I", 3) + struct.pack(">Q", 512) + b"\0" * 8 + struct.pack(">Q", MiB))
     r = run_module(volume_module.main, vol_args("imp", capacity=None, format=None, import_from=str(img)))
     assert r["failed"] and "backing file" in r["msg"] and names(hv) == []
+
+
+@pytest.mark.parametrize(
+    "capacity,allocation,expected_capacity,expected_allocation",
+    [
+        ("1GB", "1MB", 10**9, 10**6),
+        ("1G", "1M", 1024**3, MiB),
+        (4096000, "0", 4096000, 0),
+        ("3 MiB", 512, 3 * MiB, 512),
+    ],
+)
+def test_capacity_and_allocation_units(hv, run_module, capacity, allocation, expected_capacity, expected_allocation):
+    r = run_module(volume_module.main, vol_args(capacity=capacity, allocation=allocation, format="raw"))
+    assert r["changed"] and r["volume"]["capacity"] == expected_capacity, r
+    info = hv.storagePoolLookupByName(POOL).storageVolLookupByName("v1").info()
+    assert info[1] == expected_capacity and info[2] == expected_allocation

@@ -6,14 +6,17 @@ import sys
 
 import libvirt
 import pytest
-from test_leases import HOLDER
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt import leases as leases_mod
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig, read_lock_config
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle
 from ansible_collections.lockstep.virt.plugins.modules import domain as domain_module
+from ansible_collections.lockstep.virt.plugins.modules import domain_info as domain_info_module
+from ansible_collections.lockstep.virt.plugins.modules import lease_info as lease_info_module
+from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_leases import HOLDER
 
 URI = "test:///default"
 
@@ -91,6 +94,25 @@ def test_not_required_runs_and_reports_leases(hv, run_module, lockd_host, hold):
     assert "<target path='{}'/>".format(lockd_host) in xml
 
 
+def test_one_lease_shape_and_one_lockspace_meaning_across_results(hv, run_module, lockd_host, hold):
+    """domain, domain_info and lease_info report the same leases with the same fields, and ``lockspace`` is
+    the lockspace directory in all three (a VM lease's <target path>/<lockspace>, a disk's file_lockspace_dir)."""
+    proc = hold(lockd_host / "lockd" / "vm-key")
+    fields = {"kind", "resource", "lockspace", "disk", "path", "key", "held", "held_here", "holder_pid"}
+    domain = run_module(domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running"})["leases"]
+    (info,) = run_module(domain_info_module.main, {"uri": URI, "name": "lk"})["domains"]
+    (guest,) = run_module(lease_info_module.main, {"uri": URI, "names": ["lk"]})["guests"]
+    for leases in (domain, info["leases"], guest["leases"]):
+        assert [set(x) for x in leases] == [fields, fields], leases
+        by_kind = dict((x["kind"], x) for x in leases)
+        assert by_kind["lease"]["lockspace"] == by_kind["disk"]["lockspace"] == str(lockd_host / "lockd")
+        assert by_kind["lease"]["key"] == "vm-key" and by_kind["lease"]["disk"] is None
+        assert by_kind["lease"]["resource"] == str(lockd_host / "lockd" / "vm-key")
+        assert by_kind["lease"]["holder_pid"] == proc.pid and by_kind["lease"]["held_here"] is False
+        assert by_kind["disk"]["path"] == "/img/leased.qcow2" and by_kind["disk"]["key"] is None
+    assert domain == info["leases"] == guest["leases"]
+
+
 class Guest:
     """A real test-driver domain whose first ``busy`` resumes are refused like virtlockd refuses them,
     and whose shutdown can be ignored like a guest without ACPI ignores it."""
@@ -135,12 +157,12 @@ def lifecycle(conn, clock):
     return Lifecycle(conn, rec, read_lock_config(conn.profile), sleep=clock.sleep, clock=clock), rec
 
 
-def define(conn, name="lc"):
+def define(conn, name="lc", target="/nonexistent"):
     xml = (
         "<domain type='qemu'><name>{}</name><memory unit='MiB'>32</memory><os><type>hvm</type></os><devices>"
-        "<lease><lockspace>lockd</lockspace><key>vm-key</key><target path='/nonexistent'/></lease>"
+        "<lease><lockspace>lockd</lockspace><key>vm-key</key><target path='{}'/></lease>"
         "</devices></domain>"
-    ).format(name)
+    ).format(name, target)
     return conn.virt.defineXML(xml)
 
 
@@ -227,16 +249,43 @@ def test_shutdown_of_a_paused_guest_fails_clearly_or_destroys_with_force(hv):
         assert rec.names() == ["destroyed"]
 
 
-def test_graceful_shutdown_and_released_leases(hv, tmp_path):
+class ExitingGuest(Guest):
+    """A guest whose process exit ends its lease holder, as virtlockd drops a guest's locks when QEMU exits."""
+
+    def __init__(self, dom, holder):
+        super().__init__(dom)
+        self.holder = holder
+
+    def shutdown(self):
+        self._dom.shutdown()
+        self.holder.kill()
+        self.holder.wait()
+
+
+@pytest.mark.parametrize("released", [True, False])
+def test_graceful_shutdown_and_released_leases(hv, tmp_path, monkeypatch, hold, released):
+    lockdir = tmp_path / "lockd"
+    lockdir.mkdir()
+    lease_file = lockdir / "vm-key"
+    virtlockd = hold(lease_file)  # stands in for this host's virtlockd holding the guest's VM lease
+    monkeypatch.setattr(leases_mod, "virtlockd_pids", lambda *a, **kw: {virtlockd.pid})
     clock = FakeClock()
     with Connection(URI) as conn:
         rec = CheckpointRecorder(host="hv1")
-        cfg = LockConfig(manager="lockd", file_lockspace_dir=str(tmp_path))
+        cfg = LockConfig(manager="lockd", file_lockspace_dir=str(lockdir))
         lc = Lifecycle(conn, rec, cfg, sleep=clock.sleep, clock=clock)
-        dom = define(conn)
+        dom = define(conn, target=str(tmp_path))
         dom.create()
-        lc.shutdown(dom, timeout=5)
-        assert rec.names() == ["shutdown_requested", "stopped"] and not dom.isActive()
+        guest = ExitingGuest(dom, virtlockd) if released else dom
+        after = lc.shutdown(guest, timeout=5)
+        assert rec.names() == ["shutdown_requested", "stopped", "leases_released"] and not dom.isActive()
+        check = rec.last()
+        assert check["resources"] == [str(lease_file)]
+        assert check["ok"] is released
+        (lease,) = after
+        assert lease["resource"] == str(lease_file) and lease["held_here"] is (not released)
+        if not released:
+            assert check["detail"] == "still held here: {}".format(lease_file)
 
 
 def test_paused_start_holds_no_lease_and_stays_paused(hv):

@@ -218,8 +218,13 @@ def test_remove_storage_deletes_pool_volume(hv, run_module):
 def test_absent_keeps_storage_by_default(hv, run_module):
     pool = hv.storagePoolLookupByName("default-pool")
     pool.createXML("<volume><name>keep.img</name><capacity unit='MiB'>1</capacity></volume>")
-    run(run_module, dom_args(spec=dict(SPEC, disks=[{"pool": "default-pool", "volume": "keep.img"}])))
-    run(run_module, {"uri": URI, "name": "g1", "state": "absent"})
+    defined = run(run_module, dom_args(spec=dict(SPEC, disks=[{"pool": "default-pool", "volume": "keep.img"}])))
+    assert defined["changed"] is True and not defined.get("failed"), defined
+    assert "g1" in [d.name() for d in hv.listAllDomains()]
+    removed = run(run_module, {"uri": URI, "name": "g1", "state": "absent"})
+    assert removed["changed"] is True and not removed.get("failed"), removed
+    assert not removed.get("removed_storage"), removed
+    assert "g1" not in [d.name() for d in hv.listAllDomains()]
     assert "keep.img" in pool.listVolumes()
 
 
@@ -284,9 +289,10 @@ BAD_INPUT = [
     ({"spec": dict(SPEC, colour="blue")}, "colour"),
     ({"spec": dict(SPEC, memory=-5)}, "between 1 MiB"),
     ({"spec": dict(SPEC, memory="900TiB")}, "between 1 MiB"),
-    ({"spec": dict(SPEC, memory="lots")}, "size in MiB"),
+    ({"spec": dict(SPEC, memory="lots")}, "must be a size such as"),
+    ({"spec": dict(SPEC, memory="2GB")}, "not a whole number of MiB"),
     ({"xml": XML.replace("x1", "g1"), "spec": SPEC}, "mutually exclusive"),
-    ({"uri": "qemu+ssh://nonexistent.invalid/system?no_tty=1"}, "cannot connect"),
+    ({"uri": "qemu+tcp://127.0.0.1:1/system"}, "cannot connect"),  # a closed loopback port: no ssh, no DNS
     ({"uri": "qemu:///system"}, "cannot connect"),
     ({"spec": dict(SPEC, disks=[{"path": "relative.img"}])}, "absolute"),
     ({"spec": dict(SPEC, interfaces=[{"network": "a", "bridge": "b"}])}, "exactly one of network or bridge"),

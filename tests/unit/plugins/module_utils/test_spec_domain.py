@@ -4,13 +4,16 @@ import uuid as uuidlib
 
 import libvirt
 import pytest
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import MANAGED_NS, is_managed
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec import common
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain import (
+    DOMAIN_SPEC_OPTIONS,
     build_domain_xml,
     memory_mib,
     normalize_domain_spec,
@@ -152,6 +155,50 @@ def test_normalize_is_idempotent():
     twice = normalize_domain_spec(once)
     assert twice["memory_mib"] == once["memory_mib"] == 64
     assert twice["disks"] == once["disks"]
+
+
+def test_unknown_keys_are_named_by_path_without_reading_core_messages(monkeypatch):
+    """Unknown keys are found by walking the options, before ansible-core runs: its wording cannot matter."""
+
+    def core_must_not_run(*_a, **_kw):
+        raise AssertionError("ansible-core's validator ran for a spec with unknown keys")
+
+    monkeypatch.setattr(common.ArgumentSpecValidator, "validate", core_must_not_run)
+    spec = {
+        "memory": 32,
+        "colour": "red",
+        "disks": [{"path": "/a"}, {"path": "/b", "speed": 1}, {"path": "/c", "speed": 2}],
+        "cpu": {"mode": "host-model", "flavour": "x"},
+    }
+    with pytest.raises(ValidationError) as exc:
+        normalize_domain_spec(spec)
+    assert exc.value.msg == "invalid spec: unsupported keys spec.colour, spec.cpu.flavour, spec.disks.speed"
+
+
+def test_core_messages_pass_through_unchanged():
+    options = {"vcpus": {"type": "int"}, "boot": {"type": "list", "elements": "str", "choices": ["hd", "cdrom"]}}
+    spec = {"vcpus": "many", "boot": ["floppy"]}
+    core = ArgumentSpecValidator({"spec": {"type": "dict", "options": options}}).validate({"spec": spec})
+    with pytest.raises(ValidationError) as exc:
+        common.validate_spec(options, spec)
+    assert core.error_messages and exc.value.msg == "invalid spec: " + "; ".join(core.error_messages)
+
+
+def test_a_module_validated_spec_is_not_validated_again(monkeypatch):
+    checked = ArgumentSpecValidator({"spec": {"type": "dict", "options": DOMAIN_SPEC_OPTIONS}}).validate(
+        {"spec": {"memory": "64MiB", "disks": [{"path": "/a"}]}}
+    )
+    module_param = checked.validated_parameters["spec"]
+
+    def core_must_not_run(*_a, **_kw):
+        raise AssertionError("validated again")
+
+    monkeypatch.setattr(common.ArgumentSpecValidator, "validate", core_must_not_run)
+    s = normalize_domain_spec(module_param, validated=True)
+    assert s["memory_mib"] == 64 and s["disks"][0]["type"] == "file"
+    assert "memory_mib" not in module_param and module_param["disks"][0]["type"] is None  # a copy was normalized
+    with pytest.raises(AssertionError, match="validated again"):
+        normalize_domain_spec(module_param)
 
 
 # ------------------------------------------------------------------ property: spec -> libvirt -> unchanged

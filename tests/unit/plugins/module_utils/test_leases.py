@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -198,6 +199,17 @@ def test_held_here_means_held_by_this_hosts_virtlockd(tmp_path, holder):
     assert remote["held"] is None and remote["held_here"] is None
 
 
+def _wait_for_exec(pid, comm, timeout=10.0):
+    """Until the child has exec'd: before that its comm is still the parent's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/{}/comm".format(pid)) as fh:
+            if fh.read().strip() == comm:
+                return
+        time.sleep(0.01)
+    raise AssertionError("process {} never became {}".format(pid, comm))
+
+
 def test_virtlockd_pid_from_pidfile_and_proc(tmp_path):
     pidfile = tmp_path / "virtlockd.pid"
     pidfile.write_text("{}\n".format(os.getpid()))
@@ -206,6 +218,7 @@ def test_virtlockd_pid_from_pidfile_and_proc(tmp_path):
     os.symlink("/bin/sleep", str(tmp_path / "virtlockd"))
     fake = subprocess.Popen([str(tmp_path / "virtlockd"), "30"])
     try:
+        _wait_for_exec(fake.pid, "virtlockd")
         pidfile.write_text("{}\n".format(fake.pid))
         # comm of a process started through the symlink is "virtlockd"
         assert virtlockd_pids(pidfiles=(str(pidfile),)) == {fake.pid}

@@ -8,7 +8,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
     compare,
     parse_xml,
     project,
-    to_bytes,
 )
 
 ACTUAL = """<domain type='qemu' id='3'>
@@ -176,16 +175,3 @@ def test_unsafe_or_bad_xml_is_refused(text, message):
 def test_xml_declaration_is_accepted():
     root = parse_xml("<?xml version='1.0' encoding='UTF-8'?>\n<domain><name>x</name></domain>", "domain")
     assert root.findtext("name") == "x"
-
-
-@pytest.mark.parametrize(
-    "value,unit,expected",
-    [("1", "KiB", 1024), ("1", "MiB", 1024**2), ("2", "G", 2 * 1024**3), ("1", "MB", 1000**2), ("5", "bytes", 5)],
-)
-def test_to_bytes_units(value, unit, expected):
-    assert to_bytes(value, unit) == expected
-
-
-def test_to_bytes_rejects_unknown_unit():
-    with pytest.raises(ValidationError):
-        to_bytes("1", "parsecs")
