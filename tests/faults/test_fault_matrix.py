@@ -21,6 +21,10 @@ TODAY = {
     ("dest libvirtd killed", "before"): "the error ('cannot reach the destination ...') names no phase",
     ("dest QEMU killed", "resume"): "QEMU killed as hv2 reports the guest running: the run succeeds, the guest is "
     "shut off on hv2 and undefined on hv1; the task run again fails ('not found on hv1 (nor running on hv2)')",
+    ("dest libvirtd killed", "after"): "in one of two runs: 'cannot look up domain ...: client socket is closed' "
+    "(no phase), the guest paused on hv2, running nowhere, unreported; the re-run: ok, changed=false, still paused",
+    ("dest QEMU killed", "after"): "in one of two runs: the guest left paused on hv1, running nowhere, unreported; "
+    "the task run again fails in perform with the guest paused on hv1",
     ("source libvirtd restarted", "during"): "the run fails with 'cannot read the state of ...: client socket is "
     "closed' (no phase) and leaves the guest paused on hv2, running nowhere, without saying so; the task run again "
     "reports 'already runs on hv2 (paused)': ok, changed=false, still paused",
