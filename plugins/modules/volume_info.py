@@ -15,7 +15,9 @@ extends_documentation_fragment:
   - lockstep.virt.connection
 options:
   pool:
-    description: Only the volumes of this pool. Every running pool when not given.
+    description:
+      - Only the volumes of this pool. Every running pool when not given.
+      - A pool that does not exist fails the task.
     type: str
   name:
     description: Only the volume of this name (in O(pool) when given). An empty list when there is none.

@@ -15,6 +15,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import xml_secrets
 
 # Options every module that talks to libvirt accepts (documented in the lockstep.virt.connection fragment).
 CONNECTION_ARGUMENT_SPEC = {
@@ -59,6 +60,10 @@ def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusiv
         supports_check_mode=True,
     )
     check_libvirt(module)
+    refuse_nul(module)
+    for value in module.params.values():  # a password in user XML is masked in the result, diff and -vvv
+        if isinstance(value, str):
+            module.no_log_values.update(xml_secrets(value))
     if manager is not None:
 
         def work(conn, module):
@@ -71,6 +76,14 @@ def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusiv
             return work(conn, module)
 
     run_module(module, run)
+
+
+def refuse_nul(module):
+    """Fail the module when a text option holds a NUL: libvirt's C API cannot take one."""
+    for key, value in sorted(module.params.items()):
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "\0" in v for v in values):
+            module.fail_json(msg="{} must not contain a NUL character".format(key))
 
 
 def _manager_work(manager):

@@ -37,8 +37,18 @@ def _parser():
     )
 
 
+# libvirt refuses an RPC string over 32 MiB; no libvirt object's XML comes near it
+MAX_XML_BYTES = 32 * 2**20
 _DOCTYPE_RE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
 _ENTITY_RE = re.compile(r"<!ENTITY\s+%?\s*\S+\s+(SYSTEM|PUBLIC)\b", re.IGNORECASE)
+
+
+_PASSWD_RE = re.compile(r"""\bpasswd\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
+def xml_secrets(text):
+    """The passwords an XML text carries (``passwd`` attributes: graphics consoles), to keep out of output."""
+    return set(a or b for a, b in _PASSWD_RE.findall(text or "") if a or b)
 
 
 def parse_xml(text, root_tag=None, what="XML"):
@@ -54,6 +64,10 @@ def parse_xml(text, root_tag=None, what="XML"):
         raise ValidationError("{} is empty".format(what))
     if isinstance(text, bytes):
         text = text.decode("utf-8")
+    if len(text) > MAX_XML_BYTES:
+        raise ValidationError(
+            "{} is {} characters long; more than {} is refused".format(what, len(text), MAX_XML_BYTES)
+        )
     if _ENTITY_RE.search(text):
         raise ValidationError(
             "{} declares an external entity (<!ENTITY ... SYSTEM/PUBLIC>), which is refused".format(what)

@@ -12,6 +12,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     VirtError,
     libvirt_errors,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import validate_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, etree, parse_xml
 
 
@@ -62,6 +63,7 @@ class Manager:
 
     def run(self):
         try:
+            validate_name(self.name, self.KIND.noun)  # before anything is looked up or changed
             return self._run()
         except VirtError as err:
             self._fail(err)

@@ -37,6 +37,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.live import ap
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.references import check_domain_references
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain import (
     DOMAIN_SPEC_OPTIONS,
     build_domain_xml,
@@ -204,6 +205,8 @@ class DomainManager(Manager):
 
         existing = read_xml(dom, DOMAIN) if dom is not None else None
         desired = self._desired(existing)
+        if desired is not None:  # a missing pool, volume or network fails before anything changes
+            check_domain_references(self.conn, self.name, desired)
         before_state = state_name(dom) if dom is not None else "absent"
         before_autostart = bool(dom.autostart()) if dom is not None and dom.isPersistent() else False
         before_xml = after_xml = ""

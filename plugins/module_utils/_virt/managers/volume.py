@@ -121,7 +121,10 @@ def list_volumes(conn, pool_name=None, name=None):
     if name is not None:
         validate_volume_name(name)
     out = []
-    for pool in select(conn, POOL, pool_name):
+    pools = select(conn, POOL, pool_name)
+    if pool_name is not None and not pools:
+        raise VirtError("storage pool {} does not exist on {}".format(pool_name, conn.hostname))
+    for pool in pools:
         if not pool.isActive():
             continue
         for vol in select(pool, VOLUME, name, "cannot list the volumes of {}".format(pool.name())):

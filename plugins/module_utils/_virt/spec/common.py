@@ -12,6 +12,18 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 
 
+def validate_name(name, noun):
+    """Refuse a name libvirt cannot take for a ``noun`` (domain, network, storage pool): empty, with a
+    NUL or with a path separator."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError("name must be a non-empty {} name".format(noun))
+    if "\0" in name:
+        raise ValidationError("name must not contain a NUL character")
+    if "/" in name:
+        raise ValidationError("name {!r} contains a path separator ('/'), which a {} name cannot".format(name, noun))
+    return name
+
+
 def validate_spec(options, spec, what="spec", validated=False):
     """Validate a ``spec`` dict against an argument-spec ``options`` dict (unknown keys, types, choices).
 
