@@ -151,6 +151,10 @@ class SecretManager(Manager):
     KIND = SECRET
     RESULT = {"value_changed": False, "value_compared": None}
 
+    def _validate_name(self):
+        """A secret has no name: it is named by its UUID or its usage id (a volume usage id is a path),
+        both checked when its definition is built."""
+
     def __init__(self, conn, params, check_mode=False, diff_mode=False):
         super().__init__(conn, dict(params, name=params.get("usage_id") or params.get("uuid")), check_mode, diff_mode)
 

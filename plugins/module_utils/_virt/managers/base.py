@@ -63,11 +63,14 @@ class Manager:
 
     def run(self):
         try:
-            validate_name(self.name, self.KIND.noun)  # before anything is looked up or changed
+            self._validate_name()  # before anything is looked up or changed
             return self._run()
         except VirtError as err:
             self._fail(err)
             raise
+
+    def _validate_name(self):
+        validate_name(self.name, self.KIND.noun)
 
     def _run(self):  # pragma: no cover - every manager has its own
         raise NotImplementedError
