@@ -363,11 +363,7 @@ options:
         type: int
         default: 0
       verify:
-        description:
-          - Probe the leases (F_GETLK on the lease files) and record the result - with O(lock.acquire=after_create)
-            once while the guest is created paused, before its vCPUs run, and again after the start.
-          - A lease held by someone else fails the start and the guest is rolled back (destroyed); a lease not held
-            at all (no lock manager) is reported, and refused only with O(lock.required).
+        description: Probe the leases after the start (F_GETLK on the lease files) and record the result.
         type: bool
         default: true
 seealso:

@@ -87,11 +87,6 @@ domains:
     uuid: {description: "UUID.", type: str}
     id: {description: "libvirt id while running, else null.", type: int}
     state: {description: "running, paused, shutoff, crashed, pmsuspended, ...", type: str}
-    migration_handoff:
-      description:
-        - For an active guest carrying lockstep.virt.migrate's handoff marker (an interrupted migration) -
-          C(pending) (true while it is paused there after the incoming migration), C(resume), C(detail); else null.
-      type: dict
     persistent: {description: "Has a persistent definition.", type: bool}
     autostart: {description: "Starts with libvirt.", type: bool}
     managed: {description: "Carries this collection's managed mark.", type: bool}

@@ -102,11 +102,6 @@ guests:
     state:
       description: libvirt state.
       type: str
-    migration_handoff:
-      description:
-        - For an active guest carrying lockstep.virt.migrate's handoff marker (an interrupted migration) -
-          C(pending) (true while it is paused there after the incoming migration), C(resume), C(detail); else null.
-      type: dict
     leases:
       description:
         - Leases of the guest (disk leases and VM leases) and who holds them, each with the fields of

@@ -10,24 +10,36 @@ description:
   - Runs on the source hypervisor and migrates the running guest O(name) to O(dest_uri).
   - "The lease handoff is explicit and verified (O(lock.release=after_send), the default): libvirt sends the
     guest with the destination kept paused (C(VIR_MIGRATE_PAUSED)), so with QEMU the destination holds no
-    lease yet. As soon as the destination has finished receiving (its lifecycle event) and a lease probe
-    shows the source holds none of the guest's leases, the module resumes it there - which takes them,
-    retrying a C(resource busy) refusal until O(lock.acquire_timeout) - without waiting for libvirt's Confirm
-    on the source. It then verifies that the leases are held, not by the source, and that the source's copy
-    has stopped."
-  - "With QEMU the source releases its leases when its vCPUs stop for the final part of the transfer, before
-    the send has completed; libxl releases only after the send. What each driver does, the checkpoints of
-    every path and their meaning are in the guide docs/guides/lease-safe-migration.md."
-  - "Checkpoints of a successful run with QEMU, ordered by when they happened: C(begin/inquire),
-    C(prepare/register), C(perform/source_released), C(perform/send), C(finish/dest_acquired),
-    C(finish/resumed), C(confirm/source_stopped). Each says what saw it (C(source)) and how its claim was
-    checked (C(verified), C(verified_by))."
-  - "A failed send leaves the guest running on the source with its leases (C(perform/send) failed,
-    C(finish/dest_clean), C(confirm/source_kept)). Every failure after the send returns the whole result
-    (C(changed), C(state), all checkpoints, RV(hosts))."
-  - "Re-runnable: when an earlier run was interrupted (module or controller killed, SSH lost), running the
-    same task again finds what it left - a paused copy on the destination, a paused source, a job still
-    running - and finishes the handoff or resumes the source (C(reconcile/...) checkpoints, C(changed=true))."
+    lease yet. After a successful send the module verifies that the source holds none of the guest's leases,
+    resumes the guest on the destination - which takes them - retrying a C(resource busy) refusal until
+    O(lock.acquire_timeout), verifies that they are held there and not by the source's virtlockd, and only
+    then reports success."
+  - "Checkpoints of a successful run, in order: C(begin/inquire) (source running, holding its leases),
+    C(prepare/register) (incoming guest created paused on the destination, holding no lease),
+    C(perform/send) (sent, destination paused), C(perform/source_released) (the source holds none of
+    the leases), C(finish/dest_acquired) (the destination holds them all), C(finish/resumed) (running on
+    the destination), C(confirm/source_stopped) (no copy left on the source)."
+  - "Send failure (the destination refused or the transfer broke, or O(timeout) aborted it): C(begin/inquire),
+    C(prepare/register) (if the destination got that far), C(perform/send) with C(ok=false),
+    C(finish/dest_clean) (the destination removed its half-received copy and holds no lease) and
+    C(confirm/source_kept) (the guest still runs on the source and holds its leases). The module fails with
+    the phase and libvirt's message. Nothing had to be taken back - except in one case libvirt itself causes:
+    when the send is cancelled after QEMU stopped the vCPUs for the final copy, QEMU resumes them on its own
+    and libvirt takes no lease back; the module then records C(confirm/source_resumed_unleased), pauses the
+    guest and resumes it through libvirt (C(confirm/source_paused), C(confirm/source_reacquired)) so that it
+    runs holding its leases again, or, when they are busy, leaves it paused, running nowhere."
+  - "Destination lease conflict: after C(perform/source_released), every refused resume is a
+    C(finish/acquire_busy) checkpoint (C(ok=false)); once O(lock.acquire_timeout) is over,
+    C(finish/dest_acquired) fails, C(confirm/source_stopped) is recorded and the module fails naming the
+    lease and its holder: the guest is left paused on the destination and runs nowhere."
+  - "Verification failures: C(perform/source_released) with C(ok=false) (the source still holds a lease
+    after the send; the destination is not resumed) or C(finish/dest_acquired) with C(ok=false) (the
+    destination runs without holding its leases; it is paused again). The module fails in both cases."
+  - "O(lock.release=before_send) reproduces the old ordering for tests (with a warning): C(begin/inquire),
+    C(perform/source_paused), C(perform/source_released), C(prepare/register), C(perform/send), then as
+    above. If that send fails the source has to take the leases back: C(confirm/source_reacquired), or
+    C(confirm/source_reacquire_busy) when the destination still holds them - the guest then stays paused on
+    the source and runs nowhere."
   - Idempotent - a guest already running on the destination and not on the source is C(changed=false).
   - "The lease names come from the source host's lock manager configuration and are probed there with
     F_GETLK: the lockspace is shared, so source and destination must use the same configuration."
@@ -133,8 +145,8 @@ options:
     suboptions:
       release:
         description:
-          - V(after_send) - the destination is resumed, taking the leases, only once it has the whole guest and
-            a probe shows the source let them go (with QEMU at its final vCPU stop; libxl after the send).
+          - V(after_send) - the source gives its leases up only after a successful send, the destination takes
+            them when the guest has arrived, before it runs (verified).
           - V(before_send) - the old ordering (source paused and leases released first); for reproducing
             its failure only, with a warning.
         type: str
@@ -231,7 +243,7 @@ notes:
     persistent, undefine_source and the paused handoff, and takes leases when the guest is created (so its
     destination already holds them while paused).
   - C(downtime_ms) and C(lease_gap_ms) come from libvirt lifecycle events received on both connections
-    (RV(timing_source=events)); without events they are null.
+    (RV(timing_source=events)); without events they are derived from the module's own checkpoint times.
 seealso:
   - module: lockstep.virt.lease_info
   - module: lockstep.virt.domain
@@ -325,18 +337,7 @@ lock_checkpoints:
       description: The host the checkpoint is about.
       type: str
     at:
-      description: When it happened, UTC, ISO 8601 with milliseconds - taken from what saw it.
-      type: str
-    source:
-      description:
-        - What saw it - C(event) (a libvirt lifecycle event), C(probe) (a lease probe or state read),
-          C(api) (an API call's return).
-      type: str
-    verified:
-      description: Whether the checkpoint's claim was checked.
-      type: bool
-    verified_by:
-      description: With what it was checked (a lease probe and its time, a state read), or null.
+      description: UTC time, ISO 8601 with milliseconds.
       type: str
     ok:
       description: Whether the step succeeded or its verification passed.
@@ -355,8 +356,7 @@ lock_checkpoints:
       type: list
       elements: dict
   sample:
-    - {name: finish/resumed, host: hv2, at: "2025-01-01T10:00:00.051Z", source: event, ok: true, verified: true,
-       verified_by: "state read on hv2: running", resources: [], detail: "web1 runs on hv2"}
+    - {name: begin/inquire, host: hv1, at: "2025-01-01T10:00:00.001Z", ok: true, resources: [], detail: ""}
 leases:
   description:
     - The guest's leases at the end, probed on the source host - C(held), C(held_here) (by the source's virtlockd),
@@ -365,25 +365,17 @@ leases:
   type: list
   elements: dict
 lease_gap_ms:
-  description:
-    - Milliseconds during which no host held the guest's leases - with QEMU the source's final vCPU stop to the
-      destination's resume, from their lifecycle events. Null without both events, and with libxl.
+  description: Milliseconds during which no host held the guest's leases (source released until destination acquired).
   returned: always
   type: int
 downtime_ms:
-  description:
-    - Milliseconds the guest was paused - source SUSPENDED to destination RESUMED lifecycle events. Null without both.
+  description: Milliseconds from the guest stopping on the source to running on the destination.
   returned: always
   type: int
 timing_source:
-  description: C(events) when the figures above come from lifecycle events on both hosts, else null.
+  description: C(events) (libvirt lifecycle events on both connections) or C(checkpoints) (the module's own times).
   returned: always
   type: str
-hosts:
-  description: What each host shows of the guest, read at the end (C(running), C(paused), C(absent), C(unknown), ...).
-  returned: once the send started, or an interrupted run was reconciled
-  type: dict
-  sample: {hv1: absent, hv2: running}
 events:
   description: The lifecycle events received (role, event, detail, at).
   returned: when events were watched

@@ -117,13 +117,8 @@ def test_timeout_action_postcopy_completes(lab, linux_guest):
     assert "POSTCOPY" in res["plan"]["flags"] and "PAUSED" not in res["plan"]["flags"]
     seq = names(res)
     assert "perform/postcopy_switch" in seq
-    # libvirt ran the guest on the destination from the switch, before the transfer completed: the
-    # checkpoints are ordered by when things happened, so finish/resumed precedes perform/send
-    assert sorted(n for n in seq if not n.startswith("perform/postcopy_")) == sorted(SUCCESS_ORDER)
-    assert seq.index("perform/source_released") < seq.index("perform/send")
-    assert seq.index("finish/resumed") < seq.index("perform/send")
+    assert [n for n in seq if not n.startswith("perform/postcopy_")] == SUCCESS_ORDER
     cps = {c["name"]: c for c in res["lock_checkpoints"]}
-    assert cps["finish/resumed"]["source"] == "event"
     assert cps["perform/source_released"]["ok"] and cps["finish/dest_acquired"]["ok"]
     if "perform/postcopy_dest_running" in cps:
         assert cps["perform/postcopy_dest_running"]["ok"], cps["perform/postcopy_dest_running"]

@@ -46,11 +46,6 @@ STATE_NAMES = {
 _BUSY_NAME = re.compile(r"resource '([^']+)' is locked")
 
 
-def _foreign(leases):
-    """Exclusive leases held, but not by this host's virtlockd."""
-    return [r for r in leases if r.get("resource") and r.get("held") and not r.get("held_here") and not r.get("shared")]
-
-
 def state_name(dom):
     """libvirt state of ``dom`` as a word: running, paused, shutoff, crashed, pmsuspended, ..."""
     with libvirt_errors("cannot read the state of {}".format(dom.name())):
@@ -147,13 +142,13 @@ class Lifecycle:
         names = [r["resource"] for r in wanted]
         cfg = self.lock_config
         if not wanted and not rw_disks_without_lease(leases):
-            self.recorder.record(what, ok=True, detail="nothing to lease", source="probe", verified_by="domain XML")
+            self.recorder.record(what, ok=True, detail="nothing to lease")
             return leases, True
         if not cfg.enabled:
             detail = "no lock manager is configured for the {} driver: the guest holds no lease".format(
                 self.profile.name
             )
-            self.recorder.record(what, ok=False, resources=names, detail=detail, verified=False)
+            self.recorder.record(what, ok=False, resources=names, detail=detail)
             return leases, False
         if not cfg.probeable:
             self.recorder.record(what, ok=False, resources=names, detail="leases cannot be probed from here")
@@ -168,9 +163,7 @@ class Lifecycle:
             detail = "read-write disk(s) not leased: " + ", ".join(r["disk"] or "?" for r in unleased)
         else:
             detail = "held by this host's virtlockd"
-        self.recorder.record(
-            what, ok=ok, resources=names, detail=detail, source="probe", verified_by="lease probe (F_GETLK)"
-        )
+        self.recorder.record(what, ok=ok, resources=names, detail=detail)
         return leases, ok
 
     # ------------------------------------------------------------------ start
@@ -254,8 +247,6 @@ class Lifecycle:
                     if paused:
                         self.recorder.record("paused", detail="left paused as requested")
                         return self.probe(dom)
-                    if verify:
-                        self._refuse_foreign(dom, resources)  # before the vCPUs run
                     with libvirt_errors("cannot resume {}".format(dom.name())):
                         dom.resume()
                     self.recorder.record(
@@ -281,44 +272,18 @@ class Lifecycle:
                 raise
         if verify:
             leases, ok = self.verify(dom, required)
-            foreign = _foreign(leases)
-            if (not ok and required) or foreign:
+            if not ok and required:
                 why = self.recorder.last()["detail"]
                 self._destroy_quietly(dom, "rolled_back", "destroyed: leases not held here")
                 raise LeaseError(
-                    "{}{} started but its leases are not held by this host ({}); it was destroyed".format(
-                        "lock.required: " if not foreign else "lock.verify: ", dom.name(), why
+                    "lock.required: {} started but its leases are not held by this host ({}); it was destroyed".format(
+                        dom.name(), why
                     )
                 )
         else:
             leases = self.probe(dom)
         self.recorder.record("running", detail="attempts: {}".format(attempt))
         return leases
-
-    def _refuse_foreign(self, dom, resources):
-        """Created paused, vCPUs not started: a lease someone else holds refuses the start (as busy).
-
-        With a driver that takes leases at creation (libxl) this checks what it took; with QEMU, which takes
-        them as the vCPUs start, it sees a holder elsewhere before libvirt is asked.
-        """
-        if not self.lock_config.probeable:
-            return
-        held = _foreign(probe_resources([r for r in resources if r.get("resource")], self.lock_config))
-        if not held:
-            return
-        detail = "; ".join("{}: {}".format(r["resource"], describe_holder(r)) for r in held)
-        self.recorder.record(
-            "leases_checked",
-            ok=False,
-            resources=[r["resource"] for r in held],
-            detail=detail,
-            source="probe",
-            verified_by="lease probe (F_GETLK) before the vCPUs run",
-        )
-        raise VirtError(
-            "resource busy: Lockspace resource '{}' is locked".format(held[0]["resource"]),
-            code=getattr(libvirt, "VIR_ERR_RESOURCE_BUSY", 87) if libvirt is not None else 87,
-        )
 
     def resume(self, dom, required=False, acquire_timeout=0, verify=True):
         """Resume a paused guest (qemu takes the leases now); the guest stays paused on failure."""
@@ -373,8 +338,6 @@ class Lifecycle:
             "leases_released",
             ok=not still,
             resources=[r["resource"] for r in was],
-            source="probe",
-            verified_by="lease probe (F_GETLK)",
             detail=("still held here: " + ", ".join(still)) if still else None,
         )
         return self.probe(dom, inactive=not is_active(dom))

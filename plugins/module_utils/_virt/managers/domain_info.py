@@ -17,7 +17,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import handoff_status
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes
 
@@ -142,8 +141,6 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
         interfaces=ifaces,
         metadata=get_user_metadata(root),
     )
-    if active:
-        facts["migration_handoff"] = handoff_status(dom, facts["state"])
     if with_inactive_xml:
         with libvirt_errors("cannot read the XML of {}".format(dom.name())):
             facts["inactive_xml"] = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

@@ -16,7 +16,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     virtlockd_pids,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, is_active, state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import handoff_status
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, select
 
 LEASE_INFO_ARGUMENT_SPEC = {
@@ -49,14 +48,7 @@ class LeaseInfoManager:
             probed = lc.probe(dom, inactive=not active)
             leases = [public_lease(r) for r in probed]
             state = state_name(dom)
-            guests.append(
-                {
-                    "name": name,
-                    "state": state,
-                    "leases": leases,
-                    "migration_handoff": handoff_status(dom, state) if active else None,
-                }
-            )
+            guests.append({"name": name, "state": state, "leases": leases})
             found.add(name)
             if state != "running":
                 continue

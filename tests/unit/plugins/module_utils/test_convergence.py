@@ -407,18 +407,9 @@ def test_manager_pauses_to_complete_with_the_verified_handoff():
     result = busy_manager(w, completion_timeout=16, timeout_action="pause").run()  # 2 s of fake time
     assert result["outcome"] == "forced_by_pause"
     names = [c["name"] for c in result["lock_checkpoints"]]
-    by_name = {c["name"]: c for c in result["lock_checkpoints"]}
-    # a qemu guest releases its leases at the pause: source_released is stamped with the pause's event
-    assert names[0] == "begin/inquire"
-    assert by_name["perform/source_released"]["source"] == "event"
-    assert by_name["perform/source_released"]["at"] <= by_name["perform/paused_to_complete"]["at"]
-    assert [n for n in names if n not in ("perform/source_released", "perform/paused_to_complete")][1:] == [
-        "prepare/register",
-        "perform/send",
-        "finish/dest_acquired",
-        "finish/resumed",
-        "confirm/source_stopped",
-    ]
+    assert names[:2] == ["begin/inquire", "perform/paused_to_complete"]
+    assert names[2:] == ["prepare/register", "perform/send", "perform/source_released", "finish/dest_acquired",
+                         "finish/resumed", "confirm/source_stopped"]  # fmt: skip
     assert all(c["ok"] for c in result["lock_checkpoints"])
     assert w.locks == {r: "hv2" for r in RESOURCES} and hv2.domains["g1"]._state == "running"
     assert result["progress"]["action"]["do"] == "pause"
@@ -429,12 +420,11 @@ def test_manager_switches_to_postcopy_and_verifies_after():
     result = busy_manager(w, completion_timeout=16, timeout_action="postcopy").run()
     assert result["outcome"] == "switched_to_postcopy"
     names = [c["name"] for c in result["lock_checkpoints"]]
-    assert "perform/postcopy_switch" in names and names[-1] == "confirm/source_stopped"
-    assert {"perform/source_released", "finish/dest_acquired", "finish/resumed"} <= set(names)
-    by_name = {c["name"]: c for c in result["lock_checkpoints"]}
-    # libvirt resumed the destination at the switch: that event, not the later check, dates finish/resumed
-    assert by_name["finish/resumed"]["source"] == "event"
-    assert by_name["finish/resumed"]["at"] <= by_name["finish/dest_acquired"]["at"]
+    assert "perform/postcopy_switch" in names and names[-3:] == [
+        "finish/dest_acquired",
+        "finish/resumed",
+        "confirm/source_stopped",
+    ]
     assert result["plan"]["handoff"] == "libvirt_postcopy"
     assert w.locks == {r: "hv2" for r in RESOURCES} and hv2.domains["g1"]._state == "running"
 

@@ -76,37 +76,22 @@ def test_required_names_the_holder_of_a_lease_held_elsewhere(hv, run_module, loc
     assert res["failed"] is True
     assert "held by pid {}".format(proc.pid) in res["msg"]
     assert not hv.lookupByName("lk").isActive()
-    # seen by the probe while the guest was created paused, before its vCPUs ran
-    lease = [x for x in res["lock_checkpoints"] if x["name"] == "leases_checked"][0]
-    assert str(lockd_host / "lockd" / "vm-key") in lease["resources"] and lease["source"] == "probe"
-    assert "resumed" not in [c["name"] for c in res["lock_checkpoints"]]
+    lease = [x for x in res["lock_checkpoints"] if x["name"] == "leases_verified"][0]
+    assert str(lockd_host / "lockd" / "vm-key") in lease["resources"]
 
 
-def test_a_lease_held_elsewhere_fails_the_start_before_the_vcpus_run(hv, run_module, lockd_host, hold):
-    """lock.verify (the default) without lock.required: a lease someone else holds is a failure, not an ok."""
+def test_not_required_runs_and_reports_leases(hv, run_module, lockd_host, hold):
     proc = hold(lockd_host / "lockd" / "vm-key")
     res = run_module(domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running"})
-    assert res["failed"] is True
-    assert "held by pid {}".format(proc.pid) in res["msg"]
-    names = [c["name"] for c in res["lock_checkpoints"]]
-    assert "leases_checked" in names and "resumed" not in names and "destroyed_paused" in names
-    assert not hv.lookupByName("lk").isActive()
-    # lease target path defaults so that path/lockspace == file_lockspace_dir
-    xml = hv.lookupByName("lk").XMLDesc(0)
-    assert "<target path='{}'/>".format(lockd_host) in xml
-
-
-def test_without_verify_a_lease_held_elsewhere_is_reported(hv, run_module, lockd_host, hold):
-    proc = hold(lockd_host / "lockd" / "vm-key")
-    res = run_module(
-        domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running", "lock": {"verify": False}}
-    )
     assert res["changed"] is True and res["domain"]["state"] == "running"
     by_kind = dict((x["kind"], x) for x in res["leases"])
     assert by_kind["lease"]["held"] is True and by_kind["lease"]["held_here"] is False
     assert by_kind["lease"]["holder_pid"] == proc.pid
     assert by_kind["disk"]["resource"].startswith(str(lockd_host / "lockd") + "/")
     assert by_kind["disk"]["held"] is False
+    # lease target path defaults so that path/lockspace == file_lockspace_dir
+    xml = hv.lookupByName("lk").XMLDesc(0)
+    assert "<target path='{}'/>".format(lockd_host) in xml
 
 
 def test_one_lease_shape_and_one_lockspace_meaning_across_results(hv, run_module, lockd_host, hold):
@@ -114,9 +99,7 @@ def test_one_lease_shape_and_one_lockspace_meaning_across_results(hv, run_module
     the lockspace directory in all three (a VM lease's <target path>/<lockspace>, a disk's file_lockspace_dir)."""
     proc = hold(lockd_host / "lockd" / "vm-key")
     fields = {"kind", "resource", "lockspace", "disk", "path", "key", "held", "held_here", "holder_pid"}
-    # lock.verify off: with it a lease held elsewhere fails the start; this test is about the result's shape
-    args = {"uri": URI, "name": "lk", "spec": LEASED, "state": "running", "lock": {"verify": False}}
-    domain = run_module(domain_module.main, args)["leases"]
+    domain = run_module(domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running"})["leases"]
     (info,) = run_module(domain_info_module.main, {"uri": URI, "name": "lk"})["domains"]
     (guest,) = run_module(lease_info_module.main, {"uri": URI, "names": ["lk"]})["guests"]
     for leases in (domain, info["leases"], guest["leases"]):
