@@ -345,6 +345,13 @@ CASES = [
         False,
     ),
     ("volume_info-unreachable-uri", "volume_info", {"pool": "POOL", "uri": CLOSED}, "cannot connect", False),
+    # ---- secret, secret_info, snapshot, snapshot_info
+    ("secret-unreachable-uri", "secret", {"usage": "ceph", "usage_id": "x", "uri": CLOSED}, "cannot connect", False),
+    ("secret-usage-without-id", "secret", {"usage": "ceph"}, "usage and usage_id go together", False),
+    ("secret_info-unreachable-uri", "secret_info", {"uri": CLOSED}, "cannot connect", False),
+    ("snapshot-unreachable-uri", "snapshot", {"domain": "g", "name": "s", "uri": CLOSED}, "cannot connect", False),
+    ("snapshot-unknown-option", "snapshot", {"domain": "g", "name": "s", "bogus": 1}, "bogus", False),
+    ("snapshot_info-unreachable-uri", "snapshot_info", {"domain": "g", "uri": CLOSED}, "cannot connect", False),
     # ---- migrate
     (
         "migrate-missing-guest",

@@ -23,7 +23,7 @@ def test_two_controllers_migrate_the_same_guest(lab, matrix):
         src, dst = "hv1", "hv2"
         for trial in range(TRIALS):
             with Watch(lab, guest) as watch:
-                runs = [Run(lab, src, migrate_args(guest, dst)) for _ in range(2)]
+                runs = [Run(lab, src, migrate_args(guest, dst)), Run(lab, src, migrate_args(guest, dst))]
                 results = [r.wait() for r in runs]
             problems = []
             if any(r is None for r in results):

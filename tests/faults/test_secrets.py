@@ -152,7 +152,12 @@ def test_guest_agent_hypervisor_password_never_shown(lab, tmp_path):
 # -vvv --diff output must not contain SECRET, for example
 #   {"name": "store", "lockstep.virt.secret": {"usage": "...", "value": SECRET}}, then the same again,
 #   then with a changed value, then state: absent.
-SECRET_MODULE_TASKS = []
+_SECRET_ID = {"usage": "ceph", "usage_id": "lockstep-fault-secret"}
+SECRET_MODULE_TASKS = [
+    {"name": "store", "lockstep.virt.secret": dict(_SECRET_ID, value=SECRET)},
+    {"name": "again", "lockstep.virt.secret": dict(_SECRET_ID, value=SECRET)},
+    {"name": "remove", "lockstep.virt.secret": dict(_SECRET_ID, state="absent")},
+]
 
 
 @pytest.mark.skipif(

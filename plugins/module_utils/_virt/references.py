@@ -39,11 +39,12 @@ def domain_references(root):
     return {"pools": pools, "networks": networks}
 
 
-def missing_references(conn, root):
+def missing_references(conn, root, provided=()):
     """Messages naming each pool, volume and network that the domain XML ``root`` references and the
     host of ``conn`` lacks (empty when it has them all). A volume is looked for as libvirt looks for it
     when the guest starts: among what its pool lists (no refresh). A volume of an inactive pool is not
-    checked: libvirt lists an inactive pool's volumes only once it runs."""
+    checked: libvirt lists an inactive pool's volumes only once it runs. ``provided``: (pool, volume)
+    pairs the caller creates itself before it defines the domain (the cloud-init seed)."""
     refs = domain_references(root)
     missing = []
     for pool_name, volumes in refs["pools"].items():
@@ -56,7 +57,7 @@ def missing_references(conn, root):
         if not active:
             continue
         for vol in volumes:
-            if lookup(pool, VOLUME, vol) is None:
+            if (pool_name, vol) not in provided and lookup(pool, VOLUME, vol) is None:
                 missing.append("volume {} in storage pool {}".format(vol, pool_name))
     for net in refs["networks"]:
         if lookup(conn, NETWORK, net) is None:
@@ -64,10 +65,10 @@ def missing_references(conn, root):
     return missing
 
 
-def check_domain_references(conn, name, root):
+def check_domain_references(conn, name, root, provided=()):
     """Raise ValidationError when the definition ``root`` of domain ``name`` references a pool, volume
-    or network that the host lacks."""
-    missing = missing_references(conn, root)
+    or network that the host lacks (less the ``provided`` (pool, volume) pairs)."""
+    missing = missing_references(conn, root, provided)
     if missing:
         raise ValidationError(
             "domain {} references what {} does not have: {}; nothing was changed".format(

@@ -14,7 +14,7 @@ import os
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.cloudinit import ensure_seed, remove_seed
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.cloudinit import ensure_seed, remove_seed, seed_of
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     ValidationError,
     VirtError,
@@ -206,7 +206,7 @@ class DomainManager(Manager):
         existing = read_xml(dom, DOMAIN) if dom is not None else None
         desired = self._desired(existing)
         if desired is not None:  # a missing pool, volume or network fails before anything changes
-            check_domain_references(self.conn, self.name, desired)
+            check_domain_references(self.conn, self.name, desired, provided=self._seed_volume(desired))
         before_state = state_name(dom) if dom is not None else "absent"
         before_autostart = bool(dom.autostart()) if dom is not None and dom.isPersistent() else False
         before_xml = after_xml = ""
@@ -357,6 +357,13 @@ class DomainManager(Manager):
         self.lifecycle.start(dom, acquire=self.lock["acquire"], paused=(target == "paused"), **self._lock_kwargs())
 
     # ------------------------------------------------------------------ absent
+    def _seed_volume(self, desired):
+        """The cloud-init seed volume this run builds before it defines the guest, as (pool, volume)."""
+        if not (getattr(self, "_spec", None) or {}).get("cloud_init"):
+            return ()
+        _want, pool, volume = seed_of(desired)
+        return ((pool, volume),) if volume else ()
+
     def _absent(self, dom):
         if dom is None:
             self.result["diff"] = {"before": "", "after": ""}
