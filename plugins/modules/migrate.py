@@ -431,7 +431,7 @@ libvirt_error:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import MIGRATE_ARGUMENT_SPEC
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import MIGRATE_ARGUMENT_SPEC
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import (
     check_libvirt,
     merge_argument_spec,

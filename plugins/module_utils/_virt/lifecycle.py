@@ -142,16 +142,18 @@ class Lifecycle:
         names = [r["resource"] for r in wanted]
         cfg = self.lock_config
         if not wanted and not rw_disks_without_lease(leases):
-            self.recorder.record(what, ok=True, detail="nothing to lease")
+            self.recorder.record(what, ok=True, detail="nothing to lease", source="probe", check=self._check_text())
             return leases, True
         if not cfg.enabled:
             detail = "no lock manager is configured for the {} driver: the guest holds no lease".format(
                 self.profile.name
             )
-            self.recorder.record(what, ok=False, resources=names, detail=detail)
+            self.recorder.record(what, ok=False, resources=names, detail=detail, source="probe")
             return leases, False
         if not cfg.probeable:
-            self.recorder.record(what, ok=False, resources=names, detail="leases cannot be probed from here")
+            self.recorder.record(
+                what, ok=False, resources=names, detail="leases cannot be probed from here", source="probe"
+            )
             return leases, False
         missing = [r for r in wanted if not r["held"] or (not r["shared"] and not r["held_here"])]
         unleased = rw_disks_without_lease(leases)
@@ -163,8 +165,21 @@ class Lifecycle:
             detail = "read-write disk(s) not leased: " + ", ".join(r["disk"] or "?" for r in unleased)
         else:
             detail = "held by this host's virtlockd"
-        self.recorder.record(what, ok=ok, resources=names, detail=detail)
+        self.recorder.record(what, ok=ok, resources=names, detail=detail, source="probe", check=self._check_text())
         return leases, ok
+
+    def _check_text(self):
+        return "lease probe (F_GETLK) on {}".format(self.conn.hostname)
+
+    def record_running(self, dom, detail=None):
+        """The ``running`` checkpoint, checked by reading the guest's state back."""
+        state = state_name(dom)
+        self.recorder.record(
+            "running",
+            ok=state == "running",
+            detail="{}state read back: {}".format(detail + "; " if detail else "", state),
+            check="domain state read on {}".format(self.conn.hostname),
+        )
 
     # ------------------------------------------------------------------ start
     def _create_paused(self, dom):
@@ -282,7 +297,7 @@ class Lifecycle:
                 )
         else:
             leases = self.probe(dom)
-        self.recorder.record("running", detail="attempts: {}".format(attempt))
+        self.record_running(dom, "attempts: {}".format(attempt))
         return leases
 
     def resume(self, dom, required=False, acquire_timeout=0, verify=True):
@@ -316,7 +331,7 @@ class Lifecycle:
                 raise LeaseError(
                     "lock.required: {} resumed without holding its leases; paused again".format(dom.name())
                 )
-        self.recorder.record("running")
+        self.record_running(dom)
         return leases
 
     def suspend(self, dom):

@@ -35,7 +35,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import MIGRATE_ARGUMENT_SPEC
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import MIGRATE_ARGUMENT_SPEC
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import merge_argument_spec
 
 # Options of every migration that the evacuation sets itself.

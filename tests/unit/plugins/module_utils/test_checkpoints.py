@@ -24,6 +24,9 @@ def test_checkpoints_are_ordered_and_complete():
         "host": "hv1",
         "at": "2025-01-01T00:00:00.001Z",
         "ok": True,
+        "source": "api",
+        "verified": False,
+        "check": None,
         "resources": ["/l/a"],
         "detail": None,
     }
@@ -46,3 +49,22 @@ def test_each_checkpoint_is_stamped_when_it_is_recorded():
     assert all(a < b for a, b in zip(ats, ats[1:])), ats
     assert all(lo <= at <= hi for at, (lo, hi) in zip(ats, bounds)), (ats, bounds)
     assert rec.host
+
+
+def test_checkpoints_are_ordered_by_when_they_happened_not_when_recorded():
+    """An event seen earlier and recorded later sorts first; its source and check are kept."""
+    rec = CheckpointRecorder(host="hv1", clock=lambda: "2025-01-01T00:00:00.500Z")
+    rec.record("finish/resumed", source="api")
+    rec.record("perform/source_released", at="2025-01-01T00:00:00.100Z", source="event", check="lease probe from hv1")
+    items = rec.as_list()
+    assert [c["name"] for c in items] == ["perform/source_released", "finish/resumed"]
+    assert items[0]["verified"] is True and items[0]["source"] == "event"
+    assert items[1]["verified"] is False and items[1]["check"] is None
+    assert rec.find("finish/resumed")["at"] == "2025-01-01T00:00:00.500Z"
+
+
+def test_a_checkpoint_source_must_be_known():
+    import pytest
+
+    with pytest.raises(ValueError):
+        CheckpointRecorder().record("x", source="guess")

@@ -1,24 +1,32 @@
 """Migration plan, flags and the checkpointed handoff against fake hypervisors.
 
-The fake follows the documented lock ordering of each driver:
-- qemu: Prepare creates the incoming guest paused holding no lease; Perform releases on the source when the
-  transfer completes; Finish acquires only when it resumes (not with VIR_MIGRATE_PAUSED); a paused guest
-  takes its leases when resumed.
+The fake follows what each libvirt driver does, with the lifecycle events libvirt sends:
+- qemu (libvirt 9): Prepare creates the incoming guest paused, holding no lease (STARTED/migrated); the
+  source's vCPUs stop for the final part of the copy and libvirt releases the source's leases right then
+  (SUSPENDED/migrated), before the send completes; a send cancelled after that point resumes the source's
+  vCPUs in QEMU without taking a lease back; Finish with VIR_MIGRATE_PAUSED leaves the destination paused
+  holding no lease (SUSPENDED/paused); Confirm stops the source (STOPPED/migrated) some time later; a paused
+  guest takes its leases when resumed (RESUMED).
 - libxl (after libvirt's "Fix lock manager lock ordering"): Prepare creates the guest without leases,
   Perform releases on the source only after a successful send, Finish acquires on the destination before
   unpausing (and keeps them while it stays paused); a failed send never reacquires.
 """
 
+import time
+
 import libvirt
 import pytest
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import (
+    CheckpointRecorder,
+    PhaseRecorder,
+    utc_now,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import (
     MIGRATE_ARGUMENT_SPEC,
-    PhaseRecorder,
     build_plan,
     checkpoint_order,
 )
@@ -135,6 +143,9 @@ def busy(resource):
     return libvirt.libvirtError("resource busy: Lockspace resource '{}' is locked".format(resource))
 
 
+EV = {"defined": 0, "started": 2, "suspended": 3, "resumed": 4, "stopped": 5}
+
+
 class World:
     def __init__(self, driver="libxl"):
         self.driver = driver
@@ -142,9 +153,16 @@ class World:
         self.locks = {}
         self.log = []
         self.hosts = {}
-        self.fail_send = False
+        self.fail_send = None  # None, "before_stop" or "after_stop"
+        self.release_at_confirm = False  # a source that keeps its leases until Confirm
+        self.confirm_delay = 0.2  # libvirt's Confirm runs while the destination may already resume
         self.stale_attempts = 0  # resumes on the destination refused before the stale holder goes
         self.stale_resource = RESOURCES[1]
+        self.watchers = []
+
+    def emit(self, host, event, detail):
+        for w in self.watchers:
+            w.deliver(host, event, detail)
 
     def acquire(self, host):
         for r in RESOURCES:
@@ -161,9 +179,46 @@ class World:
         self.log.append("release@" + host)
 
 
+class FakeEvents:
+    """LifecycleEvents' interface, fed by the fake hypervisors as libvirt's event loop would be."""
+
+    def __init__(self, world, name, clock=time.monotonic, on_event=None):
+        self.world, self.name, self.clock, self.on_event = world, name, clock, on_event
+        self.items, self.roles, self.available = [], {}, False
+        world.watchers.append(self)
+
+    def watch(self, conn, role):
+        self.roles[conn.hostname] = role
+        self.available = True
+        return True
+
+    def deliver(self, host, event, detail):
+        role = self.roles.get(host)
+        if role is None:
+            return
+        item = {"role": role, "event": event, "detail": detail, "t": self.clock(), "at": utc_now()}
+        self.items.append(item)
+        if self.on_event is not None:
+            self.on_event(role, event, detail, item)
+
+    def first(self, role, event, detail=None, after=None):
+        for i in self.items:
+            if i["role"] == role and i["event"] == event and detail in (None, i["detail"]):
+                if after is None or i["t"] >= after:
+                    return i
+        return None
+
+    def as_list(self):
+        return [dict((k, i[k]) for k in ("role", "event", "detail", "at")) for i in self.items]
+
+    def close(self):
+        self.world.watchers.remove(self)
+
+
 class FakeDomain:
     def __init__(self, world, host, state="running"):
         self.world, self.host, self._state = world, host, state
+        self.metadata_xml = None
 
     def name(self):
         return "g1"
@@ -174,6 +229,20 @@ class FakeDomain:
     def isActive(self):
         return self._state in ("running", "paused")
 
+    def isPersistent(self):
+        return True
+
+    def jobInfo(self):
+        return [0] + [0] * 11
+
+    def setMetadata(self, _type, xml, _key, _uri, _flags):
+        self.metadata_xml = xml
+
+    def metadata(self, _type, _uri, _flags):
+        if self.metadata_xml is None:
+            raise libvirt.libvirtError("metadata not found")
+        return self.metadata_xml
+
     def state(self):
         return ({"running": 1, "paused": 3}.get(self._state, 5), 0)
 
@@ -183,10 +252,20 @@ class FakeDomain:
     def jobStats(self, _flags=0):
         return {"time_elapsed": 700, "downtime": 20, "data_total": 1000, "memory_iteration": 2}
 
+    def destroy(self):
+        self._state = "shutoff"
+        if self.world.driver == "qemu":
+            self.world.release(self.host)
+        self.world.log.append("destroy@" + self.host)
+
+    def undefine(self):
+        self.world.hosts[self.host].domains.pop("g1", None)
+
     def suspend(self):
         self._state = "paused"
         if self.world.driver == "qemu":
             self.world.release(self.host)
+        self.world.emit(self.host, "suspended", 0)
 
     def resume(self):
         w = self.world
@@ -200,27 +279,48 @@ class FakeDomain:
             w.acquire(self.host)
         self._state = "running"
         w.log.append("resume@" + self.host)
+        w.emit(self.host, "resumed", 0)
 
     def migrateToURI3(self, uri, params, flags):
         w = self.world
         src, dst = w.hosts["hv1"], w.hosts["hv2"]
         w.log.append("begin")
         incoming = FakeDomain(w, "hv2", state="paused")
+        incoming.metadata_xml = self.metadata_xml
         dst.domains["g1"] = incoming
         w.log.append("prepare")
-        if w.fail_send:
+        w.emit("hv2", "started", 1)
+        if w.fail_send == "before_stop":
             del dst.domains["g1"]  # finish(cancelled) kills the half-received guest: it held nothing
             w.log.append("perform_failed")
             raise libvirt.libvirtError("operation failed: migration out job: unexpectedly failed")
-        self._state = "paused"
-        w.release("hv1")  # only after a successful send
+        if w.driver == "qemu":
+            # the vCPUs stop for the final part of the copy: libvirt releases the source's leases now
+            self._state = "paused"
+            if not w.release_at_confirm:
+                w.release("hv1")
+            w.emit("hv1", "suspended", 1)
+            if w.fail_send == "after_stop":
+                del dst.domains["g1"]
+                self._state = "running"  # QEMU restarts the vCPUs itself; libvirt takes no lease back
+                w.log.append("perform_failed")
+                raise libvirt.libvirtError("operation failed: migration out job: canceled by client")
+        else:
+            self._state = "paused"
+            w.release("hv1")  # libxl: only after a successful send
         w.log.append("perform")
         if w.driver == "libxl":
             w.acquire("hv2")  # finish: before unpausing, even when it stays paused
         if not flags & libvirt.VIR_MIGRATE_PAUSED:
             incoming.resume()
+        else:
+            w.emit("hv2", "suspended", 0)
         w.log.append("finish")
+        time.sleep(w.confirm_delay)
+        if w.release_at_confirm:
+            w.release("hv1")
         self._state = "shutoff"
+        w.emit("hv1", "stopped", 3)
         if flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE:
             del src.domains["g1"]
         w.log.append("confirm")
@@ -310,7 +410,7 @@ def make_world(driver="libxl", where="hv1", same_uuid=False):
     return w, hv1, hv2
 
 
-def manager(w, check_mode=False, **kw):
+def manager(w, check_mode=False, events=True, **kw):
     def open_conn(uri):
         return w.hosts["hv2"] if uri and "hv2" in uri else w.hosts["hv1"]
 
@@ -322,8 +422,8 @@ def manager(w, check_mode=False, **kw):
         check_mode=check_mode,
         open_conn=open_conn,
         lease_view=FakeView(w),
-        events=False,
-        sleep=lambda _s: None,
+        events=(lambda name, clock, on_event: FakeEvents(w, name, clock, on_event)) if events else None,
+        sleep=lambda _s: time.sleep(0.001),
         read_config=read_config,
     )
 
@@ -335,44 +435,97 @@ def holders_at(result):
     }
 
 
-@pytest.mark.parametrize("driver", ["libxl", "qemu"])
-def test_successful_handoff_checkpoints_in_order(driver):
-    w, hv1, hv2 = make_world(driver)
+def names_of(result):
+    return [c["name"] for c in result["lock_checkpoints"]]
+
+
+def before(names, first, then):
+    return names.index(first) < names.index(then)
+
+
+def test_qemu_handoff_resumes_the_destination_as_soon_as_it_arrived_and_the_source_released():
+    w, hv1, hv2 = make_world("qemu")
     result = manager(w).run()
     assert result["changed"] is True and result["state"] == "running"
-    assert [c["name"] for c in result["lock_checkpoints"]] == checkpoint_order()
+    names = names_of(result)
+    assert names == checkpoint_order(driver="qemu")
     assert all(c["ok"] for c in result["lock_checkpoints"])
     at = holders_at(result)
     assert at["begin/inquire"] == ["source"]
+    assert at["perform/source_released"] == []  # qemu: nobody holds them in the gap
     assert at["finish/dest_acquired"] == ["other"]
-    # libxl: the destination already holds its leases while paused; qemu: nobody holds them in the gap
-    assert at["perform/source_released"] == (["other"] if driver == "libxl" else [])
+    # released at the source's vCPU stop, resumed before libvirt confirmed the source
+    assert w.log.index("release@hv1") < w.log.index("resume@hv2") < w.log.index("confirm")
     assert "g1" not in hv1.domains and hv2.domains["g1"]._state == "running"
     assert w.locks == {r: "hv2" for r in RESOURCES}
-    assert result["job"]["elapsed_ms"] == 700 and result["lease_gap_ms"] is not None
-    assert result["timing_source"] == "checkpoints"
+    assert result["job"]["elapsed_ms"] == 700
+    assert result["timing_source"] == "events" and result["downtime_ms"] is not None
+    assert result["lease_gap_ms"] == result["downtime_ms"]
+    by_name = dict((c["name"], c) for c in result["lock_checkpoints"])
+    assert by_name["perform/source_released"]["source"] == "event"
+    assert by_name["perform/source_released"]["verified"] is True
+    assert by_name["finish/resumed"]["source"] == "event"
+    assert by_name["finish/dest_acquired"]["source"] == "probe"
+    assert "not by hv1's virtlockd" in by_name["finish/dest_acquired"]["detail"]
+    assert [c["at"] for c in result["lock_checkpoints"]] == sorted(c["at"] for c in result["lock_checkpoints"])
+    assert hv2.domains["g1"].metadata_xml is None  # the handoff marker is gone once it is complete
+
+
+def test_the_destination_never_resumes_before_the_probe_shows_the_source_released():
+    w, hv1, hv2 = make_world("qemu")
+    w.release_at_confirm = True  # a source that keeps its leases past the destination's arrival
+    result = manager(w).run()
+    assert w.log.index("release@hv1") < w.log.index("resume@hv2")
+    assert w.log.index("confirm") < w.log.index("resume@hv2")  # no early resume then
+    names = names_of(result)
+    assert before(names, "perform/source_released", "finish/resumed")
+    assert hv2.domains["g1"]._state == "running"
+
+
+def test_without_events_the_destination_resumes_after_the_call():
+    w, hv1, hv2 = make_world("qemu")
+    result = manager(w, events=False).run()
+    assert w.log.index("confirm") < w.log.index("resume@hv2")
+    assert result["downtime_ms"] is None and result["lease_gap_ms"] is None and result["timing_source"] is None
+    assert set(names_of(result)) == set(checkpoint_order(driver="qemu"))
+    assert hv2.domains["g1"]._state == "running"
 
 
 def test_libxl_order_source_releases_only_after_the_send_and_dest_acquires_in_finish():
-    w, _hv1, _hv2 = make_world("libxl")
-    manager(w).run()
+    w, _hv1, hv2 = make_world("libxl")
+    result = manager(w).run()
     assert w.log == ["begin", "prepare", "release@hv1", "perform", "acquire@hv2", "finish", "confirm", "resume@hv2"]
+    at = holders_at(result)
+    assert at["perform/source_released"] == ["other"]  # the destination already took them in Finish
+    assert hv2.domains["g1"]._state == "running"
 
 
-@pytest.mark.parametrize("driver", ["libxl", "qemu"])
-def test_failed_send_needs_no_reacquire(driver):
+@pytest.mark.parametrize("driver,when", [("libxl", "before_stop"), ("qemu", "before_stop")])
+def test_failed_send_needs_no_reacquire(driver, when):
     w, hv1, hv2 = make_world(driver)
-    w.fail_send = True
+    w.fail_send = when
     with pytest.raises(VirtError) as info:
         manager(w).run()
     err = info.value
     assert err.msg.startswith("perform: sending g1 from hv1 to hv2 failed")
     assert "keeps running on hv1 holding its leases (verified)" in err.msg
-    names = [c["name"] for c in err.result["lock_checkpoints"]]
-    assert names == ["begin/inquire", "perform/send", "finish/dest_clean", "confirm/source_kept"]
+    names = names_of(err.result)
+    assert names == ["begin/inquire", "prepare/register", "perform/send", "finish/dest_clean", "confirm/source_kept"]
     assert err.result["changed"] is False
     assert w.locks == {r: "hv1" for r in RESOURCES}
     assert not any(e.startswith(("release", "acquire")) for e in w.log)
+    assert hv1.domains["g1"]._state == "running" and "g1" not in hv2.domains
+    assert hv1.domains["g1"].metadata_xml is None
+
+
+def test_send_cancelled_after_the_vcpus_stopped_takes_the_leases_back():
+    w, hv1, hv2 = make_world("qemu")
+    w.fail_send = "after_stop"
+    with pytest.raises(VirtError) as info:
+        manager(w).run()
+    names = names_of(info.value.result)
+    assert "confirm/source_resumed_unleased" in names and "confirm/source_reacquired" in names
+    assert w.locks == {r: "hv1" for r in RESOURCES}
     assert hv1.domains["g1"]._state == "running" and "g1" not in hv2.domains
 
 
@@ -393,16 +546,15 @@ def test_busy_destination_past_the_timeout_is_left_paused_running_nowhere():
         manager(w, lock={"acquire_timeout": 0}).run()
     assert info.value.msg.startswith("finish: hv2 could not take the leases of g1")
     assert "runs nowhere" in info.value.msg
-    assert [c["name"] for c in info.value.result["lock_checkpoints"]][-2:] == [
-        "finish/dest_acquired",
-        "confirm/source_stopped",
-    ]
+    names = names_of(info.value.result)
+    assert {"finish/acquire_busy", "finish/dest_acquired", "confirm/source_stopped"} <= set(names)
+    assert info.value.result["changed"] is True and info.value.result["state"] == "paused"
     assert hv2.domains["g1"]._state == "paused" and "g1" not in hv1.domains
 
 
 def test_before_send_failed_send_must_reacquire_and_can_fail():
     w, hv1, hv2 = make_world("qemu")
-    w.fail_send = True
+    w.fail_send = "before_stop"
     real = FakeDomain.migrateToURI3
 
     def send_while_dest_holds(self, uri, p, flags):
@@ -414,7 +566,13 @@ def test_before_send_failed_send_must_reacquire_and_can_fail():
         manager(w, lock={"release": "before_send", "acquire_timeout": 0}).run()
     assert "could not take its leases back" in info.value.msg
     names = [c["name"] for c in info.value.result["lock_checkpoints"]]
-    assert names[:4] == ["begin/inquire", "perform/source_paused", "perform/source_released", "perform/send"]
+    assert names[:5] == [
+        "begin/inquire",
+        "perform/source_paused",
+        "perform/source_released",
+        "prepare/register",
+        "perform/send",
+    ]
     assert "confirm/source_reacquire_busy" in names
     assert hv1.domains["g1"]._state == "paused"
     assert any("before_send" in x for x in info.value.result["warnings"])
@@ -454,3 +612,79 @@ def test_check_mode_fails_when_the_source_does_not_hold_its_leases():
     with pytest.raises(VirtError, match="source_holds_leases"):
         manager(w, check_mode=True).run()
     assert w.log == []
+
+
+# --------------------------------------------------------------------------- reconcile
+def interrupted_world(src_state=None, dest_state="paused", marker=True, was="running", locks=None):
+    """What a killed run leaves: the guest where libvirt left it, with (or without) the handoff marker."""
+    w, hv1, hv2 = make_world("qemu")
+    src = hv1.domains["g1"]
+    if src_state is None:
+        del hv1.domains["g1"]
+    else:
+        src._state = src_state
+    dest = FakeDomain(w, "hv2", state=dest_state)
+    hv2.domains["g1"] = dest
+    tag = '<handoff source="hv1" dest="hv2" was="{}" host="elsewhere" boot="x" pid="1" started="t"/>'.format(was)
+    for dom in (dest, src if src_state else None):
+        if dom is not None and marker:
+            dom.metadata_xml = tag
+    w.locks = dict(locks or {r: None for r in RESOURCES})
+    return w, hv1, hv2
+
+
+def test_rerun_resumes_a_guest_left_paused_on_the_destination():
+    w, hv1, hv2 = interrupted_world()
+    result = manager(w).run()
+    assert result["changed"] is True and result["state"] == "running"
+    names = names_of(result)
+    assert names[0] == "reconcile/found" and "reconcile/dest_resumed" in names
+    assert "reconcile/dest_acquired" in names and names[-1] == "reconcile/marker_cleared"
+    assert hv2.domains["g1"]._state == "running" and w.locks == {r: "hv2" for r in RESOURCES}
+    assert hv2.domains["g1"].metadata_xml is None
+
+
+def test_a_guest_paused_by_someone_on_the_destination_is_left_alone():
+    w, hv1, hv2 = interrupted_world(marker=False)
+    result = manager(w).run()
+    assert result["changed"] is False and result["state"] == "paused"
+    assert any("no handoff marker" in x for x in result["warnings"])
+    assert hv2.domains["g1"]._state == "paused"
+
+
+def test_rerun_while_the_source_still_holds_a_lease_changes_nothing():
+    w, hv1, hv2 = interrupted_world(locks={RESOURCES[0]: "hv1", RESOURCES[1]: None})
+    with pytest.raises(LeaseError, match="reconcile: g1 is paused on hv2 and runs nowhere"):
+        manager(w).run()
+    assert hv2.domains["g1"]._state == "paused"
+
+
+def test_rerun_stops_the_unconfirmed_source_copy_once_the_destination_runs_leased():
+    w, hv1, hv2 = interrupted_world(src_state="paused", dest_state="running", locks={r: "hv2" for r in RESOURCES})
+    result = manager(w).run()
+    assert result["changed"] is True
+    assert "reconcile/source_stopped" in names_of(result)
+    assert "g1" not in hv1.domains and hv2.domains["g1"]._state == "running"
+
+
+def test_rerun_resumes_a_source_left_paused_and_migrates():
+    w, hv1, hv2 = make_world("qemu")
+    src = hv1.domains["g1"]
+    src._state = "paused"
+    src.metadata_xml = '<handoff source="hv1" dest="hv2" was="running" host="elsewhere" boot="x" pid="1" started="t"/>'
+    w.locks = {r: None for r in RESOURCES}
+    result = manager(w).run()
+    names = names_of(result)
+    assert names[:2] == ["reconcile/found", "reconcile/source_resumed"]
+    assert result["changed"] is True and hv2.domains["g1"]._state == "running" and "g1" not in hv1.domains
+
+
+def test_a_run_still_at_work_is_left_alone(monkeypatch):
+    from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import reconcile
+
+    w, hv1, hv2 = make_world("qemu")
+    hv1.domains["g1"].metadata_xml = '<handoff source="hv1" dest="hv2" was="running" host="hv1" pid="7"/>'
+    monkeypatch.setattr(reconcile, "owner_alive", lambda marker, host: marker.get("pid") == "7")
+    with pytest.raises(VirtError, match="another run \\(pid 7\\) is migrating g1"):
+        manager(w).run()
+    assert w.log == [] and hv1.domains["g1"]._state == "running"

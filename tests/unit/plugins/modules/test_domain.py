@@ -132,10 +132,11 @@ def test_start_records_acquire_after_create_checkpoints(hv, run_module):
     assert names == ["defined", "created_paused", "resumed", "leases_verified", "running"]
     assert [c["at"] for c in cps] == sorted(c["at"] for c in cps)
     for c in cps:
-        assert set(c) == {"name", "host", "at", "ok", "resources", "detail"}
+        assert set(c) == {"name", "host", "at", "ok", "source", "verified", "check", "resources", "detail"}
         assert c["at"].endswith("Z") and len(c["at"]) == len("2024-01-01T00:00:00.000Z")
     # the test driver has no lock manager: the disk is not leased, and that is said
     assert cps[3]["ok"] is False and "no lock manager" in cps[3]["detail"]
+    assert cps[3]["source"] == "probe" and cps[4]["verified"] is True and "state read" in cps[4]["check"]
 
 
 def test_acquire_libvirt_starts_in_one_call(hv, run_module):

@@ -1,0 +1,520 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Handoff: the destination takes the guest's leases and runs it, and the source is confirmed stopped.
+
+The send asks libvirt to keep the destination paused (VIR_MIGRATE_PAUSED). With QEMU, libvirt releases
+the source's leases when the source's vCPUs stop for the final part of the copy; the destination then
+receives the rest and finishes paused, holding no lease. The module watches the destination's lifecycle
+events: once it has finished receiving (SUSPENDED/paused after STARTED/migrated) and the lease probe shows
+the source's virtlockd holds none of the guest's leases, it resumes the destination (its lock manager
+takes the leases then) while libvirt confirms the source, exactly where libvirt's own non-paused flow
+would resume it. Without events, or when the probe still sees a lease held by the source, it resumes only
+after the migration call returned. Then it checks that the source stopped and that the leases are held by
+a process other than the source's virtlockd (part of the migration manager).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
+    RESUMED_POSTCOPY,
+    STARTED_MIGRATED,
+    SUSPENDED_MIGRATED,
+    SUSPENDED_PAUSED,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    describe,
+    holders,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import clear_marker
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.timing import (
+    event_timing,
+    job_summary,
+    ms_between,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
+
+RELEASE_POLL = 0.02  # seconds between lease probes while the source lets its leases go
+RELEASE_WAIT = 2.0  # seconds the source's virtlockd gets to drop the leases of a stopped QEMU
+CONFIRM_WAIT = 10  # seconds libvirt gets to stop the source after the handoff
+
+
+class Handoff:
+    """Events, the early resume, and the checks after the send; mixed into MigrationManager."""
+
+    def _init_handoff(self):
+        self._arrived = threading.Event()
+        self._send_over = threading.Event()
+        self._resumer = None
+        self._resumed_dom = None  # the destination's domain, once resumed by the handoff
+        self._resume_error = None
+        self._verify_error = None
+
+    # ------------------------------------------------------------------ events (event thread: quick)
+    def _on_event(self, role, event, detail, item):
+        if role == "dest" and event == "resumed" and detail == RESUMED_POSTCOPY:
+            self._postcopy_running(item)
+        elif role == "dest" and event == "started" and detail == STARTED_MIGRATED:
+            with self._lock:
+                if self._send_over.is_set() or "prepare" in self.marks:
+                    return
+                self.marks["prepare"] = item["t"]
+            leases = self._probe()
+            self._record(
+                "prepare/register",
+                ok=self.src.profile.paused_guest_holds_leases or "other" not in holders(leases),
+                leases=leases,
+                host=self.dest_name,
+                at=item["at"],
+                source="event",
+                check=self._probe_check(),
+                detail="incoming guest created paused on {}; {}".format(
+                    self.dest_name, describe(leases, self.src_name, self.dest_name)
+                ),
+            )
+        elif role == "source" and event == "suspended" and detail == SUSPENDED_MIGRATED:
+            with self._lock:
+                self.marks.setdefault("source_suspended", item)
+        elif role == "dest" and event == "suspended" and detail == SUSPENDED_PAUSED:
+            with self._lock:
+                if "prepare" not in self.marks:
+                    return
+                self.marks.setdefault("arrived", item)
+            self._arrived.set()
+
+    def _postcopy_running(self, item):
+        with self._lock:
+            if self._send_over.is_set() or "postcopy_running" in self.marks:
+                return
+            self.marks["postcopy_running"] = item["t"]
+        leases = self._probe()
+        self._record(
+            "perform/postcopy_dest_running",
+            ok="source" not in holders(leases),
+            leases=leases,
+            host=self.dest_name,
+            at=item["at"],
+            source="event",
+            check=self._probe_check(),
+            detail="post-copy: {} runs on {} while its memory follows; {}".format(
+                self.name, self.dest_name, describe(leases, self.src_name, self.dest_name)
+            ),
+        )
+
+    def _probe_check(self):
+        return "lease probe (F_GETLK) from {}".format(self.src_name)
+
+    # ------------------------------------------------------------------ the early resume (its own thread)
+    def _can_resume_early(self):
+        cfg = self.lock_config
+        return bool(
+            self.events is not None
+            and self.events.available
+            and self.plan["handoff"] == "verified"
+            and self.plan["release"] != RELEASE_BEFORE_SEND
+            and self.src_state == "running"
+            and self.plan["verify"]
+            and cfg.enabled
+            and cfg.probeable
+            and self.resources
+            and not self.dest.profile.paused_guest_holds_leases
+        )
+
+    def _start_resumer(self):
+        if self._can_resume_early():
+            self._resumer = threading.Thread(target=self._resume_when_arrived, name="handoff", daemon=True)
+            self._resumer.start()
+
+    def _join_resumer(self):
+        if self._resumer is not None:
+            self._resumer.join()
+            self._resumer = None
+
+    def _resume_when_arrived(self):
+        while not self._arrived.wait(0.01):
+            if self._send_over.is_set():
+                return  # no arrival seen while the call ran: the after-send path takes over
+        try:
+            dest_dom = lookup(self.dest, DOMAIN, self.name)
+            if dest_dom is None or state_name(dest_dom) != "paused":
+                return
+            leases = self._wait_released()
+            if any(r.get("holder") == "source" for r in leases):
+                return  # the after-send path reports it
+            self._record_arrived(dest_dom)
+            self._resume_dest(dest_dom)
+            self._resumed_dom = dest_dom
+        except VirtError as err:
+            self._resume_error = err
+            return
+        try:
+            self._verify_dest(dest_dom)
+        except VirtError as err:  # carries the whole result: the main thread raises it after the confirm
+            self._verify_error = err
+        except Exception as exc:  # libvirtError from a lookup: reported by the main thread
+            self._resume_error = VirtError("finish: {}".format(exc))
+
+    # ------------------------------------------------------------------ steps
+    def _wait_released(self, wait=RELEASE_WAIT):
+        """Probe until the source's virtlockd holds none of the guest's leases (or ``wait`` passed); record
+        perform/source_released, stamped by the source's SUSPENDED (migrated) event when there is one."""
+        deadline = self.clock() + wait
+        while True:
+            leases = self._probe()
+            still = [r for r in leases if r.get("holder") == "source"]
+            if not still or self.clock() >= deadline:
+                break
+            self.sleep(RELEASE_POLL)
+        with self._lock:
+            stopped = self.marks.get("source_suspended")
+            if "released" in self.marks and self.rec.find("perform/source_released"):
+                return leases
+            self.marks["released"] = stopped["t"] if stopped and not still else None
+        if stopped is not None and not still:
+            at, source = stopped["at"], "event"
+            how = "{} released them when its vCPUs stopped for the final part of the copy; ".format(self.src_name)
+        else:
+            at, source = None, "probe"
+            how = "seen by the probe: " if not still else "still held after {:.0f}s: ".format(wait)
+        self._record(
+            "perform/source_released",
+            ok=not still,
+            leases=leases,
+            at=at,
+            source=source,
+            check=self._probe_check(),
+            detail=how + describe(leases, self.src_name, self.dest_name),
+        )
+        return leases
+
+    def _record_arrived(self, dest_dom):
+        with self._lock:
+            arrived = self.marks.get("arrived")
+        state = state_name(dest_dom)
+        sent = "sent in {} ms".format(ms_between(self.marks["send_start"], self.marks.get("send_end") or self.clock()))
+        self._record(
+            "perform/send",
+            ok=state == "paused" or self.plan["handoff"] != "verified",
+            leases=self._probe(),
+            host=self.dest_name,
+            at=arrived["at"] if arrived else None,
+            source="event" if arrived else "api",
+            check="domain state read on {}: {}".format(self.dest_name, state),
+            detail=(
+                "{} holds the whole guest, paused (VIR_MIGRATE_PAUSED); ".format(self.dest_name)
+                if self.plan["handoff"] == "verified"
+                else "post-copy: libvirt ran the guest on the destination; "
+                if "postcopy" in self.marks
+                else "libvirt resumed the guest on the destination; "
+            )
+            + ("seen as it happened" if arrived else sent),
+        )
+
+    def _resume_dest(self, dest_dom):
+        lc = Lifecycle(
+            self.dest,
+            PhaseRecorder(
+                self.rec,
+                "finish",
+                {
+                    "resumed": None,
+                    "running": None,
+                    "acquire_failed": "acquire_busy",
+                    "resume_failed": "resume_failed",
+                    "lease_files_created": None,
+                },
+                host=self.dest_name,
+            ),
+            self.lock_config,
+            sleep=self.sleep,
+            clock=self.clock,
+        )
+        try:
+            lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
+        except VirtError as err:
+            if state_name(dest_dom) != "running":
+                raise
+            # another run resumed it first (a re-run reconciling at the same moment): it runs, leased
+            self.warnings.append("{} was resumed on {} by another run: {}".format(self.name, self.dest_name, err.msg))
+        state = state_name(dest_dom)
+        self._record(
+            "finish/resumed",
+            ok=state == "running",
+            host=self.dest_name,
+            check="domain state read on {}: {}".format(self.dest_name, state),
+            detail="{} is {} on {}".format(self.name, state, self.dest_name),
+        )
+
+    def _verify_dest(self, dest_dom, paused_ok=False):
+        leases = self._probe()
+        bad = [r for r in leases if r.get("holder") != "other"]
+        if paused_ok:
+            bad = [r for r in leases if r.get("holder") == "source"]
+        detail = describe(leases, self.src_name, self.dest_name)
+        if not bad and leases:
+            # from the source host the probe sees a holder that is not the source's virtlockd; it cannot
+            # name the destination's
+            detail = "held, not by {}'s virtlockd (the destination's lock manager took them as it resumed): {}".format(
+                self.src_name, detail
+            )
+        self._record(
+            "finish/dest_acquired",
+            ok=not bad,
+            leases=leases,
+            host=self.dest_name,
+            source="probe",
+            check=self._probe_check(),
+            detail=detail,
+        )
+        if bad and self.plan["verify"]:
+            state = state_name(dest_dom)
+            if state == "running" and not self.dest.profile.paused_guest_holds_leases:
+                try:
+                    dest_dom.suspend()
+                    state = "paused"
+                except Exception:
+                    pass
+            self._fail(
+                "finish: {} {} on {} without holding its leases ({}){}".format(
+                    self.name,
+                    "was running" if state == "paused" else "is " + state,
+                    self.dest_name,
+                    describe(bad, self.src_name, self.dest_name),
+                    "; it was paused and runs nowhere" if state == "paused" else "",
+                ),
+                changed=True,
+                state=state,
+                leases=leases,
+                cls=LeaseError,
+            )
+        return leases
+
+    def _confirm(self):
+        """Wait for libvirt to stop the source; record confirm/source_stopped. Returns the source's state."""
+        src_dom, stopped = self._wait_inactive(self.src, CONFIRM_WAIT)
+        state = "absent" if src_dom is None else state_name(src_dom)
+        ev = self.events.first("source", "stopped") if self.events is not None else None
+        self._record(
+            "confirm/source_stopped",
+            ok=stopped,
+            at=ev["at"] if ev and stopped else None,
+            source="event" if ev and stopped else "api",
+            check="domain lookup on {}: {}".format(self.src_name, "undefined" if src_dom is None else state),
+            detail="{} on {}: {}".format(self.name, self.src_name, "undefined" if src_dom is None else state),
+        )
+        return src_dom, state, stopped
+
+    def _clear_marker(self, dom):
+        try:
+            clear_marker(dom)
+        except Exception as exc:
+            self.warnings.append("could not remove the handoff marker of {}: {}".format(self.name, exc))
+
+    # ------------------------------------------------------------------ after the call
+    def _handoff(self, src_dom, send_error=None):
+        """The guest was sent (or libvirt failed after it arrived and resumed): finish and check everything."""
+        try:
+            return self._finish(src_dom, send_error)
+        except VirtError as err:
+            if err.result is not None:
+                raise
+            self._fail_after_send(err)
+
+    def _finish(self, src_dom, send_error):
+        plan = self.plan
+        self._join_resumer()
+        if not self.rec.find("prepare/register"):
+            self._record(
+                "prepare/register",
+                host=self.dest_name,
+                detail="libvirt prepared the destination inside the migration call (no event seen)",
+            )
+        self.job = job_summary(self._job_stats())
+        dest_dom = self._resumed_dom or lookup(self.dest, DOMAIN, self.name)
+        if dest_dom is None:
+            self._fail(
+                "perform: the send returned but {} has no domain {}".format(self.dest_name, self.name), changed=True
+            )
+        if self._resume_error is not None:
+            return self._resume_failed(dest_dom, self._resume_error)
+        leave_paused = self.src_state == "paused"
+        want = "paused" if leave_paused else "running"
+        if self._resumed_dom is None:
+            # the after-send path: no arrival seen, or the source still held a lease when it arrived
+            if not self.rec.find("perform/send"):
+                self._record_arrived(dest_dom)
+            leases = self._wait_released() if not self.rec.find("perform/source_released") else self._probe()
+            still = [r for r in leases if r.get("holder") == "source"]
+            if still and plan["verify"]:
+                self._fail(
+                    "perform: {} still holds {} after the send; {} is left paused on {}, not resumed, and runs "
+                    "nowhere".format(
+                        self.src_name, describe(still, self.src_name, self.dest_name), self.name, self.dest_name
+                    ),
+                    changed=True,
+                    state=state_name(dest_dom),
+                    leases=leases,
+                )
+            if leave_paused:
+                self._record(
+                    "finish/resumed",
+                    host=self.dest_name,
+                    check="domain state read on {}: {}".format(self.dest_name, state_name(dest_dom)),
+                    detail="not resumed: {} was paused on {} and stays paused".format(self.name, self.src_name),
+                )
+            elif state_name(dest_dom) == "paused":
+                try:
+                    self._resume_dest(dest_dom)
+                except VirtError as err:
+                    return self._resume_failed(dest_dom, err)
+            else:
+                state = state_name(dest_dom)
+                self._record(
+                    "finish/resumed",
+                    ok=state == "running",
+                    host=self.dest_name,
+                    check="domain state read on {}: {}".format(self.dest_name, state),
+                    detail="libvirt resumed {} on {}{}".format(
+                        self.name, self.dest_name, " (post-copy)" if "postcopy" in self.marks else ""
+                    ),
+                )
+        if self._resumed_dom is None:
+            leases = self._verify_dest(dest_dom, paused_ok=leave_paused)
+        _src_left, src_state, stopped = self._confirm()
+        if self._verify_error is not None:
+            raise self._verify_error
+        if self._resumed_dom is not None:
+            leases = self._probe()
+        dest_state = state_name(dest_dom)
+        if send_error is None and dest_state == want and stopped:
+            self._clear_marker(dest_dom)
+        result = self._result(changed=True, state=dest_state, leases=leases)
+        self._timing(result)
+        if send_error is not None:
+            self._fail(
+                "perform: libvirt reported an error after {0} had arrived on {1} and resumed there: {2}. {0} is {3} "
+                "on {1} ({4}); on {5} it is {6}{7}".format(
+                    self.name,
+                    self.dest_name,
+                    send_error.msg,
+                    dest_state,
+                    describe(leases, self.src_name, self.dest_name),
+                    self.src_name,
+                    src_state,
+                    "" if stopped else ": run the task again to remove that stale copy",
+                ),
+                changed=True,
+                state=dest_state,
+                leases=leases,
+                err=send_error,
+            )
+        if not stopped:
+            self._fail(
+                "confirm: {0} is {1} on {2} after the handoff and {3} on {4}; {2} should have stopped it".format(
+                    self.name, src_state, self.src_name, dest_state, self.dest_name
+                ),
+                changed=True,
+                state=dest_state,
+                leases=leases,
+            )
+        if dest_state != want:
+            self._fail(
+                "finish: {} is {} on {}, not {}".format(self.name, dest_state, self.dest_name, want),
+                changed=True,
+                state=dest_state,
+                leases=leases,
+            )
+        return result
+
+    def _resume_failed(self, dest_dom, err):
+        leases = self._probe()
+        self._record(
+            "finish/dest_acquired",
+            ok=False,
+            leases=leases,
+            host=self.dest_name,
+            source="probe",
+            check=self._probe_check(),
+            detail="{} could not resume {}: {}".format(self.dest_name, self.name, err.msg),
+        )
+        _src, src_state, _stopped = self._confirm()
+        dest_state = state_name(dest_dom)
+        blocking = [r for r in leases if r.get("held")] or leases
+        waited = " within lock.acquire_timeout ({}s)".format(self.plan["acquire_timeout"]) if err.is_busy else ""
+        self._fail(
+            "finish: {0} could not take the leases of {1}{2}: {3}. {1} is left {4} on {0}{5} ({6}: {7}); run the "
+            "task again once the lease is free: it resumes the guest there".format(
+                self.dest_name,
+                self.name,
+                waited,
+                describe(blocking, self.src_name, self.dest_name),
+                dest_state,
+                " and runs nowhere" if dest_state != "running" and src_state != "running" else "",
+                self.src_name,
+                src_state,
+            ),
+            changed=True,
+            state=dest_state,
+            leases=leases,
+            err=err,
+            cls=LeaseError if err.is_busy else VirtError,
+        )
+
+    def _fail_after_send(self, err):
+        """A libvirt error after the send (a lookup, a state read, a dropped connection): the whole result."""
+        where = []
+        dest_state = "unknown"
+        for conn, host, role in ((self.src, self.src_name, "source"), (self.dest, self.dest_name, "dest")):
+            try:
+                dom = lookup(conn, DOMAIN, self.name)
+                state = "absent" if dom is None else state_name(dom)
+            except Exception:
+                state = "unknown"
+            if role == "dest":
+                dest_state = state
+            where.append("{} on {}".format(state, host))
+        try:
+            leases = self._probe()
+        except Exception:
+            leases = None
+        msg = err.msg if err.msg.split(":")[0] in ("perform", "finish", "confirm") else "finish: " + err.msg
+        running = [w for w in where if w.startswith("running")]
+        self._fail(
+            "{}. {} is {}{}".format(
+                msg, self.name, ", ".join(where), "" if running else "; it runs nowhere: run the task again"
+            ),
+            changed=True,
+            state=dest_state,
+            leases=leases,
+            err=err,
+        )
+
+    def _job_stats(self):
+        for conn in (self.dest, self.src):
+            try:
+                dom = lookup(conn, DOMAIN, self.name)
+                stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED) if dom is not None else None
+            except Exception:  # libvirtError, or a VirtError from the lookup: no statistics
+                continue
+            if stats and stats.get("time_elapsed") is not None:
+                return stats
+        return {}
+
+    def _timing(self, result):
+        """downtime_ms and lease_gap_ms from events on both ends (or None); finish/resumed stamped by the
+        destination's RESUMED event when it was seen."""
+        released = self.marks.get("released")
+        result.update(event_timing(self.events, released_at=released))
+        if self.events is not None and self.events.available:
+            result["events"] = self.events.as_list()
+        ev = self.events.first("dest", "resumed") if self.events is not None else None
+        resumed = self.rec.find("finish/resumed") if self.rec is not None else None
+        if ev is not None and resumed is not None and resumed["ok"] and resumed["source"] != "event":
+            resumed["at"], resumed["source"] = ev["at"], "event"
+            result["lock_checkpoints"] = self.rec.as_list()

@@ -1,0 +1,284 @@
+# Copyright: lockstep.virt contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Reconcile: finish what an interrupted run left, before anything else (part of the migration manager).
+
+Whatever stopped a run - its process killed, the controller interrupted, the SSH session dropped, a lease
+busy past ``lock.acquire_timeout`` - the same task run again looks at both hosts first:
+
+- the guest paused on the destination with the handoff marker and not active on the source: libvirt
+  finished the send without the run; the destination is resumed once the probe shows the source holds no
+  lease (``reconcile/dest_resumed``, ``reconcile/dest_acquired``);
+- running on the destination with the marker: only the marker is left (``reconcile/marker_cleared``);
+- running on the destination holding every lease, and paused on the source: the source's stale copy is
+  destroyed, as libvirt's confirm step would have done (``reconcile/source_stopped``);
+- paused on the source with the marker of a guest that was running, and no copy on the destination: the
+  source is resumed, taking its leases back (``reconcile/source_resumed``), and the migration goes on;
+- running on the source holding its leases, with a paused copy on the destination that no job is
+  receiving: that copy is destroyed (``reconcile/dest_stale_stopped``) and the migration goes on.
+
+A run still at work (its marker names a live process on this host), or a migration job still active, is
+left alone: the task fails and changes nothing.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
+
+_JOB_NONE = 0
+
+
+def job_active(dom):
+    """True when libvirt runs a job (a migration) on ``dom``."""
+    try:
+        return dom.jobInfo()[0] != _JOB_NONE
+    except Exception:  # the driver has no job information: none is known
+        return False
+
+
+class Reconcile:
+    """What an earlier run left; mixed into MigrationManager."""
+
+    def _guard_busy(self, src_dom, dest_dom):
+        """Refuse (changing nothing) while another run or a migration job is at work on this guest."""
+        for dom, host in ((src_dom, self.src_name), (dest_dom, self.dest_name)):
+            if dom is None or not self._active(dom):
+                continue
+            marker = read_marker(dom)
+            if marker and owner_alive(marker, self.src.hostname):
+                self._fail(
+                    "begin: another run (pid {}) is migrating {} from {} to {} right now; nothing was changed".format(
+                        marker["pid"], self.name, marker["source"], marker["dest"]
+                    )
+                )
+            if job_active(dom):
+                self._fail("begin: a migration job of {} is active on {}; nothing was changed".format(self.name, host))
+
+    def _reconcile(self, src_dom, dest_dom):
+        """A finished result when the earlier run is completed here, else None (the migration goes on).
+
+        May resume the source (the migration then goes on from a running guest) or remove a stale copy.
+        """
+        src_state = state_name(src_dom) if src_dom is not None and self._active(src_dom) else None
+        dest_state = state_name(dest_dom) if dest_dom is not None and self._active(dest_dom) else None
+        if src_state is None and dest_state is None:
+            return None
+        self._guard_busy(src_dom, dest_dom)
+        src_marker = read_marker(src_dom) if src_state else None
+        dest_marker = read_marker(dest_dom) if dest_state else None
+        if dest_state and not src_state:
+            if dest_marker is None:
+                return None  # nothing left by a run: the caller says whether there is anything to do
+            return self._finish_on_dest(dest_dom, dest_state, dest_marker)
+        if dest_state == "running" and src_state == "paused":
+            return self._stop_stale_source(src_dom, dest_dom)
+        if src_state == "paused" and not dest_state and src_marker and src_marker.get("was") == "running":
+            self._resume_source(src_dom)
+            return None
+        if src_state == "running" and dest_state == "paused" and dest_marker is not None:
+            self._stop_stale_dest(dest_dom)
+            return None
+        return None
+
+    def _reconcile_recorder(self):
+        return PhaseRecorder(
+            self.rec,
+            "reconcile",
+            {
+                "resumed": None,
+                "running": None,
+                "acquire_failed": "acquire_busy",
+                "resume_failed": "resume_failed",
+                "lease_files_created": None,
+                "paused": None,
+                "destroyed": None,
+            },
+        )
+
+    def _found(self, detail, host):
+        self._record(
+            "reconcile/found", host=host, source="probe", check="domain states and handoff marker read", detail=detail
+        )
+
+    def _finish_on_dest(self, dest_dom, dest_state, marker):
+        with libvirt_errors("cannot read the XML of {}".format(self.name)):
+            self.resources = self.view.expected(dest_dom.XMLDesc(0))
+        self._found(
+            "{} is {} on {} with the marker of a handoff from {} started {} that did not finish".format(
+                self.name, dest_state, self.dest_name, marker.get("source"), marker.get("started")
+            ),
+            self.dest_name,
+        )
+        if dest_state == "paused" and marker.get("was") != "paused":
+            leases = self._probe()
+            held = [r for r in leases if r.get("holder") == "source"]
+            if held:
+                self._fail(
+                    "reconcile: {} is paused on {} and runs nowhere, but {} still holds {}; nothing was changed".format(
+                        self.name, self.dest_name, self.src_name, describe(held, self.src_name, self.dest_name)
+                    ),
+                    state="paused",
+                    leases=leases,
+                    cls=LeaseError,
+                )
+            lc = Lifecycle(
+                self.dest,
+                PhaseRecorder(
+                    self.rec,
+                    "reconcile",
+                    {
+                        "resumed": "dest_resumed",
+                        "running": None,
+                        "acquire_failed": "acquire_busy",
+                        "resume_failed": "resume_failed",
+                        "lease_files_created": None,
+                    },
+                    host=self.dest_name,
+                ),
+                self.lock_config,
+                sleep=self.sleep,
+                clock=self.clock,
+            )
+            try:
+                lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
+            except VirtError as err:
+                leases = self._probe()
+                self._fail(
+                    "reconcile: {} could not resume {} ({}); it stays paused there and runs nowhere: {}".format(
+                        self.dest_name, self.name, err.msg, describe(leases, self.src_name, self.dest_name)
+                    ),
+                    changed=False,
+                    state=state_name(dest_dom),
+                    leases=leases,
+                    err=err,
+                    cls=LeaseError if err.is_busy else VirtError,
+                )
+        leases = self._probe()
+        state = state_name(dest_dom)
+        bad = [r for r in leases if r.get("holder") != "other"] if state == "running" else []
+        self._record(
+            "reconcile/dest_acquired",
+            ok=not bad,
+            leases=leases,
+            host=self.dest_name,
+            source="probe",
+            check=self._probe_check(),
+            detail="{} is {} on {}; {}".format(
+                self.name, state, self.dest_name, describe(leases, self.src_name, self.dest_name)
+            ),
+        )
+        self._clear_marker(dest_dom)
+        self._record(
+            "reconcile/marker_cleared", host=self.dest_name, detail="the handoff of {} is complete".format(self.name)
+        )
+        result = self._result(changed=True, state=state, leases=leases)
+        if bad:
+            self._fail(
+                "reconcile: {} runs on {} without holding its leases: {}".format(
+                    self.name, self.dest_name, describe(bad, self.src_name, self.dest_name)
+                ),
+                changed=True,
+                state=state,
+                leases=leases,
+                cls=LeaseError,
+            )
+        return result
+
+    def _stop_stale_source(self, src_dom, dest_dom):
+        with libvirt_errors("cannot read the XML of {}".format(self.name)):
+            self.resources = self.view.expected(dest_dom.XMLDesc(0))
+        leases = self._probe()
+        if not leases or any(r.get("holder") != "other" for r in leases):
+            self._fail(
+                "reconcile: {} runs on {} and is paused on {}, and the leases are not all held away from {} ({}); "
+                "refusing to touch either copy".format(
+                    self.name,
+                    self.dest_name,
+                    self.src_name,
+                    self.src_name,
+                    describe(leases, self.src_name, self.dest_name),
+                ),
+                state="running",
+                leases=leases,
+            )
+        self._found(
+            "{} runs on {} holding its leases and a paused copy stayed on {}: the source was never confirmed".format(
+                self.name, self.dest_name, self.src_name
+            ),
+            self.src_name,
+        )
+        with libvirt_errors("cannot stop the stale copy of {} on {}".format(self.name, self.src_name)):
+            src_dom.destroy()
+            if self.params.get("undefine_source", True) and src_dom.isPersistent():
+                src_dom.undefine()
+        self._record(
+            "reconcile/source_stopped",
+            check="domain state read on {}".format(self.src_name),
+            detail="the paused copy on {} was destroyed{}".format(
+                self.src_name, " and undefined" if self.params.get("undefine_source", True) else ""
+            ),
+        )
+        marker = read_marker(dest_dom)
+        if marker is not None:
+            self._clear_marker(dest_dom)
+        return self._result(changed=True, state=state_name(dest_dom), leases=self._probe())
+
+    def _resume_source(self, src_dom):
+        self._found(
+            "{} is paused on {} with the marker of a handoff to {} that did not send it".format(
+                self.name, self.src_name, self.dest_name
+            ),
+            self.src_name,
+        )
+        lc = Lifecycle(
+            self.src,
+            PhaseRecorder(
+                self.rec,
+                "reconcile",
+                {
+                    "resumed": "source_resumed",
+                    "running": None,
+                    "acquire_failed": "acquire_busy",
+                    "resume_failed": "resume_failed",
+                    "lease_files_created": None,
+                },
+            ),
+            self.lock_config,
+            sleep=self.sleep,
+            clock=self.clock,
+        )
+        try:
+            lc.resume(src_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
+        except VirtError as err:
+            self._fail(
+                "reconcile: {} could not resume {} ({}); it stays paused and runs nowhere".format(
+                    self.src_name, self.name, err.msg
+                ),
+                state="paused",
+                err=err,
+                cls=LeaseError if err.is_busy else VirtError,
+            )
+        self.reconciled = True
+
+    def _stop_stale_dest(self, dest_dom):
+        leases = self._probe()
+        if any(r.get("holder") != "source" for r in leases):
+            return  # the preflight's source_holds_leases check reports it
+        self._found(
+            "{} runs on {} holding its leases; a paused copy left by an earlier handoff stays on {}".format(
+                self.name, self.src_name, self.dest_name
+            ),
+            self.dest_name,
+        )
+        with libvirt_errors("cannot stop the stale copy of {} on {}".format(self.name, self.dest_name)):
+            dest_dom.destroy()
+        self._record(
+            "reconcile/dest_stale_stopped",
+            host=self.dest_name,
+            check="lease probe: every lease held by {}'s virtlockd".format(self.src_name),
+            detail="the paused copy on {} was destroyed".format(self.dest_name),
+        )
+        self.reconciled = True
