@@ -135,6 +135,12 @@ domains:
           type: list
           elements: dict
     metadata: {description: "Key/values set with the domain module's spec.metadata.", type: dict}
+    handoff:
+      description:
+        - The handoff marker of lockstep.virt.migrate (C(source), C(dest), C(was), C(started), ...) and a C(note)
+          saying what it means - a paused guest carrying it was left by a migration whose handoff did not
+          finish, and the same migrate task run again finishes it. Null without a marker.
+      type: dict
     inactive_xml: {description: "Inactive XML.", type: str, returned: when O(inactive_xml=true)}
 lock_config:
   description: The host's lock manager configuration as read from the driver's config files.

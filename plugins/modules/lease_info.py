@@ -108,6 +108,12 @@ guests:
           RV(lockstep.virt.domain#module:leases) (C(lockspace) is the lockspace directory).
       type: list
       elements: dict
+    handoff:
+      description:
+        - The migrate module's handoff marker with a C(note), as in
+          RV(lockstep.virt.domain_info#module:domains[].handoff) - a paused guest carrying it was left by a
+          migration whose handoff did not finish. Null without one.
+      type: dict
 unleased_running:
   description:
     - Running guests with a read-write disk no lease covers or a lease this host's virtlockd does not hold,

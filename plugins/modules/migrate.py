@@ -7,42 +7,39 @@ module: migrate
 short_description: Live-migrate a libvirt guest with a verified lock-manager lease handoff
 version_added: 0.1.0
 description:
-  - Runs on the source hypervisor and migrates the running guest O(name) to O(dest_uri).
-  - "The lease handoff is explicit and verified (O(lock.release=after_send), the default): libvirt sends the
-    guest with the destination kept paused (C(VIR_MIGRATE_PAUSED)), so with QEMU the destination holds no
-    lease yet. After a successful send the module verifies that the source holds none of the guest's leases,
-    resumes the guest on the destination - which takes them - retrying a C(resource busy) refusal until
-    O(lock.acquire_timeout), verifies that they are held there and not by the source's virtlockd, and only
-    then reports success."
-  - "Checkpoints of a successful run, in order: C(begin/inquire) (source running, holding its leases),
-    C(prepare/register) (incoming guest created paused on the destination, holding no lease),
-    C(perform/send) (sent, destination paused), C(perform/source_released) (the source holds none of
-    the leases), C(finish/dest_acquired) (the destination holds them all), C(finish/resumed) (running on
-    the destination), C(confirm/source_stopped) (no copy left on the source)."
-  - "Send failure (the destination refused or the transfer broke, or O(timeout) aborted it): C(begin/inquire),
-    C(prepare/register) (if the destination got that far), C(perform/send) with C(ok=false),
-    C(finish/dest_clean) (the destination removed its half-received copy and holds no lease) and
-    C(confirm/source_kept) (the guest still runs on the source and holds its leases). The module fails with
-    the phase and libvirt's message. Nothing had to be taken back - except in one case libvirt itself causes:
-    when the send is cancelled after QEMU stopped the vCPUs for the final copy, QEMU resumes them on its own
-    and libvirt takes no lease back; the module then records C(confirm/source_resumed_unleased), pauses the
-    guest and resumes it through libvirt (C(confirm/source_paused), C(confirm/source_reacquired)) so that it
-    runs holding its leases again, or, when they are busy, leaves it paused, running nowhere."
-  - "Destination lease conflict: after C(perform/source_released), every refused resume is a
-    C(finish/acquire_busy) checkpoint (C(ok=false)); once O(lock.acquire_timeout) is over,
-    C(finish/dest_acquired) fails, C(confirm/source_stopped) is recorded and the module fails naming the
-    lease and its holder: the guest is left paused on the destination and runs nowhere."
-  - "Verification failures: C(perform/source_released) with C(ok=false) (the source still holds a lease
-    after the send; the destination is not resumed) or C(finish/dest_acquired) with C(ok=false) (the
-    destination runs without holding its leases; it is paused again). The module fails in both cases."
-  - "O(lock.release=before_send) reproduces the old ordering for tests (with a warning): C(begin/inquire),
-    C(perform/source_paused), C(perform/source_released), C(prepare/register), C(perform/send), then as
-    above. If that send fails the source has to take the leases back: C(confirm/source_reacquired), or
-    C(confirm/source_reacquire_busy) when the destination still holds them - the guest then stays paused on
-    the source and runs nowhere."
+  - Runs on the source hypervisor and migrates the running guest O(name) to O(dest_uri), with the lease
+    handoff explicit, verified and recorded in RV(lock_checkpoints). The whole story, path by path, is in
+    the collection's guide C(docs/guides/lease-safe-migration.md).
+  - "What libvirt does (QEMU driver): the source's vCPUs stop for the final part of the copy and libvirt
+    releases the source's leases right then, before the send has completed. With the default
+    O(lock.release=after_send) the guest is sent with the destination kept paused (C(VIR_MIGRATE_PAUSED)),
+    holding no lease. libxl (after libvirt's lock-ordering fix) releases on the source after a successful
+    send and takes the leases on the destination before it unpauses."
+  - "What the module adds: it watches both hosts' lifecycle events; once the destination holds the whole
+    guest (paused) and the lease probe shows that the source's virtlockd holds none of its leases, it resumes
+    the destination - whose lock manager takes them - while libvirt confirms the source, retrying a
+    C(resource busy) refusal until O(lock.acquire_timeout). It then checks that the leases are held, and not
+    by the source's virtlockd, and that libvirt stopped the source. Without events it resumes after the
+    migration call returned. It never resumes the destination while the probe sees a lease held by the
+    source."
+  - "Send failure: the destination's half-received copy is gone and holds no lease, and the guest runs on
+    the source holding its leases (verified). When the send is cancelled after QEMU stopped the vCPUs,
+    QEMU resumes them itself and libvirt takes no lease back; the module pauses and resumes the guest through
+    libvirt so that it holds them again, or leaves it paused when they are busy."
+  - "Every failure after the send returns the whole result - RV(changed), RV(state), every checkpoint so
+    far - and its message says where the guest is, from the states read after the failure."
+  - "Re-runnable (reconcile): before it moves anything the module reads both hosts. A guest left paused on
+    the destination by an interrupted run (its process killed, the controller interrupted, the SSH session
+    dropped, a lease busy past O(lock.acquire_timeout)) carries the module's handoff marker and is resumed
+    there once no lease is held by the source; an unconfirmed paused copy on the source next to a guest
+    running leased on the destination is destroyed; a source left paused before the send is resumed and
+    migrated. These runs report C(changed=true) with C(reconcile/...) checkpoints. Another run still at work
+    on the guest, or an active migration job, makes the task fail without changing anything."
   - Idempotent - a guest already running on the destination and not on the source is C(changed=false).
   - "The lease names come from the source host's lock manager configuration and are probed there with
-    F_GETLK: the lockspace is shared, so source and destination must use the same configuration."
+    F_GETLK: the lockspace is shared, so source and destination must use the same configuration. From the
+    source host the probe sees that a lease is held and whether the source's virtlockd holds it, not which
+    other process does."
 extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt
@@ -57,7 +54,9 @@ attributes:
     support: none
   idempotent:
     support: full
-    details: A guest already running on the destination and absent from the source is not migrated again.
+    details:
+      - A guest already running on the destination and absent from the source is not migrated again.
+      - A run interrupted at any point converges when run again (reconcile).
 options:
   uri:
     description:
@@ -243,7 +242,7 @@ notes:
     persistent, undefine_source and the paused handoff, and takes leases when the guest is created (so its
     destination already holds them while paused).
   - C(downtime_ms) and C(lease_gap_ms) come from libvirt lifecycle events received on both connections
-    (RV(timing_source=events)); without events they are derived from the module's own checkpoint times.
+    (RV(timing_source=events)); without events they are null.
 seealso:
   - module: lockstep.virt.lease_info
   - module: lockstep.virt.domain
@@ -325,7 +324,10 @@ state:
   type: str
   sample: running
 lock_checkpoints:
-  description: Ordered checkpoints of the handoff (see the description for the order on each path).
+  description:
+    - Checkpoints of the handoff, ordered by RV(lock_checkpoints[].at). With QEMU and events a successful run
+      records C(begin/inquire), C(prepare/register), C(perform/source_released), C(perform/send),
+      C(finish/resumed), C(finish/dest_acquired), C(confirm/source_stopped); the guide lists every path.
   returned: always
   type: list
   elements: dict
@@ -337,11 +339,22 @@ lock_checkpoints:
       description: The host the checkpoint is about.
       type: str
     at:
-      description: UTC time, ISO 8601 with milliseconds.
+      description: When it happened (UTC, ISO 8601 with milliseconds), taken from what saw it.
       type: str
     ok:
       description: Whether the step succeeded or its verification passed.
       type: bool
+    source:
+      description:
+        - What saw it - C(event) (a libvirt lifecycle event, stamped as it arrived), C(probe) (a lease or
+          state probe, stamped when it ran) or C(api) (a libvirt call, stamped when it returned).
+      type: str
+    verified:
+      description: Whether the claim was checked; RV(lock_checkpoints[].check) says with what.
+      type: bool
+    check:
+      description: What checked the claim (a lease probe, a state read), null when nothing did.
+      type: str
     resources:
       description: Lease resources concerned.
       type: list
@@ -356,7 +369,8 @@ lock_checkpoints:
       type: list
       elements: dict
   sample:
-    - {name: begin/inquire, host: hv1, at: "2025-01-01T10:00:00.001Z", ok: true, resources: [], detail: ""}
+    - {name: perform/source_released, host: hv1, at: "2025-01-01T10:00:00.001Z", ok: true, source: event,
+       verified: true, check: "lease probe (F_GETLK) from hv1", resources: [], detail: ""}
 leases:
   description:
     - The guest's leases at the end, probed on the source host - C(held), C(held_here) (by the source's virtlockd),
@@ -365,15 +379,19 @@ leases:
   type: list
   elements: dict
 lease_gap_ms:
-  description: Milliseconds during which no host held the guest's leases (source released until destination acquired).
+  description:
+    - Milliseconds during which no host held the guest's leases - from the source's release (its SUSPENDED
+      event with QEMU) to the destination's RESUMED event. Null when either event was not seen.
   returned: always
   type: int
 downtime_ms:
-  description: Milliseconds from the guest stopping on the source to running on the destination.
+  description:
+    - Milliseconds from the source's vCPUs stopping for the migration (SUSPENDED event) to the destination's
+      RESUMED event. Null when either event was not seen - never a figure from the module's own clock.
   returned: always
   type: int
 timing_source:
-  description: C(events) (libvirt lifecycle events on both connections) or C(checkpoints) (the module's own times).
+  description: C(events) when RV(downtime_ms) or RV(lease_gap_ms) came from events, else null.
   returned: always
   type: str
 events:

@@ -173,9 +173,17 @@ lock_checkpoints:
         leases_verified, running, paused, destroyed_paused, leases_released.
       type: str
     host: {description: "Hypervisor host name.", type: str}
-    at: {description: "UTC time, ISO 8601 with milliseconds.", type: str, sample: "2025-01-01T12:00:00.123Z"}
+    at:
+      description: When it happened (UTC, ISO 8601, milliseconds), taken from what saw it; the list is ordered by it.
+      type: str
+      sample: "2025-01-01T12:00:00.123Z"
     ok: {description: "Whether the step succeeded as expected.", type: bool}
     resources: {description: "Lease files concerned.", type: list, elements: str}
+    source:
+      description: What saw it - C(event) (a libvirt event), C(probe) (a lease or state probe), C(api) (a call).
+      type: str
+    verified: {description: "Whether the claim was checked (a probe, a read back); C(check) says how.", type: bool}
+    check: {description: "What checked the claim, null when nothing did.", type: str}
     detail: {description: "Explanation.", type: str}
 leases:
   description: The guest's leases and who holds them, as M(lockstep.virt.domain) returns them.

@@ -17,6 +17,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import describe_handoff, marker_in
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes
 
@@ -141,6 +142,8 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
         interfaces=ifaces,
         metadata=get_user_metadata(root),
     )
+    marker = marker_in(root)
+    facts["handoff"] = dict(marker, note=describe_handoff(facts["state"], marker)) if marker else None
     if with_inactive_xml:
         with libvirt_errors("cannot read the XML of {}".format(dom.name())):
             facts["inactive_xml"] = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

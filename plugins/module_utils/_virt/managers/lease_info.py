@@ -16,7 +16,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     virtlockd_pids,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, is_active, state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, select
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import describe_handoff, marker_in
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select
 
 LEASE_INFO_ARGUMENT_SPEC = {
     "names": {"type": "list", "elements": "str", "aliases": ["name"]},
@@ -48,7 +49,15 @@ class LeaseInfoManager:
             probed = lc.probe(dom, inactive=not active)
             leases = [public_lease(r) for r in probed]
             state = state_name(dom)
-            guests.append({"name": name, "state": state, "leases": leases})
+            marker = marker_in(read_xml(dom, DOMAIN, inactive=not active))
+            guests.append(
+                {
+                    "name": name,
+                    "state": state,
+                    "leases": leases,
+                    "handoff": dict(marker, note=describe_handoff(state, marker)) if marker else None,
+                }
+            )
             found.add(name)
             if state != "running":
                 continue

@@ -70,6 +70,29 @@ def clear_marker(dom):
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, None, None, HANDOFF_NS, _flags(dom, live=bool(dom.isActive())))
 
 
+def marker_in(root):
+    """The handoff marker in a domain's parsed XML, as a dict, or None."""
+    for md in root.findall("metadata"):
+        el = md.find("{%s}handoff" % HANDOFF_NS)
+        if el is not None:
+            return dict((k, el.get(k, "")) for k in _FIELDS)
+    return None
+
+
+def describe_handoff(state, marker):
+    """How domain_info and lease_info say what a marker means for a guest in ``state``."""
+    if marker is None:
+        return None
+    if state == "paused":
+        return (
+            "paused after an incoming migration from {} whose handoff did not finish (started {}); run the "
+            "migrate task again to finish it".format(marker.get("source"), marker.get("started"))
+        )
+    return "carries the marker of a handoff from {} to {} started {}".format(
+        marker.get("source"), marker.get("dest"), marker.get("started")
+    )
+
+
 def read_marker(dom):
     """The guest's handoff marker as a dict, or None (no marker, or it cannot be read)."""
     try:
