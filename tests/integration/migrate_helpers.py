@@ -20,13 +20,14 @@ sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 import guest_image
 
 MODULE = "lockstep.virt.migrate"
+# A successful handoff with QEMU and events, ordered by when each thing happened (checkpoint ``at``).
 SUCCESS_ORDER = [
     "begin/inquire",
     "prepare/register",
-    "perform/send",
     "perform/source_released",
-    "finish/dest_acquired",
+    "perform/send",
     "finish/resumed",
+    "finish/dest_acquired",
     "confirm/source_stopped",
 ]
 MIGRATION_PORTS = "49152:49215"
@@ -228,3 +229,18 @@ def assert_checkpoints_sound(lab, result, src, dst):
         held = set(lease["holder_pid"] for lease in c.get("leases", []) if lease["held"])
         assert len(held) <= 1, c
         assert held <= allowed, c
+
+
+def assert_handoff_order(result, extra=()):
+    """The success checkpoints, each once (besides ``extra`` names), in the order the rules need: the
+    destination resumed only after the source released and the guest arrived, its leases probed after."""
+    seq = [n for n in names(result) if n not in extra]
+    assert sorted(seq) == sorted(SUCCESS_ORDER), seq
+    assert seq[0] == "begin/inquire", seq
+    for first, then in (
+        ("prepare/register", "perform/source_released"),
+        ("perform/source_released", "finish/resumed"),
+        ("perform/send", "finish/resumed"),
+        ("finish/resumed", "finish/dest_acquired"),
+    ):
+        assert seq.index(first) < seq.index(then), (first, then, seq)

@@ -19,10 +19,10 @@ import pytest
 from labkit import LAB, define_and_start, lab_state, lock_holder, tiny_domain_xml
 from migrate_helpers import (
     MODULE,
-    SUCCESS_ORDER,
     Guest,
     Sampler,
     assert_checkpoints_sound,
+    assert_handoff_order,
     assert_runs_only_on,
     blocked_migration_ports,
     failed,
@@ -95,8 +95,15 @@ def test_round_trip_with_verified_handoff(lab, guest):
     assert not failed(res), res.get("msg")
     assert res["changed"] is True
     assert res["source"] == "hv1" and res["dest"] == "hv2" and res["state"] == "running"
-    assert names(res) == SUCCESS_ORDER
+    assert_handoff_order(res)
     assert all(c["ok"] for c in res["lock_checkpoints"])
+    cps = {c["name"]: c for c in res["lock_checkpoints"]}
+    # event-sourced, checked, and resumed while libvirt was still confirming the source
+    assert cps["perform/source_released"]["source"] == "event" and cps["perform/source_released"]["verified"]
+    assert cps["perform/send"]["source"] == "event" and cps["finish/resumed"]["source"] == "event"
+    assert cps["finish/dest_acquired"]["source"] == "probe" and cps["finish/dest_acquired"]["verified"]
+    assert cps["finish/resumed"]["at"] <= cps["confirm/source_stopped"]["at"], res["lock_checkpoints"]
+    assert res["timing_source"] == "events"
     assert_checkpoints_sound(lab, res, "hv1", "hv2")
     cps = {c["name"]: c for c in res["lock_checkpoints"]}
     assert [x["holder_pid"] for x in cps["begin/inquire"]["leases"]] == [vl1, vl1]
@@ -121,7 +128,8 @@ def test_round_trip_with_verified_handoff(lab, guest):
     with Sampler(guest.leases) as sampler:
         back = migrate(lab, "hv2", "hv1", guest.name)
     assert not failed(back), back.get("msg")
-    assert back["changed"] is True and names(back) == SUCCESS_ORDER
+    assert back["changed"] is True
+    assert_handoff_order(back)
     assert_checkpoints_sound(lab, back, "hv2", "hv1")
     assert sampler.max_holders() <= 1
     assert_runs_only_on(lab, guest, "hv1", "hv2")
@@ -277,7 +285,7 @@ def test_destination_lease_conflict_is_retried_until_it_clears(lab, guest):
     assert not failed(res), res.get("msg")
     seq = names(res)
     assert "finish/acquire_busy" in seq
-    assert [n for n in seq if n != "finish/acquire_busy"] == SUCCESS_ORDER
+    assert_handoff_order(res, extra=("finish/acquire_busy",))
     busy = [c for c in res["lock_checkpoints"] if c["name"] == "finish/acquire_busy"]
     assert all(not c["ok"] and "resource busy" in c["detail"] for c in busy)
     assert_runs_only_on(lab, guest, "hv2", "hv1")
@@ -294,12 +302,18 @@ def test_destination_lease_conflict_that_stays_fails_cleanly(lab, guest):
         assert lab.domain_state("hv2", guest.name) == "paused"
         assert lab.domain_state("hv1", guest.name) is None
         assert lock_holder(guest.vm_lease) not in (lab.virtlockd_pid("hv1"), lab.virtlockd_pid("hv2"))
-    seq = names(res)
-    assert seq[-2:] == ["finish/dest_acquired", "confirm/source_stopped"]
-    assert res["lock_checkpoints"][-2]["ok"] is False
-    # once the stale holder is gone the paused guest can be resumed where it is
-    lab.virsh("hv2", "resume", guest.name)
+    assert res["changed"] is True and res["state"] == "paused"
+    cps = {c["name"]: c for c in res["lock_checkpoints"]}
+    assert cps["finish/dest_acquired"]["ok"] is False and cps["confirm/source_stopped"]["ok"] is True
+    info = lab.module("hv2", "lockstep.virt.domain_info", {"name": guest.name})
+    assert "did not finish" in info["domains"][0]["handoff"]["note"], info
+    # once the stale holder is gone, the same task run again finishes the handoff where the guest is
+    again = migrate(lab, "hv1", "hv2", guest.name)
+    assert not failed(again), again.get("msg")
+    assert again["changed"] is True and again["state"] == "running"
+    assert names(again)[0] == "reconcile/found" and "reconcile/dest_resumed" in names(again)
     assert_runs_only_on(lab, guest, "hv2", "hv1")
+    assert migrate(lab, "hv1", "hv2", guest.name)["changed"] is False
 
 
 # --------------------------------------------------------------------------- the seed regression

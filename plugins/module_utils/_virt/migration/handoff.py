@@ -24,7 +24,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle impo
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
     RESUMED_POSTCOPY,
     STARTED_MIGRATED,
-    SUSPENDED_MIGRATED,
     SUSPENDED_PAUSED,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
@@ -78,7 +77,9 @@ class Handoff:
                     self.dest_name, describe(leases, self.src_name, self.dest_name)
                 ),
             )
-        elif role == "source" and event == "suspended" and detail == SUSPENDED_MIGRATED:
+        elif role == "source" and event == "suspended":
+            # the first stop of the source's vCPUs: for the final copy (migrated), or a forced pause;
+            # QEMU's lock manager releases the leases there
             with self._lock:
                 self.marks.setdefault("source_suspended", item)
         elif role == "dest" and event == "suspended" and detail == SUSPENDED_PAUSED:
@@ -175,7 +176,8 @@ class Handoff:
             stopped = self.marks.get("source_suspended")
             if "released" in self.marks and self.rec.find("perform/source_released"):
                 return leases
-            self.marks["released"] = stopped["t"] if stopped and not still else None
+            if "released" not in self.marks:
+                self.marks["released"] = stopped["t"] if stopped and not still else None
         if stopped is not None and not still:
             at, source = stopped["at"], "event"
             how = "{} released them when its vCPUs stopped for the final part of the copy; ".format(self.src_name)

@@ -39,7 +39,7 @@ def event_timing(events, released_at=None):
     out = {"downtime_ms": None, "lease_gap_ms": None, "timing_source": None}
     if events is None or not events.available:
         return out
-    suspended = events.first("source", "suspended", SUSPENDED_MIGRATED)
+    suspended = events.first("source", "suspended", SUSPENDED_MIGRATED) or events.first("source", "suspended")
     resumed = events.first("dest", "resumed", after=suspended["t"] if suspended else None)
     if suspended is not None and resumed is not None:
         out["downtime_ms"] = ms_between(suspended["t"], resumed["t"])

@@ -142,8 +142,6 @@ class Transfer:
     def _pause_to_complete(self, src_dom, decision):
         src_dom.suspend()
         self.marks["forced_pause"] = self.clock()
-        if not self.src.profile.paused_guest_holds_leases:
-            self.marks["released"] = self.marks["forced_pause"]
         leases = self._probe()
         held = [r for r in leases if r.get("holder") == "source"]
         self._record(
@@ -342,9 +340,10 @@ class Transfer:
         self._fail(msg, state=state, leases=leases, err=err)
 
     def _clear_source_marker(self, src_dom):
-        """The send failed: the guest stays here, so its handoff marker goes."""
+        """The send failed and the guest runs here: its handoff marker goes (a guest left paused keeps it, so
+        that a re-run resumes it)."""
         try:
-            if src_dom.isActive():
+            if state_name(src_dom) == "running":
                 self._clear_marker(src_dom)
         except Exception:  # libvirtError: the source's libvirtd is gone; a re-run reads the marker then
             pass
