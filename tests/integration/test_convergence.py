@@ -137,7 +137,6 @@ def test_timeout_action_pause_completes_with_the_guest_paused_during_the_copy(la
     print(summary(res))
     assert not failed(res), res.get("msg")
     assert res["outcome"] == "forced_by_pause", summary(res)
-    seq = names(res)
     assert_handoff_order(res, extra=("perform/paused_to_complete",))
     cps = {c["name"]: c for c in res["lock_checkpoints"]}
     paused = cps["perform/paused_to_complete"]
