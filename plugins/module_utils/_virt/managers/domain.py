@@ -181,6 +181,13 @@ class DomainManager(Manager):
             r.setdefault("domain", None)
             r.setdefault("leases", [])
         r["lock_checkpoints"] = self.recorder.as_list()
+        for c in r["lock_checkpoints"]:
+            if c["name"] == "leases_verified" and not c["ok"]:
+                # lock.verify: never a silent ok; lock.required makes it a failure (rolled back)
+                r["warnings"].append(
+                    "{} runs, but its leases are not as they must be ({}); set lock.required: true to refuse "
+                    "such a start".format(self.name, c["detail"])
+                )
         if not r["warnings"]:
             del r["warnings"]
         return r
