@@ -241,6 +241,13 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         dest_active = dest_dom is not None and self._active(dest_dom)
         if dest_active and not src_active:
             return self._already_there(src_dom, dest_dom)
+        if src_dom is None and dest_dom is not None:
+            self._fail(
+                "begin: guest {0} is not on {1}, and {2} has it {3}: nothing to migrate; it runs nowhere - start "
+                "it on {2}".format(self.name, self.src_name, self.dest_name, state_name(dest_dom)),
+                state=state_name(dest_dom),
+                cls=ValidationError,
+            )
         if src_dom is None:
             self._fail(
                 "guest {} not found on {} (nor running on {})".format(self.name, self.src_name, self.dest_name),
@@ -390,9 +397,16 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
             if self._resumed_dom is not None:
                 # libvirt failed after the guest had arrived and been resumed: it runs on the destination
                 return self._handoff(src_dom, send_error=err)
-            if "postcopy" in self.marks:
-                return self._postcopy_failed(err)
-            return self._send_failed(src_dom, err)
+            try:
+                if "postcopy" in self.marks:
+                    return self._postcopy_failed(err)
+                return self._send_failed(src_dom, err)
+            except VirtError as after:
+                if after.result:
+                    raise
+                # the checks after a failed send broke too (a restarted libvirtd): say what is known
+                after.msg = "perform: sending {} failed ({}), then: {}".format(self.name, err.msg, after.msg)
+                self._fail_after_send(after, phase="perform", changed="prepare" in self.marks)
         self._send_over.set()
         if self.monitor is not None:
             self.outcome = self.monitor.outcome(True)

@@ -42,6 +42,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import
 RELEASE_POLL = 0.02  # seconds between lease probes while the source lets its leases go
 RELEASE_WAIT = 2.0  # seconds the source's virtlockd gets to drop the leases of a stopped QEMU
 CONFIRM_WAIT = 10  # seconds libvirt gets to stop the source after the handoff
+RECONNECT_WAIT = 15  # seconds a restarted libvirtd gets to answer again before a host's state is unknown
 
 
 class Handoff:
@@ -282,6 +283,14 @@ class Handoff:
                     state = "paused"
                 except Exception:
                     pass
+            if state not in ("running", "paused"):
+                self._fail(
+                    "finish: {0} stopped on {1} right after it resumed there (now {2}); its leases went with it "
+                    "and it runs nowhere - start it on {1}".format(self.name, self.dest_name, state),
+                    changed=True,
+                    state=state,
+                    leases=leases,
+                )
             self._fail(
                 "finish: {} {} on {} without holding its leases ({}){}".format(
                     self.name,
@@ -324,7 +333,7 @@ class Handoff:
         try:
             return self._finish(src_dom, send_error)
         except VirtError as err:
-            if err.result is not None:
+            if err.result:
                 raise
             self._fail_after_send(err)
 
@@ -468,34 +477,57 @@ class Handoff:
             cls=LeaseError if err.is_busy else VirtError,
         )
 
-    def _fail_after_send(self, err):
-        """A libvirt error after the send (a lookup, a state read, a dropped connection): the whole result."""
-        where = []
-        dest_state = "unknown"
-        for conn, host, role in ((self.src, self.src_name, "source"), (self.dest, self.dest_name, "dest")):
-            try:
-                dom = lookup(conn, DOMAIN, self.name)
-                state = "absent" if dom is None else state_name(dom)
-            except Exception:
-                state = "unknown"
-            if role == "dest":
-                dest_state = state
-            where.append("{} on {}".format(state, host))
+    def _fail_after_send(self, err, phase="finish", changed=None):
+        """A libvirt error the handoff did not expect (a lookup, a state read, a dropped connection): fail with
+        the whole result, the phase named and where the guest is, read again - over a new connection when the
+        old one broke (a restarted libvirtd)."""
+        src_state, dest_state = self._read_state("source"), self._read_state("dest")
         try:
             leases = self._probe()
-        except Exception:
+        except Exception:  # the lease view is local: only a bad lock configuration gets here
             leases = None
-        msg = err.msg if err.msg.split(":")[0] in ("perform", "finish", "confirm") else "finish: " + err.msg
-        running = [w for w in where if w.startswith("running")]
+        msg = err.msg if err.msg.split(":")[0] in ("begin", "perform", "finish", "confirm") else phase + ": " + err.msg
+        if changed is None:  # the guest is not where and as it was
+            changed = not (src_state == getattr(self, "src_state", None) and dest_state in ("absent", "shutoff"))
+        where = "{} on {}, {} on {}".format(src_state, self.src_name, dest_state, self.dest_name)
+        if "running" in (src_state, dest_state):
+            tail = ""
+        elif "unknown" in (src_state, dest_state):
+            tail = "; run the task again once both hosts answer: it finishes the handoff"
+        else:
+            tail = "; it runs nowhere: run the task again, it finishes the handoff"
         self._fail(
-            "{}. {} is {}{}".format(
-                msg, self.name, ", ".join(where), "" if running else "; it runs nowhere: run the task again"
-            ),
-            changed=True,
+            "{}. {} is {}{}".format(msg, self.name, where, tail),
+            changed=changed,
             state=dest_state,
             leases=leases,
             err=err,
         )
+
+    def _read_state(self, role, wait=None):
+        """The guest's state on one host (absent, running, paused, ...), reconnecting for up to ``wait``
+        seconds when the connection broke; ``unknown`` when the host does not answer."""
+        deadline = self.clock() + (RECONNECT_WAIT if wait is None else wait)
+        while True:
+            conn = self.src if role == "source" else self.dest
+            try:
+                if conn is None:
+                    raise VirtError("no connection")
+                dom = lookup(conn, DOMAIN, self.name)
+                return "absent" if dom is None else state_name(dom)
+            except Exception:  # VirtError or libvirtError: the daemon went away; reconnect below
+                pass
+            if self.clock() >= deadline:
+                return "unknown"
+            self.sleep(0.5)
+            try:
+                fresh = self.open_conn(self.params.get("uri") if role == "source" else self.params["dest_uri"])
+            except Exception:  # VirtError: not back yet
+                continue
+            if role == "source":
+                self.src = fresh
+            else:
+                self.dest = fresh
 
     def _job_stats(self):
         for conn in (self.dest, self.src):

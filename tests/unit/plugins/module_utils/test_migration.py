@@ -688,3 +688,47 @@ def test_a_run_still_at_work_is_left_alone(monkeypatch):
     with pytest.raises(VirtError, match="another run \\(pid 7\\) is migrating g1"):
         manager(w).run()
     assert w.log == [] and hv1.domains["g1"]._state == "running"
+
+
+# --------------------------------------------------------------------------- failures after the send
+def test_a_libvirt_error_after_the_send_returns_the_whole_result(monkeypatch):
+    from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import handoff
+
+    monkeypatch.setattr(handoff, "RECONNECT_WAIT", 0.2)
+    w, hv1, hv2 = make_world("qemu")
+    real = FakeVirt.lookupByName
+    sent = {}
+
+    def lookup_breaks_once_sent(self, name):
+        if self.host.hostname == "hv2" and "g1" in hv2.domains and w.log[-1:] == ["confirm"]:
+            sent["broken"] = True
+            raise libvirt.libvirtError("internal error: client socket is closed")
+        return real(self, name)
+
+    monkeypatch.setattr(FakeVirt, "lookupByName", lookup_breaks_once_sent)
+    with pytest.raises(VirtError) as info:
+        manager(w, events=False).run()
+    err = info.value
+    assert sent and err.msg.startswith("finish: ") and "client socket is closed" in err.msg
+    assert "unknown on hv2" in err.msg and "absent on hv1" in err.msg
+    assert err.result["changed"] is True and err.result["state"] == "unknown"
+    assert "perform/send" in names_of(err.result) or "prepare/register" in names_of(err.result)
+
+
+def test_a_guest_killed_on_the_destination_after_it_resumed_is_reported_there():
+    w, hv1, hv2 = make_world("qemu")
+    real_resume = FakeDomain.resume
+
+    def resume_then_crash(self):
+        real_resume(self)
+        if self.host == "hv2":
+            self.destroy()  # QEMU killed: virtlockd drops its locks with the process
+
+    FakeDomain.resume = resume_then_crash
+    try:
+        with pytest.raises(VirtError) as info:
+            manager(w).run()
+    finally:
+        FakeDomain.resume = real_resume
+    assert "stopped on hv2 right after it resumed there" in info.value.msg and "runs nowhere" in info.value.msg
+    assert info.value.result["changed"] is True
