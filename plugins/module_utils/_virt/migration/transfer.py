@@ -233,7 +233,23 @@ class Transfer:
                     self.name, self.src_name
                 ),
             )
-        if (before_send or forced_pause or resumed_unleased) and self.src_state == "running":
+        # libvirt may also leave the source paused: its vCPUs stopped for the final copy and the job failed
+        # after that (the destination's libvirtd gone, a lease taken in the gap); it runs nowhere then
+        left_paused = (
+            not (before_send or forced_pause or resumed_unleased)
+            and self.src_state == "running"
+            and state_name(src_dom) == "paused"
+        )
+        if left_paused:
+            self._record(
+                "confirm/source_left_paused",
+                ok=False,
+                leases=self._probe(),
+                source="probe",
+                check="domain state read on {}".format(self.src_name),
+                detail="libvirt left {} paused on {} after the failed send".format(self.name, self.src_name),
+            )
+        if (before_send or forced_pause or resumed_unleased or left_paused) and self.src_state == "running":
             lc = Lifecycle(
                 self.src,
                 PhaseRecorder(
@@ -310,6 +326,8 @@ class Transfer:
                     if before_send
                     else "it was paused on {} so that the copy would complete".format(self.src_name)
                     if forced_pause
+                    else "libvirt left it paused after the failed send"
+                    if left_paused
                     else "QEMU had stopped it for the final copy and resumed it unleased when the send was cancelled",
                 ),
                 state=self._state(self.dest, dest_dom),
@@ -322,11 +340,19 @@ class Transfer:
             msg += "{} keeps running on {} holding its leases (verified{}); ".format(
                 self.name,
                 self.src_name,
-                ", taken back after QEMU resumed it unleased" if resumed_unleased else "",
+                ", taken back after QEMU resumed it unleased"
+                if resumed_unleased
+                else ", resumed after libvirt left it paused"
+                if left_paused
+                else "",
             )
         else:
-            msg += "{} is {} on {}: {}; ".format(
-                self.name, src_state, self.src_name, describe(leases, self.src_name, self.dest_name)
+            msg += "{} is {} on {}{}: {}; ".format(
+                self.name,
+                src_state,
+                self.src_name,
+                "" if src_state == "running" else " and runs nowhere (run the task again once it can run)",
+                describe(leases, self.src_name, self.dest_name),
             )
         if unreachable and dest_ok:
             msg += "{}'s libvirtd cannot be reached ({}); it holds no lease (verified)".format(

@@ -300,6 +300,10 @@ class FakeDomain:
             if not w.release_at_confirm:
                 w.release("hv1")
             w.emit("hv1", "suspended", 1)
+            if w.fail_send == "after_stop_left_paused":
+                del dst.domains["g1"]  # the destination's libvirtd went away: libvirt leaves the source paused
+                w.log.append("perform_failed")
+                raise libvirt.libvirtError("internal error: client socket is closed")
             if w.fail_send == "after_stop":
                 del dst.domains["g1"]
                 self._state = "running"  # QEMU restarts the vCPUs itself; libvirt takes no lease back
@@ -732,3 +736,14 @@ def test_a_guest_killed_on_the_destination_after_it_resumed_is_reported_there():
         FakeDomain.resume = real_resume
     assert "stopped on hv2 right after it resumed there" in info.value.msg and "runs nowhere" in info.value.msg
     assert info.value.result["changed"] is True
+
+
+def test_a_source_libvirt_left_paused_after_a_failed_send_is_resumed_with_its_leases():
+    w, hv1, hv2 = make_world("qemu")
+    w.fail_send = "after_stop_left_paused"
+    with pytest.raises(VirtError) as info:
+        manager(w).run()
+    names = names_of(info.value.result)
+    assert "confirm/source_left_paused" in names and "confirm/source_reacquired" in names
+    assert "resumed after libvirt left it paused" in info.value.msg
+    assert w.locks == {r: "hv1" for r in RESOURCES} and hv1.domains["g1"]._state == "running"
