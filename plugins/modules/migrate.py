@@ -35,6 +35,10 @@ description:
     running leased on the destination is destroyed; a source left paused before the send is resumed and
     migrated. These runs report C(changed=true) with C(reconcile/...) checkpoints. Another run still at work
     on the guest, or an active migration job, makes the task fail without changing anything."
+  - "Preflight, before anything moves (and in check mode): the destination has the guest's networks,
+    storage pools and volumes, its name is free there, the source holds every lease, and the guest has no
+    snapshot - libvirt's QEMU driver refuses to migrate a guest with snapshot metadata, internal (kept in the
+    images, per host) or external; the check names each one (see M(lockstep.virt.snapshot_info))."
   - Idempotent - a guest already running on the destination and not on the source is C(changed=false).
   - "The lease names come from the source host's lock manager configuration and are probed there with
     F_GETLK: the lockspace is shared, so source and destination must use the same configuration. From the

@@ -277,6 +277,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
             self._plan_convergence(src_dom, xml)
         leases = self._probe()
         self._checks(xml, dest_dom, leases)
+        self._check_snapshots(src_dom)
         failed = [c for c in self.checks if not c["ok"]]
         if failed:
             self._fail(

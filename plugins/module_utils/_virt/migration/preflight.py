@@ -16,6 +16,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     rw_disks_without_lease,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.snapshot import migration_blockers
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import to_bytes
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml
 
@@ -144,3 +145,12 @@ class Preflight:
 
     def _all_resources(self, root):
         return domain_lease_resources(root, self.lock_config, self._resolve_volume)
+
+    def _check_snapshots(self, src_dom):
+        """libvirt's QEMU driver refuses to migrate a guest that has snapshot metadata: name each snapshot."""
+        try:
+            blockers = migration_blockers(src_dom)
+        except Exception:  # a driver without snapshots: nothing blocks
+            return
+        for b in blockers:
+            self._check("no_snapshots", False, "snapshot {}: {}".format(b["name"], b["reason"]))
