@@ -182,6 +182,20 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
     def _probe(self):
         return self.view.probe(self.resources)
 
+    def _lifecycle(self, role, phase, names, **renamed):
+        """A Lifecycle on the source or destination whose checkpoints are recorded as ``phase/<name>``.
+
+        ``names`` maps Lifecycle's step names to ours (None: not recorded); ``renamed`` adds to it.
+        """
+        conn, host = (self.src, None) if role == "source" else (self.dest, self.dest_name)
+        return Lifecycle(
+            conn,
+            PhaseRecorder(self.rec, phase, dict(names, **renamed), host=host),
+            self.lock_config,
+            sleep=self.sleep,
+            clock=self.clock,
+        )
+
     def _state(self, conn, dom):
         if dom is None:
             return "absent"
@@ -371,11 +385,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
             self.events.watch(self.src, "source")
             self.events.watch(self.dest, "dest")
         if plan["release"] == RELEASE_BEFORE_SEND:
-            lc = Lifecycle(
-                self.src,
-                PhaseRecorder(self.rec, "perform", {"paused": "source_paused", "leases_released": None}),
-                self.lock_config,
-            )
+            lc = self._lifecycle("source", "perform", {"paused": "source_paused", "leases_released": None})
             if self.src_state == "running":
                 lc.suspend(src_dom)
             self.marks["released"] = self.clock()

@@ -18,9 +18,8 @@ from __future__ import annotations
 import threading
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
     RESUMED_POSTCOPY,
     STARTED_MIGRATED,
@@ -39,6 +38,14 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.timi
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
+# Lifecycle's step names during a resume that the migration's own checkpoints already cover
+RESUME_STEPS = {
+    "resumed": None,
+    "running": None,
+    "acquire_failed": "acquire_busy",
+    "resume_failed": "resume_failed",
+    "lease_files_created": None,
+}
 RELEASE_POLL = 0.02  # seconds between lease probes while the source lets its leases go
 RELEASE_WAIT = 2.0  # seconds the source's virtlockd gets to drop the leases of a stopped QEMU
 CONFIRM_WAIT = 10  # seconds libvirt gets to stop the source after the handoff
@@ -220,24 +227,7 @@ class Handoff:
         )
 
     def _resume_dest(self, dest_dom):
-        lc = Lifecycle(
-            self.dest,
-            PhaseRecorder(
-                self.rec,
-                "finish",
-                {
-                    "resumed": None,
-                    "running": None,
-                    "acquire_failed": "acquire_busy",
-                    "resume_failed": "resume_failed",
-                    "lease_files_created": None,
-                },
-                host=self.dest_name,
-            ),
-            self.lock_config,
-            sleep=self.sleep,
-            clock=self.clock,
-        )
+        lc = self._lifecycle("dest", "finish", RESUME_STEPS)
         try:
             lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
         except VirtError as err:

@@ -22,9 +22,9 @@ left alone: the task fails and changes nothing.
 
 from __future__ import annotations
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError, libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
 
@@ -83,21 +83,6 @@ class Reconcile:
             return None
         return None
 
-    def _reconcile_recorder(self):
-        return PhaseRecorder(
-            self.rec,
-            "reconcile",
-            {
-                "resumed": None,
-                "running": None,
-                "acquire_failed": "acquire_busy",
-                "resume_failed": "resume_failed",
-                "lease_files_created": None,
-                "paused": None,
-                "destroyed": None,
-            },
-        )
-
     def _found(self, detail, host):
         self._record(
             "reconcile/found", host=host, source="probe", check="domain states and handoff marker read", detail=detail
@@ -124,24 +109,7 @@ class Reconcile:
                     leases=leases,
                     cls=LeaseError,
                 )
-            lc = Lifecycle(
-                self.dest,
-                PhaseRecorder(
-                    self.rec,
-                    "reconcile",
-                    {
-                        "resumed": "dest_resumed",
-                        "running": None,
-                        "acquire_failed": "acquire_busy",
-                        "resume_failed": "resume_failed",
-                        "lease_files_created": None,
-                    },
-                    host=self.dest_name,
-                ),
-                self.lock_config,
-                sleep=self.sleep,
-                clock=self.clock,
-            )
+            lc = self._lifecycle("dest", "reconcile", RESUME_STEPS, resumed="dest_resumed")
             try:
                 lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
             except VirtError as err:
@@ -233,23 +201,7 @@ class Reconcile:
             ),
             self.src_name,
         )
-        lc = Lifecycle(
-            self.src,
-            PhaseRecorder(
-                self.rec,
-                "reconcile",
-                {
-                    "resumed": "source_resumed",
-                    "running": None,
-                    "acquire_failed": "acquire_busy",
-                    "resume_failed": "resume_failed",
-                    "lease_files_created": None,
-                },
-            ),
-            self.lock_config,
-            sleep=self.sleep,
-            clock=self.clock,
-        )
+        lc = self._lifecycle("source", "reconcile", RESUME_STEPS, resumed="source_resumed")
         try:
             lc.resume(src_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
         except VirtError as err:

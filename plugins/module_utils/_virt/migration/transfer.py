@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import ConvergenceMonitor
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     LeaseError,
@@ -21,7 +20,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     from_libvirt_error,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
@@ -250,23 +249,17 @@ class Transfer:
                 detail="libvirt left {} paused on {} after the failed send".format(self.name, self.src_name),
             )
         if (before_send or forced_pause or resumed_unleased or left_paused) and self.src_state == "running":
-            lc = Lifecycle(
-                self.src,
-                PhaseRecorder(
-                    self.rec,
-                    "confirm",
-                    {
-                        "paused": "source_paused",
-                        "resumed": "source_reacquired",
-                        "acquire_failed": "source_reacquire_busy",
-                        "resume_failed": "source_reacquire_failed",
-                        "running": None,
-                        "lease_files_created": None,
-                    },
-                ),
-                self.lock_config,
-                sleep=self.sleep,
-                clock=self.clock,
+            lc = self._lifecycle(
+                "source",
+                "confirm",
+                {
+                    "paused": "source_paused",
+                    "resumed": "source_reacquired",
+                    "acquire_failed": "source_reacquire_busy",
+                    "resume_failed": "source_reacquire_failed",
+                    "running": None,
+                    "lease_files_created": None,
+                },
             )
             try:
                 if resumed_unleased:
