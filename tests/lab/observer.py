@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Prints a lab host's domain lifecycle events as they happen, one JSON line each, for the tests and
 benchmarks that judge a migration from outside the code under test.
 
