@@ -142,7 +142,7 @@ def migrate_markdown(report):
             )
         )
     ratio = report["wall_ratio_b_over_a"]
-    lines.append("- wall B / A (medians): {:.2f}x ({})".format(ratio, _goal(ratio <= WALL_GOAL, "goal <= 1.15x")))
+    lines.append("- wall B / A (medians): {:.3f}x ({})".format(ratio, _goal(ratio <= WALL_GOAL, "goal <= 1.15x")))
     own = [d for d in report["downtime_ms"] if d is not None]
     if own:
         lines.append("- {}'s own `downtime_ms` (median): {} ms".format(b, statistics.median(own)))
@@ -191,14 +191,19 @@ def run(lab, rounds):
     migrate["overlaps"] = overlaps
     migrate["timeline"] = round_timeline
     report = {"migrate": migrate, "start": summary(start_samples)}
+    return report, markdown(report)
+
+
+def markdown(report):
+    """The suite's section of benchmarks/results/latest.md, from its report (benchmarks/results/handoff.json)."""
     lines = ["| pair | A | median s | B | median s | B/A |", "|---|---|---|---|---|---|"]
     for pair in ("migrate", "start"):
         r = report[pair]
         lines.append(
-            "| {} | {} | {:.2f} | {} | {:.2f} | {:.2f} |".format(
+            "| {} | {} | {:.2f} | {} | {:.2f} | {:.3f} |".format(
                 pair, r["a"], r["median_a_s"], r["b"], r["median_b_s"], r["ratio_b_over_a"]
             )
         )
     lines.append("")
-    lines += migrate_markdown(migrate)
-    return report, "\n".join(lines)
+    lines += migrate_markdown(report["migrate"])
+    return "\n".join(lines)

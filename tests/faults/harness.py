@@ -15,8 +15,9 @@ Invariants after every run: never two running copies (two hosts running the gues
 libvirt's lifecycle events on both hosts, tests/integration/observe.py; the same for the run again); a guest
 running nowhere only where the module said so; the definition intact on a host; the leases held only by the
 virtlockd of the host that runs the guest; a failed run's message names its phase; a shut-off copy on the
-other host is noted. A cell with a problem keeps the guest's event timeline in its outcome (``timeline``,
-``rerun_timeline``).
+other host is noted. Every outcome keeps the guest's event timeline (``timeline``) and the pause the events
+show (``pause_ms``, None without a source suspend and a destination resume after it); a cell with a problem
+also the timeline of the run again (``rerun_timeline``).
 """
 
 import json
@@ -437,6 +438,8 @@ def run_cell(lab, name, fault, phase):
                 fault.restore(ctx)
             time.sleep(1)  # let a restarted daemon settle before the last samples
         outcome["result"] = _summary(result)
+        outcome["pause_ms"] = watch.observer.pause_ms(guest.name, "hv1", "hv2")
+        outcome["timeline"] = watch.timeline()
         check_invariants(lab, guest, watch, result, fault, outcome)
         # the same task again: it must converge with no manual clean-up
         if not daemon_alive(lab, "hv2"):
@@ -470,7 +473,6 @@ def run_cell(lab, name, fault, phase):
             )
         outcome["converged"] = converged
         if outcome["problems"]:
-            outcome["timeline"] = watch.timeline()
             outcome["rerun_timeline"] = rerun_events.timeline(guest.name)
     finally:
         guest.remove()

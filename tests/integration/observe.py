@@ -50,43 +50,57 @@ def host_intervals(records, name):
 
     ``records`` are that host's observer lines in the order they were printed; they are taken in order of
     ``t`` (a state read's ``t`` is just before the read, so an event printed after it may already be in it:
-    the transitions are idempotent). Before the first state read nothing is judged.
+    the transitions are idempotent). Before the first state read nothing is judged. Across a lost connection
+    the state read after it decides: running before, it may have run until that read; running after, it may
+    have run since the loss; not running on either side, it is taken as not running in between (a start and
+    a stop both in the gap are not seen).
     """
     certain, possible = [], []
-    state = None  # None (not observed yet), "run", "stop" or "unknown" (connection lost)
-    c_start = p_start = None
+    observed = False
+    lost_at = None  # t of a lost connection not read again yet
+    c_open = p_open = None  # start of the open certain / possible interval
 
-    def move(new, t):
-        nonlocal state, c_start, p_start
-        if new == state:
-            return
-        was_run, was_possible = state == "run", state in ("run", "unknown")
-        is_run, is_possible = new == "run", new in ("run", "unknown")
-        if was_run and not is_run:
-            certain.append((c_start, t))
-        if is_run and not was_run:
-            c_start = t
-        if was_possible and not is_possible:
-            possible.append((p_start, t))
-        if is_possible and not was_possible:
-            p_start = t
-        state = new
+    def known(runs, t):
+        nonlocal c_open, p_open
+        if runs and c_open is None:
+            c_open = t
+            if p_open is None:
+                p_open = t
+        elif not runs and c_open is not None:
+            certain.append((c_open, t))
+            possible.append((p_open, t))
+            c_open = p_open = None
 
     ordered = sorted(enumerate(records), key=lambda ir: (ir[1]["t"], ir[0]))
     for _i, r in ordered:
-        kind = r.get("kind")
+        kind, t = r.get("kind"), r["t"]
         if kind in ("initial", "resync") and r.get("name") == name:
-            move("run" if r.get("state") in RUNNING_STATES else "stop", r["t"])
-        elif kind == "lost" and state is not None:
-            move("unknown", r["t"])
-        elif kind == "event" and r.get("name") == name and state in ("run", "stop"):
+            runs = r.get("state") in RUNNING_STATES
+            if lost_at is None:
+                known(runs, t)
+            elif runs:
+                c_open = t
+                if p_open is None:
+                    p_open = lost_at
+            elif p_open is not None:
+                possible.append((p_open, t))
+                p_open = None
+            observed, lost_at = True, None
+        elif kind == "lost" and observed and lost_at is None:
+            lost_at = t
+            if c_open is not None:
+                certain.append((c_open, t))
+                c_open = None
+        elif kind == "event" and r.get("name") == name and observed and lost_at is None:
             runs = _transition(r)
             if runs is not None:
-                move("run" if runs else "stop", r["t"])
-    if state == "run":
-        certain.append((c_start, None))
-    if state in ("run", "unknown"):
-        possible.append((p_start, None))
+                known(runs, t)
+    if c_open is not None:
+        certain.append((c_open, None))
+    if p_open is not None:
+        possible.append((p_open, None))
+    elif lost_at is not None:
+        possible.append((lost_at, None))  # never read again: it may have started
     return certain, possible
 
 

@@ -163,6 +163,24 @@ def test_lost_connection_makes_overlap_possible_not_certain():
     assert tl.unobserved("hv1") == [(4.0, None)]
 
 
+def test_lost_connection_while_not_running_on_either_side():
+    records = [
+        initial("hv1", 0, "running"),
+        initial("hv2", 0, None),
+        ev("hv1", 3.0, "suspended", "migrated"),
+        ev("hv2", 3.02, "resumed", "migrated"),
+        ev("hv1", 3.1, "stopped", "migrated"),
+        {"kind": "lost", "host": "hv1", "t": 4.0, "reason": 0},
+        {"kind": "resync", "host": "hv1", "t": 4.5, "name": G, "state": None, "reason": None},
+        {"kind": "reconnected", "host": "hv1", "t": 4.51},
+    ]
+    tl = Timeline(records)
+    assert tl.possible_intervals(G) == tl.running_intervals(G) == {"hv1": [(0, 3.0)], "hv2": [(3.02, None)]}
+    assert tl.possible_overlaps(G) == []
+    # not read again: from the loss on it may run
+    assert Timeline(records[:6]).possible_intervals(G)["hv1"] == [(0, 3.0), (4.0, None)]
+
+
 def test_events_in_a_lost_connection_are_not_used():
     tl = Timeline(
         [
