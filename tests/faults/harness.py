@@ -11,9 +11,13 @@ Phases (how the harness knows it is there, from outside the module):
   fault goes in while it holds it.
 - ``resume``: the fault goes in the moment hv2 reports the guest running while the run has not ended.
 
-Invariants after every run: never two running copies (sampled throughout); a guest running nowhere only
-where the module said so; the definition intact on a host; the leases held only by the virtlockd of the host
-that runs the guest; a failed run's message names its phase; a shut-off copy on the other host is noted.
+Invariants after every run: never two running copies (two hosts running the guest at one instant, by
+libvirt's lifecycle events on both hosts, tests/integration/observe.py; the same for the run again); a guest
+running nowhere only where the module said so; the definition intact on a host; the leases held only by the
+virtlockd of the host that runs the guest; a failed run's message names its phase; a shut-off copy on the
+other host is noted. Every outcome keeps the guest's event timeline (``timeline``) and the pause the events
+show (``pause_ms``, None without a source suspend and a destination resume after it); a cell with a problem
+also the timeline of the run again (``rerun_timeline``).
 """
 
 import json
@@ -28,6 +32,7 @@ import time
 import yaml
 from labkit import LAB, REPO, lab_state, lock_holder
 from migrate_helpers import MIGRATION_PORTS, MODULE, Guest
+from observe import EventObserver
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 from labpaths import NETNS_PREFIX
@@ -98,14 +103,23 @@ class Run:
 
 
 class Watch:
-    """Samples both hosts' states (virsh) and the lease holders (F_GETLK) until stopped."""
+    """Where the guest ran, judged by libvirt's lifecycle events on each host (observe.EventObserver: one
+    clock for every host, so "two running copies" means two hosts ran it at the same instant), and the lease
+    holders sampled every few ms (F_GETLK), until stopped.
+
+    Both hosts' states are also sampled with virsh, one host after the other, for notes only: two sequential
+    samples are tens to hundreds of ms apart, so they can see the source running and, one call later, the
+    destination running when no instant had both, and miss a short real overlap.
+    """
 
     def __init__(self, lab, guest, hosts=("hv1", "hv2")):
         self.lab, self.guest, self.hosts = lab, guest, hosts
-        self.states = []  # {host: state}
+        self.observer = EventObserver(lab, hosts, [guest.name])
+        self.states = []  # {host: state}, virsh, sequential
         self.holders = []  # (disk lease holder, VM lease holder)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._states, daemon=True), threading.Thread(target=self._leases)]
+        self.origin = None
 
     def _states(self):
         while not self._stop.is_set():
@@ -117,6 +131,8 @@ class Watch:
             time.sleep(0.005)
 
     def __enter__(self):
+        self.observer.start()
+        self.origin = time.monotonic()
         for t in self._threads:
             t.daemon = True
             t.start()
@@ -126,8 +142,33 @@ class Watch:
         self._stop.set()
         for t in self._threads:
             t.join(30)
+        try:
+            self.observer.settle()
+        finally:
+            self.observer.stop()
+
+    def _describe(self, overlaps):
+        out = []
+        for t_from, t_to, hosts in overlaps:
+            span = "until the end" if t_to is None else "for {:.1f} ms".format((t_to - t_from) * 1000)
+            out.append(
+                "{} ran it at the same time {} from {:+.1f} ms".format(
+                    " and ".join(hosts), span, (t_from - self.origin) * 1000
+                )
+            )
+        return out
 
     def two_running(self):
+        """Each time two hosts ran the guest at the same instant, by their events (described)."""
+        return self._describe(self.observer.overlaps(self.guest.name))
+
+    def possibly_two_running(self):
+        """Overlaps that are possible only because an observer lost libvirtd (a daemon killed or restarted)."""
+        certain = self.observer.overlaps(self.guest.name)
+        return self._describe([o for o in self.observer.possible_overlaps(self.guest.name) if o not in certain])
+
+    def sampled_two_running(self):
+        """The virsh samples that saw the guest running on two hosts (sequential reads: not one instant)."""
         return [s for s in self.states if sum(1 for v in s.values() if v == "running") > 1]
 
     def two_holders(self):
@@ -135,6 +176,10 @@ class Watch:
 
     def seen(self, host, state):
         return any(s.get(host) == state for s in self.states)
+
+    def timeline(self):
+        """The guest's events on every host, ms from the start of the watch."""
+        return self.observer.timeline(self.guest.name, origin=self.origin)
 
 
 def wait_for(pred, alive, timeout=60):
@@ -393,13 +438,19 @@ def run_cell(lab, name, fault, phase):
                 fault.restore(ctx)
             time.sleep(1)  # let a restarted daemon settle before the last samples
         outcome["result"] = _summary(result)
+        outcome["pause_ms"] = watch.observer.pause_ms(guest.name, "hv1", "hv2")
+        outcome["timeline"] = watch.timeline()
         check_invariants(lab, guest, watch, result, fault, outcome)
         # the same task again: it must converge with no manual clean-up
         if not daemon_alive(lab, "hv2"):
             restart(lab, "hv2")
-        rerun = Run(lab, "hv1", migrate_args(guest))
-        again = rerun.wait()
+        with EventObserver(lab, ("hv1", "hv2"), [guest.name]) as rerun_events:
+            rerun = Run(lab, "hv1", migrate_args(guest))
+            again = rerun.wait()
         outcome["rerun_dir"] = rerun.tmp
+        for t_from, t_to, hosts in rerun_events.overlaps(guest.name):
+            span = "until the end" if t_to is None else "for {:.1f} ms".format((t_to - t_from) * 1000)
+            outcome["problems"].append("the run again: {} ran it at the same time {}".format(" and ".join(hosts), span))
         outcome["rerun"] = _summary(again)
         converged = again is not None and not again.get("failed") and again.get("state") == "running"
         if converged:
@@ -421,6 +472,8 @@ def run_cell(lab, name, fault, phase):
                 )
             )
         outcome["converged"] = converged
+        if outcome["problems"]:
+            outcome["rerun_timeline"] = rerun_events.timeline(guest.name)
     finally:
         guest.remove()
     outcome["survived"] = outcome["injected"] and not outcome["problems"]
@@ -447,7 +500,19 @@ def check_invariants(lab, guest, watch, result, fault, outcome):
     running = [h for h, s in states.items() if s == "running"]
     msg = (result or {}).get("msg") or ""
     if watch.two_running():
-        problems.append("two running copies seen: {}".format(watch.two_running()[0]))
+        problems.append("two running copies: {}".format("; ".join(watch.two_running())))
+    elif watch.possibly_two_running():
+        outcome["notes"].append(
+            "two running copies cannot be ruled out while an observer had lost libvirtd: {}".format(
+                "; ".join(watch.possibly_two_running())
+            )
+        )
+    if watch.sampled_two_running() and not watch.two_running():
+        outcome["notes"].append(
+            "{} of {} sequential virsh samples saw it running on both hosts, at no instant by the events".format(
+                len(watch.sampled_two_running()), len(watch.states)
+            )
+        )
     if watch.two_holders():
         problems.append("the leases were held by two processes at once: {}".format(watch.two_holders()[0]))
     if len(running) > 1:
