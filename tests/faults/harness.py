@@ -171,8 +171,11 @@ class Watch:
         """The virsh samples that saw the guest running on two hosts (sequential reads: not one instant)."""
         return [s for s in self.states if sum(1 for v in s.values() if v == "running") > 1]
 
-    def two_holders(self):
-        return [h for h in self.holders if len(set(x for x in h if x)) > 1]
+    def two_holders(self, ignore=()):
+        """Samples in which two processes held the guest's leases; ``ignore``: the fault's own holder (it
+        stands for another guest holding the VM lease, and a host trying to resume may hold the disk lease
+        for a moment beside it)."""
+        return [h for h in self.holders if len(set(x for x in h if x and x not in ignore)) > 1]
 
     def seen(self, host, state):
         return any(s.get(host) == state for s in self.states)
@@ -280,6 +283,10 @@ class Fault:
     phases = PHASES
     interrupts = False  # the run itself is interrupted: only a reconciling module converges by design
 
+    def kills_the_guest(self, phase):
+        """Whether the fault, at ``phase``, ends the guest itself (not something a handoff can survive)."""
+        return False
+
     def inject(self, ctx):
         raise NotImplementedError
 
@@ -304,6 +311,11 @@ class DestQemuKilled(Fault):
 
     def inject(self, ctx):
         kill_pids(qemu_pids(ctx.lab, "hv2", ctx.guest.name))
+
+    def kills_the_guest(self, phase):
+        # once the guest runs on hv2 (the resume), killing its QEMU kills the guest: no handoff can keep it;
+        # the module must say where it died, and the task run again must say it runs nowhere
+        return phase == "resume"
 
 
 class SourceLibvirtdRestarted(Fault):
@@ -385,6 +397,15 @@ class Context:
         self.lab, self.guest, self.phase = lab, guest, phase
         self.run = None
         self.timers = []
+        self.grabber_pid = None
+
+
+def _read_pid(path):
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
 
 
 def run_cell(lab, name, fault, phase):
@@ -416,6 +437,7 @@ def run_cell(lab, name, fault, phase):
                     hit = wait_for(lambda: lab.domain_state("hv2", guest.name) == "paused", ctx.run.alive)
                 elif phase == "after":
                     hit = wait_for(lambda: os.path.exists(grab["marker"]), ctx.run.alive)
+                    ctx.grabber_pid = _read_pid(grab["marker"])
                 elif phase == "resume":
                     hit = wait_for(lambda: lab.domain_state("hv2", guest.name) == "running", ctx.run.alive)
                 elif fault.interrupts:  # before: as soon as the module runs on the source
@@ -440,7 +462,7 @@ def run_cell(lab, name, fault, phase):
         outcome["result"] = _summary(result)
         outcome["pause_ms"] = watch.observer.pause_ms(guest.name, "hv1", "hv2")
         outcome["timeline"] = watch.timeline()
-        check_invariants(lab, guest, watch, result, fault, outcome)
+        check_invariants(lab, guest, watch, result, fault, outcome, ignore=(ctx.grabber_pid,))
         # the same task again: it must converge with no manual clean-up
         if not daemon_alive(lab, "hv2"):
             restart(lab, "hv2")
@@ -453,7 +475,12 @@ def run_cell(lab, name, fault, phase):
             outcome["problems"].append("the run again: {} ran it at the same time {}".format(" and ".join(hosts), span))
         outcome["rerun"] = _summary(again)
         converged = again is not None and not again.get("failed") and again.get("state") == "running"
-        if converged:
+        if fault.kills_the_guest(phase) and lab.domain_state("hv2", guest.name) == "shut off":
+            # nothing can run a killed guest again but a start; the task must say so and change nothing
+            said = (again or {}).get("msg") or ""
+            converged = bool(again and again.get("failed") and "runs nowhere" in said and not again.get("changed"))
+            converged = converged and lab.domain_state("hv2", guest.name) == "shut off"
+        elif converged:
             converged = (
                 lab.domain_state("hv2", guest.name) == "running"
                 and guest.holders() == [lab.virtlockd_pid("hv2")] * 2
@@ -493,7 +520,7 @@ def _summary(result):
     }
 
 
-def check_invariants(lab, guest, watch, result, fault, outcome):
+def check_invariants(lab, guest, watch, result, fault, outcome, ignore=()):
     problems = outcome["problems"]
     states = dict((h, lab.domain_state(h, guest.name)) for h in ("hv1", "hv2"))
     outcome["states"] = states
@@ -513,8 +540,8 @@ def check_invariants(lab, guest, watch, result, fault, outcome):
                 len(watch.sampled_two_running()), len(watch.states)
             )
         )
-    if watch.two_holders():
-        problems.append("the leases were held by two processes at once: {}".format(watch.two_holders()[0]))
+    if watch.two_holders(ignore):
+        problems.append("the leases were held by two processes at once: {}".format(watch.two_holders(ignore)[0]))
     if len(running) > 1:
         problems.append("runs on both hosts")
     handed_over = (
@@ -522,11 +549,17 @@ def check_invariants(lab, guest, watch, result, fault, outcome):
     )
     if not running:
         paused = [h for h, s in states.items() if s == "paused"]
+        killed_there = fault.kills_the_guest(outcome["phase"]) and states.get("hv2") == "shut off"
         if handed_over and states.get("hv2") == "shut off":
             outcome["notes"].append("the guest ran on hv2 (reported) and was killed after that: shut off there")
+        elif killed_there and "hv2" in msg and any(w in msg for w in NOWHERE_WORDS):
+            outcome["notes"].append("the guest was killed on hv2 after it resumed there, and the module said so")
         elif not paused:
             problems.append("the guest runs nowhere and is paused nowhere: {}".format(states))
             outcome["lost"] = True
+        elif fault.interrupts:
+            # the run was killed: it could report nothing; the task run again must finish the handoff
+            outcome["notes"].append("left paused on {} by the interrupted run".format(paused))
         elif not any(w in msg for w in NOWHERE_WORDS):
             problems.append("the guest is paused on {} (runs nowhere) and the module did not say so".format(paused))
             outcome["lost"] = True
