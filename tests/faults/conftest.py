@@ -26,39 +26,6 @@ lab = _integration.lab
 guest_name = _integration.guest_name
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "needs_reconcile: runs once lockstep.virt.migrate reports reconcile support (an interrupted run "
-        "converges when the task runs again)",
-    )
-
-
-def _migrate_reconciles():
-    with open(os.path.join(os.path.dirname(os.path.dirname(HERE)), "plugins", "modules", "migrate.py")) as fh:
-        text = fh.read()
-    doc = text.split('DOCUMENTATION = r"""', 1)[-1].split('"""', 1)[0]
-    return "reconcile" in doc
-
-
-def pytest_collection_modifyitems(config, items):
-    # LOCKSTEP_FAULTS_ALL=1 runs the needs_reconcile cases anyway, to see what today's module does
-    if _migrate_reconciles() or os.environ.get("LOCKSTEP_FAULTS_ALL") == "1":
-        return
-    for item in items:
-        marker = item.get_closest_marker("needs_reconcile")
-        if marker is not None:
-            why = marker.kwargs.get("seen")
-            item.add_marker(
-                pytest.mark.skip(
-                    reason="needs_reconcile: converges only once lockstep.virt.migrate reconciles a run it did not "
-                    "finish (its DOCUMENTATION does not mention reconcile yet){}".format(
-                        "; today: " + why if why else ""
-                    )
-                )
-            )
-
-
 MATRIX = []
 
 
