@@ -313,9 +313,10 @@ class DestQemuKilled(Fault):
         kill_pids(qemu_pids(ctx.lab, "hv2", ctx.guest.name))
 
     def kills_the_guest(self, phase):
-        # once the guest runs on hv2 (the resume), killing its QEMU kills the guest: no handoff can keep it;
-        # the module must say where it died, and the task run again must say it runs nowhere
-        return phase == "resume"
+        # once libvirt has confirmed the source (right after the guest arrived, ``after``; or once it runs on
+        # hv2, ``resume``), hv2's QEMU holds the only copy of the guest: killing it ends the guest like any
+        # crash. The module must say where it stopped, and the task run again that it runs nowhere.
+        return phase in ("after", "resume")
 
 
 class SourceLibvirtdRestarted(Fault):
@@ -553,7 +554,7 @@ def check_invariants(lab, guest, watch, result, fault, outcome, ignore=()):
         if handed_over and states.get("hv2") == "shut off":
             outcome["notes"].append("the guest ran on hv2 (reported) and was killed after that: shut off there")
         elif killed_there and "hv2" in msg and any(w in msg for w in NOWHERE_WORDS):
-            outcome["notes"].append("the guest was killed on hv2 after it resumed there, and the module said so")
+            outcome["notes"].append("hv2 held the only copy when its QEMU was killed; the module said so")
         elif not paused:
             problems.append("the guest runs nowhere and is paused nowhere: {}".format(states))
             outcome["lost"] = True

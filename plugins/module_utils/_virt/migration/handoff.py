@@ -426,7 +426,15 @@ class Handoff:
             )
         if dest_state != want:
             self._fail(
-                "finish: {} is {} on {}, not {}".format(self.name, dest_state, self.dest_name, want),
+                "finish: {} is {} on {}, not {}{}".format(
+                    self.name,
+                    dest_state,
+                    self.dest_name,
+                    want,
+                    ""
+                    if dest_state in ("running", "paused")
+                    else ": it stopped there after it resumed and runs nowhere - start it on {}".format(self.dest_name),
+                ),
                 changed=True,
                 state=dest_state,
                 leases=leases,
@@ -446,6 +454,17 @@ class Handoff:
         )
         _src, src_state, _stopped = self._confirm()
         dest_state = state_name(dest_dom)
+        if dest_state not in ("running", "paused"):
+            # its QEMU ended before it could resume (killed, crashed): the source is gone too after libvirt's
+            # confirm, so nothing but a start runs the guest again
+            self._fail(
+                "finish: {0} stopped on {1} before it could resume there (now {2}; {3}: {4}): it runs nowhere - "
+                "start it on {1}".format(self.name, self.dest_name, dest_state, self.src_name, src_state),
+                changed=True,
+                state=dest_state,
+                leases=leases,
+                err=err,
+            )
         blocking = [r for r in leases if r.get("held")] or leases
         waited = " within lock.acquire_timeout ({}s)".format(self.plan["acquire_timeout"]) if err.is_busy else ""
         self._fail(
