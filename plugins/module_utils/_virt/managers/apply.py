@@ -71,6 +71,7 @@ APPLY_ARGUMENT_SPEC = {
     "lock": {"type": "dict", "options": LOCK_OPTIONS, "default": {}, "apply_defaults": True},
 }
 
+MSG_OBJECTS = 10  # failed objects the message names (all are in the results)
 SUMMARY_KEYS = ("created", "changed", "unchanged", "removed", "failed", "skipped")
 
 
@@ -217,12 +218,11 @@ class ApplyManager:
             result["diff"] = [e["diff"] for e in self.results if e.get("changed") and e.get("diff")]
         bad = [e for e in self.results if e["failed"]]
         if bad:
+            named = "; ".join("{} {}: {}".format(e["kind"], e["name"], e["msg"]) for e in bad[:MSG_OBJECTS])
+            if len(bad) > MSG_OBJECTS:
+                named += "; and {} more (see results)".format(len(bad) - MSG_OBJECTS)
             raise VirtError(
-                "{} of {} objects did not reach their state: {}".format(
-                    len(bad),
-                    len(self.results),
-                    "; ".join("{} {}: {}".format(e["kind"], e["name"], e["msg"]) for e in bad),
-                ),
+                "{} of {} objects did not reach their state: {}".format(len(bad), len(self.results), named),
                 result=result,
             )
         return result
