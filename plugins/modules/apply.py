@@ -17,8 +17,8 @@ description:
     nothing costs little more than one task, however many guests the host has. A loop of
     M(lockstep.virt.domain) tasks pays Ansible's per-task cost once per guest.
   - Order. What is to be present is applied in dependency order - networks, pools, volumes, domains;
-    then what is to go (items whose O(domains[].state) removes them, and with O(prune) the unlisted marked
-    objects) in the reverse order - domains, volumes, pools, networks.
+    then what is to go (items whose C(state) removes them, and with O(prune) the unlisted marked objects) in
+    the reverse order - domains, volumes, pools, networks.
   - Failures. One object that fails does not hide the others. What depends on it is skipped with the
     reason (a volume in a failed pool; a domain whose network, pool or volume failed), everything else is
     applied, and the task then fails naming each object that did not reach its state; RV(results) and
@@ -111,7 +111,7 @@ seealso:
   - module: lockstep.virt.pool
   - module: lockstep.virt.volume
 author:
-  - lockstep.virt contributors
+  - lockstep.virt contributors (@lockstep)
 """
 
 EXAMPLES = r"""
@@ -164,7 +164,7 @@ results:
     kind: {description: "network, pool, volume or domain.", type: str, returned: always}
     name: {description: Name of the object., type: str, returned: always}
     pool: {description: The pool of a volume., type: str, returned: for volumes}
-    changed: {description: Whether the object changed (would, in check mode)., type: bool, returned: always}
+    changed: {description: "Whether the object changed (would, in check mode).", type: bool, returned: always}
     actions: {description: "What was done to it (would be, in check mode), in order.", type: list, elements: str,
               returned: always}
     outcome: {description: "created, changed, unchanged, removed, failed or skipped.", type: str, returned: always}
@@ -185,7 +185,7 @@ summary:
     created: {description: Objects created (would be)., type: int, returned: always}
     changed: {description: Existing objects changed., type: int, returned: always}
     unchanged: {description: Objects already in their state., type: int, returned: always}
-    removed: {description: Objects removed (listed as absent, or pruned)., type: int, returned: always}
+    removed: {description: "Objects removed (listed as absent, or pruned).", type: int, returned: always}
     failed: {description: Objects that failed., type: int, returned: always}
     skipped: {description: Objects not tried because what they need failed., type: int, returned: always}
   sample: {created: 0, changed: 1, unchanged: 199, removed: 0, failed: 0, skipped: 0}

@@ -186,45 +186,45 @@ class DomainManager(DefinedManager):
     def _keep_generated(self, desired, existing):
         return prepare_for_define(desired, existing)
 
-    def _defined(self, dom, existing):
+    def _defined(self, obj, existing):
         self.recorder.record("defined", detail="new definition" if existing is None else "definition updated")
         try:
-            self.lifecycle.prepare_vm_leases(self.lifecycle.expected_leases(dom, inactive=True))
+            self.lifecycle.prepare_vm_leases(self.lifecycle.expected_leases(obj, inactive=True))
         except VirtError as err:
             self.result["warnings"].append(err.msg)
 
-    def _is_active(self, dom):
-        return is_active(dom)
+    def _is_active(self, obj):
+        return is_active(obj)
 
-    def _state_name(self, dom, active):
-        return state_name(dom)
+    def _state_name(self, obj, active):
+        return state_name(obj)
 
-    def _runs(self, dom, before, predicted):
-        return predicted["state"] in ACTIVE_STATES and is_active(dom)
+    def _runs(self, obj, before, predicted):
+        return predicted["state"] in ACTIVE_STATES and is_active(obj)
 
-    def _running_differences(self, dom, desired):
+    def _running_differences(self, obj, desired):
         # what the guest runs after the changes it takes live, seen through the desired definition
         drift = compare(
-            desired, apply_live_changes(self, dom, desired, prepare_for_define), ignore=LIVE_IGNORE, texts=False
+            desired, apply_live_changes(self, obj, desired, prepare_for_define), ignore=LIVE_IGNORE, texts=False
         )
         return drift.differences if drift.changed else []
 
     def _note_pending(self):
         self.recorder.record("pending_restart", detail="the new definition applies at the next boot")
 
-    def _restart(self, dom):
-        paused = state_name(dom) == "paused"
-        self.lifecycle.shutdown(dom, timeout=self.params["timeout"], force=self.params["force"])
-        self.lifecycle.start(dom, acquire=self.lock["acquire"], paused=paused, **self._lock_kwargs())
+    def _restart(self, obj):
+        paused = state_name(obj) == "paused"
+        self.lifecycle.shutdown(obj, timeout=self.params["timeout"], force=self.params["force"])
+        self.lifecycle.start(obj, acquire=self.lock["acquire"], paused=paused, **self._lock_kwargs())
 
-    def _stop(self, dom):
-        self.lifecycle.destroy(dom)
+    def _stop(self, obj):
+        self.lifecycle.destroy(obj)
 
     def _diff_extra(self):
         return diff_lines(self.result)
 
-    def _summary(self, dom, predicted, desired):
-        if dom is None:  # check mode, new domain
+    def _summary(self, obj, predicted, desired):
+        if obj is None:  # check mode, new domain
             uuid = elements(desired, "uuid")
             return {
                 "name": self.name,
@@ -234,21 +234,21 @@ class DomainManager(DefinedManager):
                 "persistent": True,
                 "autostart": predicted["autostart"],
             }
-        out = domain_summary(dom)
+        out = domain_summary(obj)
         if self.check_mode:  # what the domain would be
             out.update(predicted)
         if out["state"] == "blocked":
             out["state"] = "running"
         return out
 
-    def _finish(self, dom, predicted, desired):
-        super()._finish(dom, predicted, desired)
+    def _finish(self, obj, predicted, desired):
+        super()._finish(obj, predicted, desired)
         r = self.result
         if not self.brief:
             r["leases"] = []
-            if dom is not None and predicted is not None:
+            if obj is not None and predicted is not None:
                 try:
-                    r["leases"] = [public_lease(x) for x in self.lifecycle.probe(dom, inactive=not is_active(dom))]
+                    r["leases"] = [public_lease(x) for x in self.lifecycle.probe(obj, inactive=not is_active(obj))]
                 except VirtError as err:
                     r["warnings"].append("cannot probe leases: {}".format(err.msg))
         r["lock_checkpoints"] = self.recorder.as_list()
@@ -274,7 +274,7 @@ class DomainManager(DefinedManager):
             "verify": self.lock["verify"],
         }
 
-    def _state(self, dom, predicted):
+    def _state(self, obj, predicted):
         want = self.params["state"]
         cur = predicted["state"]
         active = cur in ACTIVE_STATES
@@ -288,21 +288,21 @@ class DomainManager(DefinedManager):
             if cur == "paused":
                 self._act("resume")
                 if not self.check_mode:
-                    lc.resume(dom, **self._lock_kwargs())
+                    lc.resume(obj, **self._lock_kwargs())
                 return
             if cur == "pmsuspended":
                 self._act("wakeup")
                 if not self.check_mode:
                     with libvirt_errors("cannot wake up {}".format(self.name)):
-                        dom.pMWakeup(0)
+                        obj.pMWakeup(0)
                 return
             if active:  # crashed but still there
                 self._act("destroy")
                 if not self.check_mode:
-                    lc.destroy(dom)
+                    lc.destroy(obj)
             self._act("start")
             if not self.check_mode:
-                lc.start(dom, acquire=self.lock["acquire"], **self._lock_kwargs())
+                lc.start(obj, acquire=self.lock["acquire"], **self._lock_kwargs())
             return
         if want == "paused":
             if cur == "paused":
@@ -311,15 +311,15 @@ class DomainManager(DefinedManager):
             if cur in ("running", "blocked"):
                 self._act("pause")
                 if not self.check_mode:
-                    lc.suspend(dom)
+                    lc.suspend(obj)
                 return
             if active:
                 self._act("destroy")
                 if not self.check_mode:
-                    lc.destroy(dom)
+                    lc.destroy(obj)
             self._act("start_paused")
             if not self.check_mode:
-                lc.start(dom, paused=True, **self._lock_kwargs())
+                lc.start(obj, paused=True, **self._lock_kwargs())
             return
         if want in ("shutdown", "destroyed"):
             if not active:
@@ -328,11 +328,11 @@ class DomainManager(DefinedManager):
             if want == "shutdown":
                 self._act("shutdown")
                 if not self.check_mode:
-                    lc.shutdown(dom, timeout=self.params["timeout"], force=self.params["force"])
+                    lc.shutdown(obj, timeout=self.params["timeout"], force=self.params["force"])
             else:
                 self._act("destroy")
                 if not self.check_mode:
-                    lc.destroy(dom)
+                    lc.destroy(obj)
 
     # ------------------------------------------------------------------ absent
     def _seed_volume(self, desired):
@@ -342,10 +342,10 @@ class DomainManager(DefinedManager):
         _want, pool, volume = seed_of(desired)
         return ((pool, volume),) if volume else ()
 
-    def _before_remove(self, dom, existing, before):
+    def _before_remove(self, obj, existing, before):
         self._storage = self._storage_of(existing) if self.params["remove_storage"] else []
 
-    def _after_remove(self, dom, existing):
+    def _after_remove(self, obj, existing):
         remove_seed(self, existing)
         if self._storage:
             self._act("remove_storage")
@@ -353,16 +353,16 @@ class DomainManager(DefinedManager):
             if not self.check_mode:
                 self._remove_storage(self._storage)
 
-    def _undefine(self, dom):
+    def _undefine(self, obj):
         names = [n.upper() for n in self.params["undefine"]]
         if "NVRAM" not in names:
             names.append("KEEP_NVRAM")
         flags = self.conn.profile.undefine_flags_value(names)
         with libvirt_errors("cannot undefine {}".format(self.name)):
             if flags:
-                dom.undefineFlags(flags)
+                obj.undefineFlags(flags)
             else:
-                dom.undefine()
+                obj.undefine()
         self.recorder.record("undefined", detail="flags: {}".format(", ".join(sorted(names)) or "none"))
 
     def _storage_of(self, root):

@@ -327,22 +327,22 @@ class NetworkManager(DefinedManager):
     def _define_xml(self, text):
         return self.conn.virt.networkDefineXML(text)
 
-    def _live_change(self, net, drift, redefined, before):
+    def _live_change(self, obj, drift, redefined, before):
         if not redefined:
             if drift.host_ops:
-                self._update_hosts(net, drift.host_ops, live_only=False)
+                self._update_hosts(obj, drift.host_ops, live_only=False)
         elif before["active"]:
             # what runs gets its static hosts now; the rest waits for a restart
-            live_ops = network_drift(self._built, read_xml(net, NETWORK, inactive=False)).host_ops
+            live_ops = network_drift(self._built, read_xml(obj, NETWORK, inactive=False)).host_ops
             if live_ops:
-                self._update_hosts(net, live_ops, live_only=True)
+                self._update_hosts(obj, live_ops, live_only=True)
 
-    def _live_differences(self, net, desired):
-        drift = network_drift(desired, read_xml(net, NETWORK, inactive=False))
+    def _live_differences(self, obj, desired):
+        drift = network_drift(desired, read_xml(obj, NETWORK, inactive=False))
         return drift.differences if drift.rest_changed else []
 
-    def _summary(self, net, predicted, desired):
-        if net is None:  # check mode, new network
+    def _summary(self, obj, predicted, desired):
+        if obj is None:  # check mode, new network
             return {
                 "name": self.name,
                 "uuid": None,
@@ -351,7 +351,7 @@ class NetworkManager(DefinedManager):
                 "autostart": predicted["autostart"],
                 "bridge": None,
             }
-        out = network_summary(net)
+        out = network_summary(obj)
         if self.check_mode:
             out.update(active=predicted["state"] == "active", autostart=predicted["autostart"])
         return out

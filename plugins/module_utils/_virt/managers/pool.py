@@ -169,26 +169,26 @@ class PoolManager(DefinedManager):
     def _define_xml(self, text):
         return self.conn.virt.storagePoolDefineXML(text, 0)
 
-    def _prepare(self, pool, desired, before):
+    def _prepare(self, obj, desired, before):
         if before["state"] == "absent":
-            self._build(pool, desired)
+            self._build(obj, desired)
 
-    def _start(self, pool):
-        pool.create(0)
+    def _start(self, obj):
+        obj.create(0)
 
-    def _live_differences(self, pool, desired):
+    def _live_differences(self, obj, desired):
         # libvirt reports the live directory's own permissions; a start does not change them
-        drift = compare(desired, read_xml(pool, POOL, inactive=False), ignore=("permissions",), texts=False)
+        drift = compare(desired, read_xml(obj, POOL, inactive=False), ignore=("permissions",), texts=False)
         return drift.differences
 
-    def _after(self, pool, predicted):
+    def _after(self, obj, predicted):
         if self.params["refresh"] and predicted["state"] == "active" and not self.check_mode:
             with libvirt_errors("cannot refresh storage pool {}".format(self.name)):
-                pool.refresh(0)
+                obj.refresh(0)
             self.result["refreshed"] = True
 
-    def _summary(self, pool, predicted, desired):
-        if pool is None:  # check mode, new pool
+    def _summary(self, obj, predicted, desired):
+        if obj is None:  # check mode, new pool
             return {
                 "name": self.name,
                 "uuid": None,
@@ -202,7 +202,7 @@ class PoolManager(DefinedManager):
                 "allocation": None,
                 "available": None,
             }
-        out = pool_summary(pool)
+        out = pool_summary(obj)
         if self.check_mode:
             out.update(active=predicted["state"] == "active", autostart=predicted["autostart"])
         return out
@@ -238,12 +238,12 @@ class PoolManager(DefinedManager):
                 "cannot build storage pool {}: {}".format(self.name, exc.get_error_message()), code=exc.get_error_code()
             ) from None
 
-    def _rollback(self, pool, err):
+    def _rollback(self, obj, err):
         """Undefine a pool this run defined, after a later step failed: nothing is left changed."""
         try:
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
+            if obj.isActive():
+                obj.destroy()
+            obj.undefine()
             err.msg += " (the new definition of {} was removed again)".format(self.name)
             err.args = (err.msg,)
             self.result["actions"] = []
@@ -254,19 +254,19 @@ class PoolManager(DefinedManager):
     def _removed_as(self):
         return self.params["state"]
 
-    def _before_remove(self, pool, root, before):
+    def _before_remove(self, obj, existing, before):
         if self.params["state"] == "deleted":
-            self._refuse_non_empty(pool, root, before["active"])
+            self._refuse_non_empty(obj, existing, before["active"])
 
-    def _after_stop(self, pool, root):
-        path = pool_target(root)
+    def _after_stop(self, obj, existing):
+        path = pool_target(existing)
         if self.params["state"] == "deleted" and not (
-            pool_type(root) in DIRECTORY_TARGET_TYPES and self.conn.local and path and not os.path.lexists(path)
+            pool_type(existing) in DIRECTORY_TARGET_TYPES and self.conn.local and path and not os.path.lexists(path)
         ):
             self._act("delete")
             if not self.check_mode:
                 with libvirt_errors("cannot delete the storage of pool {}".format(self.name)):
-                    pool.delete(0)
+                    obj.delete(0)
 
     def _refuse_non_empty(self, pool, root, active):
         names = []
