@@ -17,6 +17,7 @@ at the largest size is profiled - the engine on the host (cProfile) and the cont
 (ansible.posix.profile_tasks) - and the time against guest count is plotted per contender.
 """
 
+import glob
 import json
 import os
 import statistics
@@ -30,7 +31,8 @@ from labkit import tiny_domain_xml
 from labpaths import CACHE_DIR  # tests/lab, on the path through labkit
 
 NAME = "converge"
-SIZES = (20, 200)
+# LOCKSTEP_BENCH_CONVERGE_SIZES=20 for a short run while developing
+SIZES = tuple(int(n) for n in os.environ.get("LOCKSTEP_BENCH_CONVERGE_SIZES", "20,200").split(","))
 RUNNING = 20
 PREFIX = "bench-cv"
 ANSIBLE_PACKAGE = "ansible==12.3.0"  # bundles community.libvirt 2.0.0 and ansible.posix (profile_tasks)
@@ -146,6 +148,7 @@ def converge(lab, host, n, contender, profile=False):
 HOST_PROFILE = r"""
 import cProfile, io, json, pstats, sys, time
 sys.path.insert(0, sys.argv[1])
+sys.path.append(sys.argv[2])  # ansible's module_utils, from the controller's venv (the host's own python)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.apply import ApplyManager
 params = {"domains": json.load(sys.stdin), "prune": False, "lock": {}}
@@ -171,6 +174,7 @@ def profile_host(lab, host, n):
         "-c",
         HOST_PROFILE,
         os.path.join(REPO, ".build", "collections"),
+        glob.glob(os.path.join(REPO, ".venv", "lib", "python3*", "site-packages"))[0],
         input=json.dumps(guests(n)),
         timeout=600,
     )
