@@ -26,6 +26,7 @@ from benchlib import RESULTS, lab_from_status  # noqa: E402
 SUITES = [
     "handoff",
     "evacuate",
+    "converge",
 ]
 
 

@@ -227,6 +227,12 @@ pending_restart:
   description: The network runs an older definition than the persistent one; the change applies at its next start.
   returned: always
   type: bool
+pending_differences:
+  description: Where what the network runs differs from its definition (predicted from the redefinition in check mode).
+  returned: when RV(pending_restart) is true or the network was restarted for it
+  type: list
+  elements: str
+  sample: ["/network/forward/@mode"]
 differences:
   description: Where the definition differed from what you specified.
   returned: when the definition changed

@@ -217,6 +217,12 @@ pending_restart:
   description: The pool runs an older definition than the persistent one; the change applies at its next start.
   returned: always
   type: bool
+pending_differences:
+  description: Where what the pool runs differs from its definition (predicted from the redefinition in check mode).
+  returned: when RV(pending_restart) is true or the pool was restarted for it
+  type: list
+  elements: str
+  sample: ["/pool/target/path/text()"]
 refreshed:
   description: Whether the pool was rescanned (O(refresh=true)).
   returned: always

@@ -150,8 +150,9 @@ class Lab:
         )
         return env
 
-    def playbook(self, playbook, check=False, diff=False, extra_vars=None, limit=None, timeout=900):
-        """Run a playbook (a path, or a list of plays) and return every task result."""
+    def playbook(self, playbook, check=False, diff=False, extra_vars=None, limit=None, timeout=900, env=None):
+        """Run a playbook (a path, or a list of plays) and return every task result. ``env``: more
+        environment (a value naming ``{collections}`` gets the lab's collections path in its place)."""
         with tempfile.TemporaryDirectory(prefix="lab-play-") as tmp:
             if not isinstance(playbook, str):
                 path = os.path.join(tmp, "play.yml")
@@ -168,8 +169,10 @@ class Lab:
                 argv += ["--limit", limit]
             if extra_vars:
                 argv += ["-e", json.dumps(extra_vars)]
+            run_env = self._env(record)
+            run_env.update((k, v.format(collections=COLLECTIONS)) for k, v in (env or {}).items())
             res = subprocess.run(
-                argv, capture_output=True, text=True, env=self._env(record), cwd=REPO, timeout=timeout, check=False
+                argv, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=timeout, check=False
             )
             results = []
             if os.path.exists(record):

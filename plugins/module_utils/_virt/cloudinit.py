@@ -24,10 +24,9 @@ import shutil
 import subprocess
 import tempfile
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, error_code, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import managed_tag, metadata_element
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, VOLUME, lookup, lookup_volume
 
 CLOUD_INIT_OPTIONS = {
     "user_data": {"type": "raw"},
@@ -137,12 +136,9 @@ def upload_volume(conn, pool_name, volume, data):
 
 def delete_volume(conn, pool_name, volume):
     """Delete the seed volume; False when it (or its pool) is already gone."""
-    try:
-        vol = conn.virt.storagePoolLookupByName(pool_name).storageVolLookupByName(volume)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() in (error_code("NO_STORAGE_VOL"), error_code("NO_STORAGE_POOL")):
-            return False
-        raise VirtError("cannot look up the cloud-init seed {}/{}: {}".format(pool_name, volume, exc)) from None
+    vol = lookup_volume(conn, pool_name, volume)
+    if vol is None:
+        return False
     with libvirt_errors("cannot delete the cloud-init seed {}/{}".format(pool_name, volume)):
         vol.delete(0)
     return True
@@ -155,10 +151,7 @@ def ensure_seed(manager, existing, desired):
     if want is None or not (getattr(manager, "_spec", None) or {}).get("cloud_init"):
         return
     have, old_pool, old_volume = seed_of(existing)
-    present = False
-    pool_obj = lookup(manager.conn, POOL, pool)
-    if pool_obj is not None:
-        present = lookup(pool_obj, VOLUME, volume) is not None
+    present = manager.host.volume(pool, volume) is not None
     if present and have == want and (old_pool, old_volume) == (pool, volume):
         return
     manager._act("build_seed")
@@ -174,8 +167,7 @@ def ensure_seed(manager, existing, desired):
 def remove_seed(manager, existing):
     """Delete the seed recorded in ``existing`` (the guest is being removed)."""
     _hash, pool, volume = seed_of(existing)
-    pool_obj = lookup(manager.conn, POOL, pool) if volume else None
-    if pool_obj is None or lookup(pool_obj, VOLUME, volume) is None:
+    if not volume or manager.host.volume(pool, volume) is None:
         return
     manager._act("remove_seed")
     if not manager.check_mode:

@@ -52,6 +52,10 @@ class ValidationError(VirtError):
     """Bad input (options, XML, spec): reported before anything is changed."""
 
 
+class DependencyError(VirtError):
+    """An object was not tried because what it needs failed earlier in the same run."""
+
+
 class LeaseError(VirtError):
     """A lease could not be taken, was not held when required, or the lock manager is off."""
 

@@ -26,7 +26,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     probe_resources,
     rw_disks_without_lease,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, volume_path
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LEASES_ON_CREATE
 
 ACQUIRE_AFTER_CREATE = "after_create"
@@ -65,8 +65,11 @@ class Lifecycle:
     ``sleep``/``clock``/``poll`` are injectable for tests.
     """
 
-    def __init__(self, conn, recorder, lock_config, sleep=time.sleep, clock=time.monotonic, poll=0.25):
+    def __init__(
+        self, conn, recorder, lock_config, sleep=time.sleep, clock=time.monotonic, poll=0.25, resolve_volume=None
+    ):
         self.conn = conn
+        self._resolve = resolve_volume
         self.profile = conn.profile
         self.recorder = recorder
         self.lock_config = lock_config
@@ -76,10 +79,10 @@ class Lifecycle:
 
     # ------------------------------------------------------------------ leases
     def _resolve_volume(self, pool, volume):
-        try:
-            return self.conn.virt.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
-        except Exception:
-            return None
+        """The path of a ``type='volume'`` disk (None when it cannot be found)."""
+        if self._resolve is not None:
+            return self._resolve(pool, volume)
+        return volume_path(self.conn, pool, volume)
 
     def expected_leases(self, dom, inactive=False):
         """The leases the lock manager takes for ``dom`` (unprobed)."""

@@ -16,6 +16,7 @@ from collections import namedtuple
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    VirtError,
     error_code,
     from_libvirt_error,
     libvirt_errors,
@@ -115,4 +116,173 @@ def read_xml(obj, kind, inactive=True):
         return parse_xml(text, kind.root_tag, "libvirt's {} XML".format(kind.noun))
 
 
-__all__ = ["DOMAIN", "NETWORK", "POOL", "SECRET", "VOLUME", "Kind", "lookup", "read_xml", "select"]
+def lookup_volume(conn, pool, name):
+    """The volume ``name`` of storage pool ``pool`` (a name), or None when the pool or the volume is missing."""
+    pool_obj = lookup(conn, POOL, pool)
+    return lookup(pool_obj, VOLUME, name) if pool_obj is not None else None
+
+
+def volume_path(conn, pool, name):
+    """The path of volume ``name`` in pool ``pool``, or None when it cannot be found (how a ``type='volume'``
+    disk is resolved to the file its lease covers)."""
+    try:
+        vol = lookup_volume(conn, pool, name)
+        return vol.path() if vol is not None else None
+    except (VirtError, libvirt.libvirtError):
+        return None
+
+
+class Host:
+    """Lookups and XML reads of one host, straight from libvirt: what a manager asks for its objects.
+
+    :class:`Snapshot` answers the same questions from one bulk read per kind.
+    """
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def lookup(self, kind, name):
+        return lookup(self.conn, kind, name)
+
+    def volume(self, pool, name):
+        return lookup_volume(self.conn, pool, name)
+
+    def volume_path(self, pool, name):
+        return volume_path(self.conn, pool, name)
+
+    def read_xml(self, obj, kind):
+        """The persistent definition of ``obj``."""
+        return read_xml(obj, kind)
+
+    def put(self, kind, name, obj, pool=None):
+        """``obj`` was (re)defined or created: later lookups and reads see it."""
+
+    def drop(self, kind, name, pool=None):
+        """The object was removed."""
+
+    def planned(self, kind, name, pool=None):
+        """Check mode: the object would have been created (later references to it are satisfied)."""
+
+    def failure(self, kind, name, pool=None):
+        """The reason an object this run depends on was not brought to its state, or None."""
+        return None
+
+
+class Planned:
+    """Stands for an object that check mode would have created: it exists and is active."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def name(self):
+        return self._name
+
+    def isActive(self):
+        return 1
+
+
+class Snapshot(Host):
+    """One bulk read of a host: every domain, network and storage pool (``listAll*``) and the volumes of
+    every active pool, each object's persistent XML read at most once, lookups answered from memory.
+
+    What a run changes is told back (:meth:`put`, :meth:`drop`, :meth:`planned`); what failed is recorded
+    with :meth:`fail` so that what depends on it is skipped rather than tried.
+    """
+
+    def __init__(self, conn, kinds=(DOMAIN, NETWORK, POOL)):
+        super().__init__(conn)
+        self._objects = {}
+        self._xml = {}
+        self._failed = {}
+        for kind in kinds:
+            self._objects[kind.noun] = dict((_name(o), o) for o in select(conn, kind))
+        self._volumes = {}
+
+    def names(self, kind, pool=None):
+        """Every name of ``kind`` the host has (the volumes of ``pool``), sorted."""
+        if kind is VOLUME:
+            return sorted(n for n, o in self._pool_volumes(pool).items() if not isinstance(o, Planned))
+        return sorted(n for n, o in self._objects[kind.noun].items() if not isinstance(o, Planned))
+
+    def lookup(self, kind, name):
+        if kind.noun not in self._objects:
+            return super().lookup(kind, name)
+        return self._objects[kind.noun].get(name)
+
+    def _pool_volumes(self, pool):
+        if pool not in self._volumes:
+            pool_obj = self.lookup(POOL, pool)
+            vols = {}
+            if pool_obj is not None and not isinstance(pool_obj, Planned):
+                with libvirt_errors("cannot read storage pool {}".format(pool)):
+                    active = pool_obj.isActive()
+                if active:
+                    vols = dict(
+                        (_name(v), v) for v in select(pool_obj, VOLUME, None, "cannot list the volumes of " + pool)
+                    )
+            self._volumes[pool] = vols
+        return self._volumes[pool]
+
+    def volume(self, pool, name):
+        return self._pool_volumes(pool).get(name)
+
+    def volume_path(self, pool, name):
+        vol = self.volume(pool, name)
+        if vol is None or isinstance(vol, Planned):
+            return None
+        try:
+            return vol.path()
+        except libvirt.libvirtError:
+            return None
+
+    def read_xml(self, obj, kind):
+        if kind is VOLUME:  # read once anyway: each volume is one item
+            return read_xml(obj, kind)
+        key = (kind.noun, _name(obj))
+        if key not in self._xml:
+            self._xml[key] = read_xml(obj, kind)
+        return self._xml[key]
+
+    def _table(self, kind, pool):
+        return self._pool_volumes(pool) if kind is VOLUME else self._objects.setdefault(kind.noun, {})
+
+    def put(self, kind, name, obj, pool=None):
+        self._table(kind, pool)[name] = obj
+        self._xml.pop((kind.noun, name), None)
+        if kind is POOL:
+            self._volumes.pop(name, None)  # a pool started by this run lists its volumes now
+
+    def drop(self, kind, name, pool=None):
+        self._table(kind, pool).pop(name, None)
+        self._xml.pop((kind.noun, name), None)
+
+    def planned(self, kind, name, pool=None):
+        table = self._table(kind, pool)
+        if name not in table:
+            table[name] = Planned(name)
+        if kind is POOL:
+            self._volumes.setdefault(name, {})
+
+    def fail(self, kind, name, reason, pool=None):
+        self._failed[(kind.noun, pool, name)] = reason
+
+    def failure(self, kind, name, pool=None):
+        return self._failed.get((kind.noun, pool, name))
+
+
+__all__ = [
+    "DOMAIN",
+    "NETWORK",
+    "POOL",
+    "SECRET",
+    "VOLUME",
+    "Host",
+    "Kind",
+    "Planned",
+    "Snapshot",
+    "lookup",
+    "lookup_volume",
+    "read_xml",
+    "select",
+    "volume_path",
+]

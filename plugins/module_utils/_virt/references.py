@@ -11,9 +11,9 @@ pool, volume or network fails with nothing changed, in normal and check mode ali
 from __future__ import annotations
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import libvirt_errors
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import DependencyError, ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import domain_disks
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, POOL, VOLUME, lookup
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, POOL, VOLUME, Host
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements
 
 
@@ -39,16 +39,18 @@ def domain_references(root):
     return {"pools": pools, "networks": networks}
 
 
-def missing_references(conn, root, provided=()):
+def missing_references(conn, root, provided=(), host=None):
     """Messages naming each pool, volume and network that the domain XML ``root`` references and the
     host of ``conn`` lacks (empty when it has them all). A volume is looked for as libvirt looks for it
     when the guest starts: among what its pool lists (no refresh). A volume of an inactive pool is not
     checked: libvirt lists an inactive pool's volumes only once it runs. ``provided``: (pool, volume)
-    pairs the caller creates itself before it defines the domain (the cloud-init seed)."""
+    pairs the caller creates itself before it defines the domain (the cloud-init seed). ``host``: where the
+    lookups go (an objects.Host; by default straight to libvirt)."""
+    host = host or Host(conn)
     refs = domain_references(root)
     missing = []
     for pool_name, volumes in refs["pools"].items():
-        pool = lookup(conn, POOL, pool_name)
+        pool = host.lookup(POOL, pool_name)
         if pool is None:
             missing.append("storage pool {}".format(pool_name))
             continue
@@ -57,18 +59,38 @@ def missing_references(conn, root, provided=()):
         if not active:
             continue
         for vol in volumes:
-            if (pool_name, vol) not in provided and lookup(pool, VOLUME, vol) is None:
+            if (pool_name, vol) not in provided and host.volume(pool_name, vol) is None:
                 missing.append("volume {} in storage pool {}".format(vol, pool_name))
     for net in refs["networks"]:
-        if lookup(conn, NETWORK, net) is None:
+        if host.lookup(NETWORK, net) is None:
             missing.append("network {}".format(net))
     return missing
 
 
-def check_domain_references(conn, name, root, provided=()):
+def failed_references(host, root):
+    """Why what the domain XML ``root`` references was not brought to its state by this run (messages;
+    empty when nothing it needs failed)."""
+    refs = domain_references(root)
+    wanted = [(POOL, p, None) for p in refs["pools"]]
+    wanted += [(VOLUME, v, p) for p, vols in refs["pools"].items() for v in vols]
+    wanted += [(NETWORK, n, None) for n in refs["networks"]]
+    out = []
+    for kind, name, pool in wanted:
+        reason = host.failure(kind, name, pool)
+        if reason:
+            out.append("{} {} ({})".format(kind.noun, name if pool is None else pool + "/" + name, reason))
+    return out
+
+
+def check_domain_references(conn, name, root, provided=(), host=None):
     """Raise ValidationError when the definition ``root`` of domain ``name`` references a pool, volume
-    or network that the host lacks (less the ``provided`` (pool, volume) pairs)."""
-    missing = missing_references(conn, root, provided)
+    or network that the host lacks (less the ``provided`` (pool, volume) pairs), or DependencyError when
+    one of them failed earlier in this run (``host``)."""
+    host = host or Host(conn)
+    failed = failed_references(host, root)
+    if failed:
+        raise DependencyError("domain {} was skipped: what it needs failed: {}".format(name, "; ".join(failed)))
+    missing = missing_references(conn, root, provided, host)
     if missing:
         raise ValidationError(
             "domain {} references what {} does not have: {}; nothing was changed".format(
@@ -77,4 +99,4 @@ def check_domain_references(conn, name, root, provided=()):
         )
 
 
-__all__ = ["check_domain_references", "domain_references", "missing_references"]
+__all__ = ["check_domain_references", "domain_references", "failed_references", "missing_references"]

@@ -61,9 +61,8 @@ def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusiv
     )
     check_libvirt(module)
     refuse_nul(module)
-    for value in module.params.values():  # a password in user XML is masked in the result, diff and -vvv
-        if isinstance(value, str):
-            module.no_log_values.update(xml_secrets(value))
+    for value in _strings(module.params):  # a password in user XML is masked in the result, diff and -vvv
+        module.no_log_values.update(xml_secrets(value))
     if manager is not None:
 
         def work(conn, module):
@@ -78,11 +77,22 @@ def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusiv
     run_module(module, run)
 
 
+def _strings(value):
+    """Every string in ``value`` (an option's value: nested lists and dicts too)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
 def refuse_nul(module):
     """Fail the module when a text option holds a NUL: libvirt's C API cannot take one."""
     for key, value in sorted(module.params.items()):
-        values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, str) and "\0" in v for v in values):
+        if any("\0" in v for v in _strings(value)):
             module.fail_json(msg="{} must not contain a NUL character".format(key))
 
 

@@ -278,7 +278,7 @@ class SnapshotManager(Manager):
 
     def _finish(self, dom):
         """The guest, its leases and the checkpoints, as the domain module reports them."""
-        done = self.domain._finish(dom)
+        done = self.domain.report(dom)
         self.result.update((k, done[k]) for k in ("domain", "leases", "lock_checkpoints", "warnings") if k in done)
         return self.result
 

@@ -386,16 +386,19 @@ class Drift:
         }
 
 
-def compare(desired, actual, ignore=()):
-    """Intent-based drift between a desired and an actual element (either may be None)."""
+def compare(desired, actual, ignore=(), texts=True):
+    """Intent-based drift between a desired and an actual element (either may be None). ``texts``: also
+    the before/after texts of a diff (otherwise None: they cost more than the comparison)."""
     d = normalize(desired) if desired is not None else None
     a = normalize(actual) if actual is not None else None
     if d is None:
-        return Drift(a is not None, canonical_text(a), "", ["/"] if a is not None else [])
+        return Drift(a is not None, canonical_text(a) if texts else None, "", ["/"] if a is not None else [])
     if a is None:
-        return Drift(True, "", canonical_text(d), ["/" + local(d.tag)])
+        return Drift(True, "", canonical_text(d) if texts else None, ["/" + local(d.tag)])
     p = project(d, a, ignore)
     diffs = differences(d, p)
+    if not texts:
+        return Drift(bool(diffs), None, None, diffs)
     before = to_text(_sorted_copy(p))
     after = to_text(_sorted_copy(d))
     return Drift(bool(diffs), before, after, diffs)

@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The domain manager: read -> desired -> diff -> apply (unless check mode).
+"""The domain manager: the converge sequence of managers.base.DefinedManager, filled in for domains.
 
 It never calls exit_json/fail_json: :meth:`DomainManager.run` returns the result dict or raises
 VirtError (with partial results in ``err.result``). A single-object module and a batch module use
@@ -9,14 +9,12 @@ it the same way.
 
 from __future__ import annotations
 
-import copy
 import os
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.cloudinit import ensure_seed, remove_seed, seed_of
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
-    ValidationError,
     VirtError,
     error_code,
     libvirt_errors,
@@ -35,20 +33,21 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle impo
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.live import apply_live_changes, diff_lines
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import mark_managed
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import (
+    DEFINITION_MUTUALLY_EXCLUSIVE,
+    DefinedManager,
+    definition_argument_spec,
+    keep_generated,
+    user_xml,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.references import check_domain_references
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain import (
     DOMAIN_SPEC_OPTIONS,
     build_domain_xml,
     normalize_domain_spec,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
-    compare,
-    elements,
-    etree,
-    to_text,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import compare, elements, etree
 
 DOMAIN_STATES = ["present", "absent", "running", "paused", "shutdown", "destroyed"]
 UNDEFINE_CHOICES = ["nvram", "managed_save", "snapshots_metadata", "checkpoints_metadata"]
@@ -60,20 +59,16 @@ LOCK_OPTIONS = {
     "verify": {"type": "bool", "default": True},
 }
 
-DOMAIN_ARGUMENT_SPEC = {
-    "name": {"type": "str", "required": True},
-    "state": {"type": "str", "choices": DOMAIN_STATES, "default": "present"},
-    "xml": {"type": "str"},
-    "spec": {"type": "dict", "options": DOMAIN_SPEC_OPTIONS},
-    "autostart": {"type": "bool"},
-    "timeout": {"type": "int", "default": 60},
-    "force": {"type": "bool", "default": False},
-    "restart_on_change": {"type": "bool", "default": False},
-    "remove_storage": {"type": "bool", "default": False},
-    "undefine": {"type": "list", "elements": "str", "choices": UNDEFINE_CHOICES, "default": list(UNDEFINE_CHOICES)},
-    "lock": {"type": "dict", "options": LOCK_OPTIONS, "default": {}, "apply_defaults": True},
-}
-DOMAIN_MUTUALLY_EXCLUSIVE = [("xml", "spec")]
+DOMAIN_ARGUMENT_SPEC = definition_argument_spec(
+    DOMAIN_STATES,
+    DOMAIN_SPEC_OPTIONS,
+    timeout={"type": "int", "default": 60},
+    force={"type": "bool", "default": False},
+    remove_storage={"type": "bool", "default": False},
+    undefine={"type": "list", "elements": "str", "choices": UNDEFINE_CHOICES, "default": list(UNDEFINE_CHOICES)},
+    lock={"type": "dict", "options": LOCK_OPTIONS, "default": {}, "apply_defaults": True},
+)
+DOMAIN_MUTUALLY_EXCLUSIVE = DEFINITION_MUTUALLY_EXCLUSIVE
 
 ACTIVE_STATES = ("running", "blocked", "paused", "shutdown", "crashed", "pmsuspended")
 # Parts of a live XML that differ from the definition without a pending change.
@@ -105,16 +100,9 @@ def desired_from_xml(name, text):
 def prepare_for_define(desired, existing):
     """Copy of ``desired`` keeping what libvirt generated for ``existing``: its UUID and the MAC
     addresses of interfaces the desired XML gives none (so a redefinition does not renumber NICs)."""
-    out = copy.deepcopy(desired)
+    out = keep_generated(desired, existing)
     if existing is None:
         return out
-    if not elements(out, "uuid"):
-        old = elements(existing, "uuid")
-        if old:
-            el = etree.Element("uuid")
-            el.text = old[0].text
-            names = elements(out, "name")
-            out.insert(out.index(names[0]) + 1 if names else 0, el)
     d_dev = elements(out, "devices")
     a_dev = elements(existing, "devices")
     if d_dev and a_dev:
@@ -135,28 +123,51 @@ def prepare_for_define(desired, existing):
     return out
 
 
-class DomainManager(Manager):
-    """Bring one domain to the state described by the module parameters."""
+class DomainManager(DefinedManager):
+    """Bring one domain to the state described by the module parameters: the converge sequence of
+    :class:`DefinedManager`, with a domain's states (lease-checked starts through Lifecycle), its
+    references and cloud-init seed checked before it is defined, and its live changes."""
 
     KIND = DOMAIN
     RESULT = {"pending_restart": False, "warnings": []}
+    SUMMARY_KEY = "domain"
+    NEW_STATE = "shutoff"
+    STOP_ACTION = "destroy"
 
     def __init__(
-        self, conn, params, check_mode=False, diff_mode=False, lock_config=None, recorder=None, lifecycle=None
+        self,
+        conn,
+        params,
+        check_mode=False,
+        diff_mode=False,
+        lock_config=None,
+        recorder=None,
+        lifecycle=None,
+        host=None,
+        brief=False,
     ):
-        super().__init__(conn, params, check_mode, diff_mode)
+        super().__init__(conn, params, check_mode, diff_mode, host=host, brief=brief)
         self.lock = dict(LOCK_OPTIONS_DEFAULTS)
         self.lock.update((k, v) for k, v in (params.get("lock") or {}).items() if v is not None)
         self.lock_config = lock_config or read_lock_config(conn.profile, local=conn.local)
         self.recorder = recorder or CheckpointRecorder(host=conn.hostname)
-        self.lifecycle = lifecycle or Lifecycle(conn, self.recorder, self.lock_config)
+        self.lifecycle = lifecycle or Lifecycle(
+            conn, self.recorder, self.lock_config, resolve_volume=self.host.volume_path
+        )
+        self._spec = None
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ the kind's steps
+    def _from_xml(self, text):
+        return desired_from_xml(self.name, text)
+
+    def _from_spec(self, spec):
+        self._spec = normalize_domain_spec(spec, validated=True)
+        return None  # built once the existing definition (its UUID) is known
+
     def _desired(self, existing):
-        p = self.params
-        if p.get("xml"):
-            return desired_from_xml(self.name, p["xml"])
-        if p.get("spec") is not None:
+        if self._built is not None:
+            return self._built
+        if self._spec is not None:
             uuid = None
             if existing is not None:
                 found = elements(existing, "uuid")
@@ -164,22 +175,82 @@ class DomainManager(Manager):
             return build_domain_xml(self.name, self._spec, uuid=uuid, lock_config=self.lock_config, normalized=True)
         return None
 
-    def _finish(self, dom, predicted=None):
+    def _check_desired(self, desired, existing):
+        # a missing pool, volume or network fails before anything changes
+        check_domain_references(self.conn, self.name, desired, provided=self._seed_volume(desired), host=self.host)
+        ensure_seed(self, existing, desired)  # the cloud-init seed volume, before the definition names it
+
+    def _define_xml(self, text):
+        return self.conn.virt.defineXML(text)
+
+    def _keep_generated(self, desired, existing):
+        return prepare_for_define(desired, existing)
+
+    def _defined(self, obj, existing):
+        self.recorder.record("defined", detail="new definition" if existing is None else "definition updated")
+        try:
+            self.lifecycle.prepare_vm_leases(self.lifecycle.expected_leases(obj, inactive=True))
+        except VirtError as err:
+            self.result["warnings"].append(err.msg)
+
+    def _is_active(self, obj):
+        return is_active(obj)
+
+    def _state_name(self, obj, active):
+        return state_name(obj)
+
+    def _runs(self, obj, before, predicted):
+        return predicted["state"] in ACTIVE_STATES and is_active(obj)
+
+    def _running_differences(self, obj, desired):
+        # what the guest runs after the changes it takes live, seen through the desired definition
+        drift = compare(
+            desired, apply_live_changes(self, obj, desired, prepare_for_define), ignore=LIVE_IGNORE, texts=False
+        )
+        return drift.differences if drift.changed else []
+
+    def _note_pending(self):
+        self.recorder.record("pending_restart", detail="the new definition applies at the next boot")
+
+    def _restart(self, obj):
+        paused = state_name(obj) == "paused"
+        self.lifecycle.shutdown(obj, timeout=self.params["timeout"], force=self.params["force"])
+        self.lifecycle.start(obj, acquire=self.lock["acquire"], paused=paused, **self._lock_kwargs())
+
+    def _stop(self, obj):
+        self.lifecycle.destroy(obj)
+
+    def _diff_extra(self):
+        return diff_lines(self.result)
+
+    def _summary(self, obj, predicted, desired):
+        if obj is None:  # check mode, new domain
+            uuid = elements(desired, "uuid")
+            return {
+                "name": self.name,
+                "uuid": uuid[0].text if uuid else None,
+                "id": None,
+                "state": predicted["state"],
+                "persistent": True,
+                "autostart": predicted["autostart"],
+            }
+        out = domain_summary(obj)
+        if self.check_mode:  # what the domain would be
+            out.update(predicted)
+        if out["state"] == "blocked":
+            out["state"] = "running"
+        return out
+
+    def _finish(self, obj, predicted, desired):
+        super()._finish(obj, predicted, desired)
         r = self.result
-        if dom is not None:
-            r["domain"] = domain_summary(dom)
-            if predicted is not None:  # check mode: what the domain would be
-                r["domain"].update(predicted)
-            if r["domain"]["state"] == "blocked":
-                r["domain"]["state"] = "running"
-            try:
-                r["leases"] = [public_lease(x) for x in self.lifecycle.probe(dom, inactive=not is_active(dom))]
-            except VirtError as err:
-                r["warnings"].append("cannot probe leases: {}".format(err.msg))
-                r["leases"] = []
-        else:
-            r.setdefault("domain", None)
-            r.setdefault("leases", [])
+        if not self.brief:
+            r["leases"] = []
+            if obj is not None and predicted is not None:
+                try:
+                    r["leases"] = [public_lease(x) for x in self.lifecycle.probe(obj, inactive=not is_active(obj))]
+                except VirtError as err:
+                    r["warnings"].append("cannot probe leases: {}".format(err.msg))
         r["lock_checkpoints"] = self.recorder.as_list()
         for c in r["lock_checkpoints"]:
             if c["name"] == "leases_verified" and not c["ok"]:
@@ -192,89 +263,16 @@ class DomainManager(Manager):
             del r["warnings"]
         return r
 
+    def report(self, dom):
+        """The guest as it is now, as the domain module reports it: ``domain``, ``leases``,
+        ``lock_checkpoints`` (and ``warnings``) in the result."""
+        return self._finish(dom, {} if dom is not None else None, None)
+
     def _fail(self, err):
         """Attach partial results, with the lock checkpoints so far, to ``err`` and return it."""
         super()._fail(err)
         err.result["lock_checkpoints"] = self.recorder.as_list()
         return err
-
-    # ------------------------------------------------------------------ run
-    def _run(self):
-        p = self.params
-        if p.get("xml") and p.get("spec") is not None:
-            raise ValidationError("xml and spec are mutually exclusive")
-        self._spec = normalize_domain_spec(p["spec"], validated=True) if p.get("spec") is not None else None
-        if p.get("xml"):
-            desired_from_xml(self.name, p["xml"])  # validate before touching anything
-        dom = lookup(self.conn, DOMAIN, self.name)
-        if p["state"] == "absent":
-            return self._absent(dom)
-
-        existing = read_xml(dom, DOMAIN) if dom is not None else None
-        desired = self._desired(existing)
-        if desired is not None:  # a missing pool, volume or network fails before anything changes
-            check_domain_references(self.conn, self.name, desired, provided=self._seed_volume(desired))
-        before_state = state_name(dom) if dom is not None else "absent"
-        before_autostart = bool(dom.autostart()) if dom is not None and dom.isPersistent() else False
-        before_xml = after_xml = ""
-        defined_now = False
-        if desired is not None:
-            drift = compare(desired, existing)
-            before_xml, after_xml = drift.before, drift.after
-            ensure_seed(self, existing, desired)  # the cloud-init seed volume, before the definition names it
-            if drift.changed:
-                self.result["differences"] = drift.differences
-                self._act("define" if dom is None else "redefine")
-                if not self.check_mode:
-                    text = to_text(prepare_for_define(desired, existing))
-                    with libvirt_errors("cannot define domain {}".format(self.name)):
-                        dom = self.conn.virt.defineXML(text)
-                    self.recorder.record(
-                        "defined", detail="new definition" if existing is None else "definition updated"
-                    )
-                    defined_now = True
-                    self._create_lease_files(dom)
-            elif dom is not None and not dom.isPersistent():
-                self._act("define")
-                if not self.check_mode:
-                    with libvirt_errors("cannot define domain {}".format(self.name)):
-                        dom = self.conn.virt.defineXML(to_text(prepare_for_define(desired, existing)))
-        elif dom is None:
-            raise VirtError(
-                "domain {} is not defined on {}; give xml or spec to define it".format(self.name, self.conn.hostname)
-            )
-
-        predicted = {"state": before_state if dom is not None else "shutoff", "autostart": before_autostart}
-        self._autostart(dom, predicted)
-        self._state(dom, predicted)
-        if p["state"] in ("present", "running", "paused") and desired is not None:
-            self._pending_restart(dom, desired, defined_now, predicted)
-
-        after_state = predicted["state"]
-        self.result["diff"] = self._diff(
-            diff_text(before_xml, before_state, before_autostart),
-            diff_text(after_xml if desired is not None else before_xml, after_state, predicted["autostart"])
-            + diff_lines(self.result),
-            "desired",
-        )
-        if dom is None:  # check mode, new domain
-            uuid = elements(desired, "uuid")
-            self.result["domain"] = {
-                "name": self.name,
-                "uuid": uuid[0].text if uuid else None,
-                "id": None,
-                "state": after_state,
-                "persistent": True,
-                "autostart": predicted["autostart"],
-            }
-            return self._finish(None)
-        return self._finish(dom, predicted if self.check_mode else None)
-
-    def _create_lease_files(self, dom):
-        try:
-            self.lifecycle.prepare_vm_leases(self.lifecycle.expected_leases(dom, inactive=True))
-        except VirtError as err:
-            self.result["warnings"].append(err.msg)
 
     def _lock_kwargs(self):
         return {
@@ -283,7 +281,7 @@ class DomainManager(Manager):
             "verify": self.lock["verify"],
         }
 
-    def _state(self, dom, predicted):
+    def _state(self, obj, predicted):
         want = self.params["state"]
         cur = predicted["state"]
         active = cur in ACTIVE_STATES
@@ -297,21 +295,21 @@ class DomainManager(Manager):
             if cur == "paused":
                 self._act("resume")
                 if not self.check_mode:
-                    lc.resume(dom, **self._lock_kwargs())
+                    lc.resume(obj, **self._lock_kwargs())
                 return
             if cur == "pmsuspended":
                 self._act("wakeup")
                 if not self.check_mode:
                     with libvirt_errors("cannot wake up {}".format(self.name)):
-                        dom.pMWakeup(0)
+                        obj.pMWakeup(0)
                 return
             if active:  # crashed but still there
                 self._act("destroy")
                 if not self.check_mode:
-                    lc.destroy(dom)
+                    lc.destroy(obj)
             self._act("start")
             if not self.check_mode:
-                lc.start(dom, acquire=self.lock["acquire"], **self._lock_kwargs())
+                lc.start(obj, acquire=self.lock["acquire"], **self._lock_kwargs())
             return
         if want == "paused":
             if cur == "paused":
@@ -320,15 +318,15 @@ class DomainManager(Manager):
             if cur in ("running", "blocked"):
                 self._act("pause")
                 if not self.check_mode:
-                    lc.suspend(dom)
+                    lc.suspend(obj)
                 return
             if active:
                 self._act("destroy")
                 if not self.check_mode:
-                    lc.destroy(dom)
+                    lc.destroy(obj)
             self._act("start_paused")
             if not self.check_mode:
-                lc.start(dom, paused=True, **self._lock_kwargs())
+                lc.start(obj, paused=True, **self._lock_kwargs())
             return
         if want in ("shutdown", "destroyed"):
             if not active:
@@ -337,78 +335,41 @@ class DomainManager(Manager):
             if want == "shutdown":
                 self._act("shutdown")
                 if not self.check_mode:
-                    lc.shutdown(dom, timeout=self.params["timeout"], force=self.params["force"])
+                    lc.shutdown(obj, timeout=self.params["timeout"], force=self.params["force"])
             else:
                 self._act("destroy")
                 if not self.check_mode:
-                    lc.destroy(dom)
-
-    def _pending_restart(self, dom, desired, defined_now, predicted):
-        """A running guest whose definition differs from what it runs: restart it, or say so."""
-        if dom is None or predicted["state"] not in ACTIVE_STATES or not is_active(dom):
-            return
-        # what the guest runs after the changes it takes live, seen through the desired definition
-        drift = compare(desired, apply_live_changes(self, dom, desired, prepare_for_define), ignore=LIVE_IGNORE)
-        if not drift.changed:
-            return
-        self.result["pending_differences"] = drift.differences
-        if not self.params["restart_on_change"]:
-            self.result["pending_restart"] = True
-            self.recorder.record("pending_restart", detail="the new definition applies at the next boot")
-            return
-        self._act("restart")
-        if self.check_mode:
-            return
-        target = "paused" if state_name(dom) == "paused" else "running"
-        self.lifecycle.shutdown(dom, timeout=self.params["timeout"], force=self.params["force"])
-        self.lifecycle.start(dom, acquire=self.lock["acquire"], paused=(target == "paused"), **self._lock_kwargs())
+                    lc.destroy(obj)
 
     # ------------------------------------------------------------------ absent
     def _seed_volume(self, desired):
         """The cloud-init seed volume this run builds before it defines the guest, as (pool, volume)."""
-        if not (getattr(self, "_spec", None) or {}).get("cloud_init"):
+        if not (self._spec or {}).get("cloud_init"):
             return ()
         _want, pool, volume = seed_of(desired)
         return ((pool, volume),) if volume else ()
 
-    def _absent(self, dom):
-        if dom is None:
-            self.result["diff"] = {"before": "", "after": ""}
-            return self._finish(None)
-        existing = read_xml(dom, DOMAIN)
-        persistent = bool(dom.isPersistent())
-        state = state_name(dom)
-        self.result["diff"] = self._diff(
-            diff_text(to_text(existing), state, persistent and dom.autostart()), "", "absent"
-        )
-        storage = self._storage_of(existing) if self.params["remove_storage"] else []
-        if is_active(dom):
-            self._act("destroy")
-            if not self.check_mode:
-                self.lifecycle.destroy(dom)
-        if persistent:
-            self._act("undefine")
-            if not self.check_mode:
-                self._undefine(dom)
-        remove_seed(self, existing)
-        if storage:
-            self._act("remove_storage")
-            self.result["removed_storage"] = storage
-            if not self.check_mode:
-                self._remove_storage(storage)
-        self.result["domain"] = None
-        return self._finish(None)
+    def _before_remove(self, obj, existing, before):
+        self._storage = self._storage_of(existing) if self.params["remove_storage"] else []
 
-    def _undefine(self, dom):
+    def _after_remove(self, obj, existing):
+        remove_seed(self, existing)
+        if self._storage:
+            self._act("remove_storage")
+            self.result["removed_storage"] = self._storage
+            if not self.check_mode:
+                self._remove_storage(self._storage)
+
+    def _undefine(self, obj):
         names = [n.upper() for n in self.params["undefine"]]
         if "NVRAM" not in names:
             names.append("KEEP_NVRAM")
         flags = self.conn.profile.undefine_flags_value(names)
         with libvirt_errors("cannot undefine {}".format(self.name)):
             if flags:
-                dom.undefineFlags(flags)
+                obj.undefineFlags(flags)
             else:
-                dom.undefine()
+                obj.undefine()
         self.recorder.record("undefined", detail="flags: {}".format(", ".join(sorted(names)) or "none"))
 
     def _storage_of(self, root):
@@ -424,17 +385,17 @@ class DomainManager(Manager):
 
     def _remove_storage(self, storage):
         for item in storage:
-            vol = None
-            try:
-                if item["pool"]:
-                    vol = self.conn.virt.storagePoolLookupByName(item["pool"]).storageVolLookupByName(item["volume"])
-                else:
+            if item["pool"]:
+                vol = self.host.volume(item["pool"], item["volume"])
+            else:
+                try:
                     vol = self.conn.virt.storageVolLookupByPath(item["path"])
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() not in (error_code("NO_STORAGE_VOL"), error_code("NO_STORAGE_POOL")):
-                    raise VirtError(
-                        "cannot look up the storage of {}: {}".format(self.name, exc.get_error_message())
-                    ) from None
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != error_code("NO_STORAGE_VOL"):
+                        raise VirtError(
+                            "cannot look up the storage of {}: {}".format(self.name, exc.get_error_message())
+                        ) from None
+                    vol = None
             if vol is not None:
                 with libvirt_errors("cannot delete volume {}".format(item["volume"] or item["path"])):
                     vol.delete(0)

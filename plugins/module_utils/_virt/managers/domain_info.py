@@ -18,7 +18,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import describe_handoff, marker_in
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select, volume_path
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes
 
 INFO_STATES = ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown", "blocked", "nostate"]
@@ -102,10 +102,7 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
     root = read_xml(dom, DOMAIN, inactive=not active)
 
     def resolve(pool, volume):
-        try:
-            return conn.virt.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
-        except Exception:
-            return None
+        return volume_path(conn, pool, volume)
 
     leases = probe_resources(domain_lease_resources(root, lock_config, resolve), lock_config)
     by_disk = dict((r["disk"], r) for r in leases if r["kind"] == "disk")

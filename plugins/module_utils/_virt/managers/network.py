@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The network manager: read -> desired -> diff -> apply (unless check mode).
+"""The network manager: the converge sequence of managers.base.DefinedManager, filled in for networks.
 
 Drift uses the XML engine's intent-based projection. On top of it, a network's repeated parts
 (``<ip>`` by address, ``<forward>``, ``<dns>``, ``<domain>``, ``<mtu>``, routes, port groups) are
@@ -20,14 +20,15 @@ import copy
 import ipaddress
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
-    ValidationError,
-    VirtError,
-    libvirt_errors,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import is_managed, mark_managed
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, lookup, read_xml, select
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import (
+    DEFINITION_MUTUALLY_EXCLUSIVE,
+    DefinedManager,
+    definition_argument_spec,
+    user_xml,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import NETWORK, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.network import (
     NETWORK_SPEC_OPTIONS,
     build_network_xml,
@@ -47,15 +48,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
 
 NETWORK_STATES = ["present", "absent", "active", "inactive"]
 
-NETWORK_ARGUMENT_SPEC = {
-    "name": {"type": "str", "required": True},
-    "state": {"type": "str", "choices": NETWORK_STATES, "default": "present"},
-    "xml": {"type": "str"},
-    "spec": {"type": "dict", "options": NETWORK_SPEC_OPTIONS},
-    "autostart": {"type": "bool"},
-    "restart_on_change": {"type": "bool", "default": False},
-}
-NETWORK_MUTUALLY_EXCLUSIVE = [("xml", "spec")]
+NETWORK_ARGUMENT_SPEC = definition_argument_spec(NETWORK_STATES, NETWORK_SPEC_OPTIONS)
+NETWORK_MUTUALLY_EXCLUSIVE = DEFINITION_MUTUALLY_EXCLUSIVE
 
 # Children of <network> compared as whole sets (libvirt never adds them on its own).
 EXACT_TAGS = ("forward", "domain", "mtu", "dns", "ip", "route", "portgroup")
@@ -67,21 +61,6 @@ def desired_network_from_xml(name, text):
     root = user_xml(name, text, "network")
     mark_managed(root, "network")
     return root
-
-
-def prepare_network_for_define(desired, existing):
-    """Copy of ``desired`` keeping what libvirt generated for ``existing``: its UUID and bridge MAC."""
-    out = copy.deepcopy(desired)
-    if existing is None:
-        return out
-    for tag in ("uuid", "mac"):
-        if elements(out, tag):
-            continue
-        old = elements(existing, tag)
-        if old:
-            names = elements(out, "name")
-            out.insert(out.index(names[0]) + 1 if names else 0, copy.deepcopy(old[0]))
-    return out
 
 
 # --------------------------------------------------------------------------- drift
@@ -328,75 +307,43 @@ _SECTIONS = {"dhcp_host": "VIR_NETWORK_SECTION_IP_DHCP_HOST", "dns_host": "VIR_N
 _COMMANDS = {"add": "VIR_NETWORK_UPDATE_COMMAND_ADD_LAST", "delete": "VIR_NETWORK_UPDATE_COMMAND_DELETE"}
 
 
-class NetworkManager(Manager):
-    """Bring one network to the state described by the module parameters."""
+class NetworkManager(DefinedManager):
+    """Bring one network to the state described by the module parameters: the converge sequence of
+    :class:`DefinedManager`, with static DHCP and DNS hosts changed live as its live-change step."""
 
     KIND = NETWORK
     RESULT = {"pending_restart": False}
+    SUMMARY_KEY = "network"
+    FROM_XML = staticmethod(desired_network_from_xml)
+    FROM_SPEC = (build_network_xml, normalize_network_spec)
+    GENERATED = ("uuid", "mac")
 
-    def _desired(self):
-        p = self.params
-        if p.get("xml") and p.get("spec") is not None:
-            raise ValidationError("xml and spec are mutually exclusive")
-        if p.get("xml"):
-            return desired_network_from_xml(self.name, p["xml"])
-        if p.get("spec") is not None:
-            return build_network_xml(self.name, normalize_network_spec(p["spec"], validated=True), normalized=True)
-        return None
+    def _drift(self, desired, existing):
+        return network_drift(desired, existing)
 
-    def _run(self):
-        p = self.params
-        desired = self._desired()  # validated before anything is looked at or changed
-        net = lookup(self.conn, NETWORK, self.name)
-        if p["state"] == "absent":
-            return self._absent(net)
-        if net is None and desired is None:
-            raise VirtError(
-                "network {} is not defined on {}; give xml or spec to define it".format(self.name, self.conn.hostname)
-            )
-        existing = read_xml(net, NETWORK) if net is not None else None
-        active = bool(net.isActive()) if net is not None else False
-        persistent = bool(net.isPersistent()) if net is not None else False
-        before_state = "absent" if net is None else ("active" if active else "inactive")
-        before_autostart = bool(net.autostart()) if persistent else False
-        before_xml = after_xml = to_text(existing) if existing is not None else ""
+    def _needs_redefine(self, drift):
+        return drift.rest_changed
 
-        if desired is not None:
-            drift = network_drift(desired, existing)
-            before_xml, after_xml = drift.before, drift.after
-            if drift.changed:
-                self.result["differences"] = drift.differences
-            if net is None:
-                self._act("define")
-                if not self.check_mode:
-                    with libvirt_errors("cannot define network {}".format(self.name)):
-                        net = self.conn.virt.networkDefineXML(to_text(desired))
-            elif drift.rest_changed or not persistent:
-                self._act("redefine")
-                if not self.check_mode:
-                    with libvirt_errors("cannot define network {}".format(self.name)):
-                        net = self.conn.virt.networkDefineXML(to_text(prepare_network_for_define(desired, existing)))
-                if active:
-                    # what runs gets its static hosts now; the rest waits for a restart
-                    live_ops = network_drift(desired, read_xml(net, NETWORK, inactive=False)).host_ops
-                    if live_ops:
-                        self._update_hosts(net, live_ops, live_only=True)
-            elif drift.host_ops:
-                self._update_hosts(net, drift.host_ops, live_only=False)
+    def _define_xml(self, text):
+        return self.conn.virt.networkDefineXML(text)
 
-        predicted = {"state": "inactive" if before_state == "absent" else before_state, "autostart": before_autostart}
-        self._autostart(net, predicted)
-        self._state(net, predicted)
-        if desired is not None and predicted["state"] == "active" and before_state == "active":
-            self._pending_restart(net, desired, predicted)
+    def _live_change(self, obj, drift, redefined, before):
+        if not redefined:
+            if drift.host_ops:
+                self._update_hosts(obj, drift.host_ops, live_only=False)
+        elif before["active"]:
+            # what runs gets its static hosts now; the rest waits for a restart
+            live_ops = network_drift(self._built, read_xml(obj, NETWORK, inactive=False)).host_ops
+            if live_ops:
+                self._update_hosts(obj, live_ops, live_only=True)
 
-        self.result["diff"] = self._diff(
-            diff_text(before_xml, before_state, before_autostart),
-            diff_text(after_xml, predicted["state"], predicted["autostart"]),
-            "desired",
-        )
-        if net is None:  # check mode, new network
-            self.result["network"] = {
+    def _live_differences(self, obj, desired):
+        drift = network_drift(desired, read_xml(obj, NETWORK, inactive=False))
+        return drift.differences if drift.rest_changed else []
+
+    def _summary(self, obj, predicted, desired):
+        if obj is None:  # check mode, new network
+            return {
                 "name": self.name,
                 "uuid": None,
                 "active": predicted["state"] == "active",
@@ -404,11 +351,10 @@ class NetworkManager(Manager):
                 "autostart": predicted["autostart"],
                 "bridge": None,
             }
-        else:
-            self.result["network"] = network_summary(net)
-            if self.check_mode:
-                self.result["network"].update(active=predicted["state"] == "active", autostart=predicted["autostart"])
-        return self.result
+        out = network_summary(obj)
+        if self.check_mode:
+            out.update(active=predicted["state"] == "active", autostart=predicted["autostart"])
+        return out
 
     def _update_hosts(self, net, ops, live_only):
         self._act("update_hosts")
@@ -435,58 +381,3 @@ class NetworkManager(Manager):
                     text,
                     flags,
                 )
-
-    def _state(self, net, predicted):
-        want = self.params["state"]
-        if want == "active" and predicted["state"] != "active":
-            self._act("start")
-            predicted["state"] = "active"
-            if not self.check_mode:
-                with libvirt_errors("cannot start network {}".format(self.name)):
-                    net.create()
-        elif want == "inactive" and predicted["state"] == "active":
-            self._act("stop")
-            predicted["state"] = "inactive"
-            if not self.check_mode:
-                with libvirt_errors("cannot stop network {}".format(self.name)):
-                    net.destroy()
-
-    def _pending_restart(self, net, desired, predicted):
-        """A running network whose definition differs from what runs: restart it, or say so."""
-        if self.check_mode and "redefine" in self.result["actions"]:
-            pending = True
-        else:
-            pending = network_drift(desired, read_xml(net, NETWORK, inactive=False)).rest_changed
-
-        def restart():
-            net.destroy()
-            net.create()
-
-        self._restart_if_pending(pending, restart)
-
-    def _absent(self, net):
-        if net is None:
-            self.result["diff"] = {"before": "", "after": ""}
-            self.result["network"] = None
-            return self.result
-        persistent = bool(net.isPersistent())
-        active = bool(net.isActive())
-        self.result["diff"] = self._diff(
-            diff_text(
-                to_text(read_xml(net, NETWORK)), "active" if active else "inactive", persistent and net.autostart()
-            ),
-            "",
-            "absent",
-        )
-        if active:
-            self._act("stop")
-            if not self.check_mode:
-                with libvirt_errors("cannot stop network {}".format(self.name)):
-                    net.destroy()
-        if persistent:
-            self._act("undefine")
-            if not self.check_mode:
-                with libvirt_errors("cannot undefine network {}".format(self.name)):
-                    net.undefine()
-        self.result["network"] = None
-        return self.result

@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The storage pool manager: read -> desired -> diff -> apply (unless check mode).
+"""The storage pool manager: the converge sequence of managers.base.DefinedManager, filled in for pools.
 
 A pool's storage is built (mkdir, mkfs, vgcreate) only when this run defines it and only when it needs
 building; an existing pool is never rebuilt. Drift is the XML engine's intent-based compare; a change
@@ -19,8 +19,13 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     error_code,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager, diff_text, user_xml
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, lookup, read_xml, select
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import (
+    DEFINITION_MUTUALLY_EXCLUSIVE,
+    DefinedManager,
+    definition_argument_spec,
+    user_xml,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import POOL, read_xml, select
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import (
     DIRECTORY_TARGET_TYPES,
     POOL_SPEC_OPTIONS,
@@ -35,17 +40,13 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
 
 POOL_STATES = ["present", "absent", "active", "inactive", "deleted"]
 
-POOL_ARGUMENT_SPEC = {
-    "name": {"type": "str", "required": True},
-    "state": {"type": "str", "choices": POOL_STATES, "default": "present"},
-    "xml": {"type": "str"},
-    "spec": {"type": "dict", "options": POOL_SPEC_OPTIONS},
-    "autostart": {"type": "bool"},
-    "build": {"type": "bool", "default": True},
-    "refresh": {"type": "bool", "default": False},
-    "restart_on_change": {"type": "bool", "default": False},
-}
-POOL_MUTUALLY_EXCLUSIVE = [("xml", "spec")]
+POOL_ARGUMENT_SPEC = definition_argument_spec(
+    POOL_STATES,
+    POOL_SPEC_OPTIONS,
+    build={"type": "bool", "default": True},
+    refresh={"type": "bool", "default": False},
+)
+POOL_MUTUALLY_EXCLUSIVE = DEFINITION_MUTUALLY_EXCLUSIVE
 
 # What libvirt reports about a pool's use, never part of a definition.
 RUNTIME_TAGS = ("capacity", "allocation", "available")
@@ -85,18 +86,6 @@ def desired_pool_from_xml(name, text):
     ):
         raise ValidationError("xml: unknown storage pool type {!r}".format(pool_type(root)))
     return root
-
-
-def _with_uuid(desired, existing):
-    import copy
-
-    out = copy.deepcopy(desired)
-    if existing is not None and not elements(out, "uuid"):
-        old = elements(existing, "uuid")
-        if old:
-            names = elements(out, "name")
-            out.insert(out.index(names[0]) + 1 if names else 0, copy.deepcopy(old[0]))
-    return out
 
 
 # --------------------------------------------------------------------------- facts
@@ -149,21 +138,25 @@ def list_pools(conn, name=None):
 
 
 # --------------------------------------------------------------------------- manager
-class PoolManager(Manager):
-    """Bring one storage pool to the state described by the module parameters."""
+class PoolManager(DefinedManager):
+    """Bring one storage pool to the state described by the module parameters: the converge sequence of
+    :class:`DefinedManager`, with its storage built on first definition (undone when a later step fails)."""
 
     KIND = POOL
     RESULT = {"pending_restart": False, "refreshed": False}
+    SUMMARY_KEY = "pool"
+    FROM_XML = staticmethod(desired_pool_from_xml)
+    FROM_SPEC = (build_pool_xml, normalize_pool_spec)
+    REMOVE_STATES = ("absent", "deleted")
 
-    def _desired(self):
-        p = self.params
-        if p.get("xml") and p.get("spec") is not None:
-            raise ValidationError("xml and spec are mutually exclusive")
-        if p.get("xml"):
-            return desired_pool_from_xml(self.name, p["xml"])
-        if p.get("spec") is not None:
-            return build_pool_xml(self.name, normalize_pool_spec(p["spec"], validated=True), normalized=True)
-        return None
+    def _check_desired(self, desired, existing):
+        self._check_target(desired)
+        if existing is not None and pool_type(desired) != pool_type(existing):
+            raise ValidationError(
+                "storage pool {} is of type {}; its type cannot change to {} (remove it first)".format(
+                    self.name, pool_type(existing), pool_type(desired)
+                )
+            )
 
     def _check_target(self, root):
         """Refuse a directory target that exists and is not a directory (checked where the files are)."""
@@ -173,75 +166,30 @@ class PoolManager(Manager):
         if os.path.lexists(path) and not os.path.isdir(path):
             raise ValidationError("the target path {} of pool {} exists and is not a directory".format(path, self.name))
 
-    def _run(self):
-        p = self.params
-        desired = self._desired()
-        pool = lookup(self.conn, POOL, self.name)
-        if p["state"] in ("absent", "deleted"):
-            return self._absent(pool, delete=p["state"] == "deleted")
-        if pool is None and desired is None:
-            raise VirtError(
-                "storage pool {} is not defined on {}; give xml or spec to define it".format(
-                    self.name, self.conn.hostname
-                )
-            )
-        if desired is not None:
-            self._check_target(desired)
-        existing = read_xml(pool, POOL) if pool is not None else None
-        active = bool(pool.isActive()) if pool is not None else False
-        persistent = bool(pool.isPersistent()) if pool is not None else False
-        before_state = "absent" if pool is None else ("active" if active else "inactive")
-        before_autostart = bool(pool.autostart()) if persistent else False
-        before_xml = after_xml = to_text(existing) if existing is not None else ""
-        defined_now = False
+    def _define_xml(self, text):
+        return self.conn.virt.storagePoolDefineXML(text, 0)
 
-        if desired is not None:
-            drift = compare(desired, existing)
-            before_xml, after_xml = drift.before, drift.after
-            if pool is not None and pool_type(desired) != pool_type(existing):
-                raise ValidationError(
-                    "storage pool {} is of type {}; its type cannot change to {} (remove it first)".format(
-                        self.name, pool_type(existing), pool_type(desired)
-                    )
-                )
-            if drift.changed:
-                self.result["differences"] = drift.differences
-            if pool is None:
-                self._act("define")
-                if not self.check_mode:
-                    with libvirt_errors("cannot define storage pool {}".format(self.name)):
-                        pool = self.conn.virt.storagePoolDefineXML(to_text(desired), 0)
-                    defined_now = True
-            elif drift.changed or not persistent:
-                self._act("redefine")
-                if not self.check_mode:
-                    with libvirt_errors("cannot define storage pool {}".format(self.name)):
-                        pool = self.conn.virt.storagePoolDefineXML(to_text(_with_uuid(desired, existing)), 0)
+    def _prepare(self, obj, desired, before):
+        if before["state"] == "absent":
+            self._build(obj, desired)
 
-        predicted = {"state": "inactive" if before_state == "absent" else before_state, "autostart": before_autostart}
-        try:
-            if before_state == "absent":
-                self._build(pool, desired)
-            self._autostart(pool, predicted)
-            self._state(pool, predicted)
-        except VirtError as err:
-            if defined_now:
-                self._rollback(pool, err)
-            raise
-        if desired is not None and before_state == "active" and predicted["state"] == "active":
-            self._pending_restart(pool, desired)
-        if p["refresh"] and predicted["state"] == "active" and not self.check_mode:
+    def _start(self, obj):
+        obj.create(0)
+
+    def _live_differences(self, obj, desired):
+        # libvirt reports the live directory's own permissions; a start does not change them
+        drift = compare(desired, read_xml(obj, POOL, inactive=False), ignore=("permissions",), texts=False)
+        return drift.differences
+
+    def _after(self, obj, predicted):
+        if self.params["refresh"] and predicted["state"] == "active" and not self.check_mode:
             with libvirt_errors("cannot refresh storage pool {}".format(self.name)):
-                pool.refresh(0)
+                obj.refresh(0)
             self.result["refreshed"] = True
 
-        self.result["diff"] = self._diff(
-            diff_text(before_xml, before_state, before_autostart),
-            diff_text(after_xml, predicted["state"], predicted["autostart"]),
-            "desired",
-        )
-        if pool is None:
-            self.result["pool"] = {
+    def _summary(self, obj, predicted, desired):
+        if obj is None:  # check mode, new pool
+            return {
                 "name": self.name,
                 "uuid": None,
                 "state": "running" if predicted["state"] == "active" else "inactive",
@@ -254,11 +202,10 @@ class PoolManager(Manager):
                 "allocation": None,
                 "available": None,
             }
-        else:
-            self.result["pool"] = pool_summary(pool)
-            if self.check_mode:
-                self.result["pool"].update(active=predicted["state"] == "active", autostart=predicted["autostart"])
-        return self.result
+        out = pool_summary(obj)
+        if self.check_mode:
+            out.update(active=predicted["state"] == "active", autostart=predicted["autostart"])
+        return out
 
     # ------------------------------------------------------------------ steps
     def _needs_build(self, root):
@@ -291,12 +238,12 @@ class PoolManager(Manager):
                 "cannot build storage pool {}: {}".format(self.name, exc.get_error_message()), code=exc.get_error_code()
             ) from None
 
-    def _rollback(self, pool, err):
+    def _rollback(self, obj, err):
         """Undefine a pool this run defined, after a later step failed: nothing is left changed."""
         try:
-            if pool.isActive():
-                pool.destroy()
-            pool.undefine()
+            if obj.isActive():
+                obj.destroy()
+            obj.undefine()
             err.msg += " (the new definition of {} was removed again)".format(self.name)
             err.args = (err.msg,)
             self.result["actions"] = []
@@ -304,69 +251,22 @@ class PoolManager(Manager):
         except libvirt.libvirtError:  # pragma: no cover - best effort
             pass
 
-    def _state(self, pool, predicted):
-        want = self.params["state"]
-        if want == "active" and predicted["state"] != "active":
-            self._act("start")
-            predicted["state"] = "active"
-            if not self.check_mode:
-                with libvirt_errors("cannot start storage pool {}".format(self.name)):
-                    pool.create(0)
-        elif want == "inactive" and predicted["state"] == "active":
-            self._act("stop")
-            predicted["state"] = "inactive"
-            if not self.check_mode:
-                with libvirt_errors("cannot stop storage pool {}".format(self.name)):
-                    pool.destroy()
+    def _removed_as(self):
+        return self.params["state"]
 
-    def _pending_restart(self, pool, desired):
-        if self.check_mode and "redefine" in self.result["actions"]:
-            pending = True
-        else:
-            # libvirt reports the live directory's own permissions; a start does not change them
-            pending = compare(desired, read_xml(pool, POOL, inactive=False), ignore=("permissions",)).changed
+    def _before_remove(self, obj, existing, before):
+        if self.params["state"] == "deleted":
+            self._refuse_non_empty(obj, existing, before["active"])
 
-        def restart():
-            pool.destroy()
-            pool.create(0)
-
-        self._restart_if_pending(pending, restart)
-
-    def _absent(self, pool, delete):
-        if pool is None:
-            self.result["diff"] = {"before": "", "after": ""}
-            self.result["pool"] = None
-            return self.result
-        root = read_xml(pool, POOL)
-        persistent = bool(pool.isPersistent())
-        active = bool(pool.isActive())
-        self.result["diff"] = self._diff(
-            diff_text(to_text(root), "active" if active else "inactive", persistent and pool.autostart()),
-            "",
-            "deleted" if delete else "absent",
-        )
-        if delete:
-            self._refuse_non_empty(pool, root, active)
-        if active:
-            self._act("stop")
-            if not self.check_mode:
-                with libvirt_errors("cannot stop storage pool {}".format(self.name)):
-                    pool.destroy()
-        path = pool_target(root)
-        if delete and not (
-            pool_type(root) in DIRECTORY_TARGET_TYPES and self.conn.local and path and not os.path.lexists(path)
+    def _after_stop(self, obj, existing):
+        path = pool_target(existing)
+        if self.params["state"] == "deleted" and not (
+            pool_type(existing) in DIRECTORY_TARGET_TYPES and self.conn.local and path and not os.path.lexists(path)
         ):
             self._act("delete")
             if not self.check_mode:
                 with libvirt_errors("cannot delete the storage of pool {}".format(self.name)):
-                    pool.delete(0)
-        if persistent:
-            self._act("undefine")
-            if not self.check_mode:
-                with libvirt_errors("cannot undefine storage pool {}".format(self.name)):
-                    pool.undefine()
-        self.result["pool"] = None
-        return self.result
+                    obj.delete(0)
 
     def _refuse_non_empty(self, pool, root, active):
         names = []

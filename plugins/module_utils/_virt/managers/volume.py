@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The storage volume manager: read -> desired -> diff -> apply (unless check mode).
+"""The storage volume manager: read -> desired -> apply (unless check mode) -> diff (in diff mode).
 
 A volume is created empty, as a copy-on-write overlay of a backing volume, as a clone of another
 volume, or with the content of a file on the host. Growing ``capacity`` resizes it; shrinking is
@@ -16,6 +16,7 @@ import struct
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    DependencyError,
     ValidationError,
     VirtError,
     libvirt_errors,
@@ -170,8 +171,8 @@ class VolumeManager(Manager):
 
     KIND = VOLUME
 
-    def __init__(self, conn, params, check_mode=False, diff_mode=False):
-        super().__init__(conn, params, check_mode, diff_mode)
+    def __init__(self, conn, params, check_mode=False, diff_mode=False, host=None, brief=False):
+        super().__init__(conn, params, check_mode, diff_mode, host=host, brief=brief)
         self.label = "volume {}/{}".format(params["pool"], self.name)
 
     # ------------------------------------------------------------------ validation
@@ -191,7 +192,12 @@ class VolumeManager(Manager):
             raise ValidationError("import_from must be an absolute path, got {!r}".format(p["import_from"]))
 
     def _pool(self):
-        pool = lookup(self.conn, POOL, self.params["pool"])
+        reason = self.host.failure(POOL, self.params["pool"])
+        if reason:
+            raise DependencyError(
+                "{} was skipped: storage pool {} failed ({})".format(self.label, self.params["pool"], reason)
+            )
+        pool = self.host.lookup(POOL, self.params["pool"])
         if pool is None:
             raise VirtError("storage pool {} does not exist on {}".format(self.params["pool"], self.conn.hostname))
         if not pool.isActive():
@@ -210,7 +216,7 @@ class VolumeManager(Manager):
             except libvirt.libvirtError:
                 raise ValidationError("{}: no storage volume known to libvirt at {}".format(what, ref)) from None
         validate_volume_name(ref, what)
-        vol = lookup(self.pool, VOLUME, ref)
+        vol = self.host.volume(self.params["pool"], ref)
         if vol is None:
             raise ValidationError("{}: volume {} does not exist in pool {}".format(what, ref, self.params["pool"]))
         return vol
@@ -233,9 +239,9 @@ class VolumeManager(Manager):
 
     # ------------------------------------------------------------------ run
     def _run(self):
-        self._validate()
         self.pool = self._pool()
-        vol = lookup(self.pool, VOLUME, self.name)
+        vol = self.host.volume(self.params["pool"], self.name)
+        self.existed = vol is not None
         before = volume_facts(vol, self.params["pool"]) if vol is not None else None
         if self.params["state"] == "absent":
             after = self._absent(vol, before)
@@ -243,10 +249,12 @@ class VolumeManager(Manager):
             after = self._create()
         else:
             after = self._update(vol, before)
-        self.result["volume"] = after
-        self.result["diff"] = self._diff(
-            _describe(before, "present"), _describe(after, "present"), "absent" if after is None else "desired"
-        )
+        if not self.brief:
+            self.result["volume"] = after
+        if self.diff_mode:
+            self.result["diff"] = self._diff(
+                _describe(before, "present"), _describe(after, "present"), "absent" if after is None else "desired"
+            )
         return self.result
 
     def _absent(self, vol, facts):
@@ -262,6 +270,7 @@ class VolumeManager(Manager):
         if not self.check_mode:
             with libvirt_errors("cannot delete volume {}".format(self.name)):
                 vol.delete(0)
+            self.host.drop(VOLUME, self.name, self.params["pool"])
         return None
 
     def _check_capacity(self, current, desired):
@@ -374,6 +383,7 @@ class VolumeManager(Manager):
             self._act("resize" if how == "grow" else "shrink")
             predicted["capacity"] = self.capacity
         if self.check_mode:
+            self.host.planned(VOLUME, self.name, p["pool"])
             return predicted
         if p.get("import_from"):
             xml = build_volume_xml(self.name, os.path.getsize(p["import_from"]), 0, "raw")
@@ -399,6 +409,7 @@ class VolumeManager(Manager):
             except libvirt.libvirtError:  # pragma: no cover - best effort
                 pass
             raise
+        self.host.put(VOLUME, self.name, vol, p["pool"])
         return volume_facts(vol, p["pool"])
 
     def _upload(self, vol, path):
@@ -421,4 +432,4 @@ class VolumeManager(Manager):
         # libvirt probes the format of what it now holds
         with libvirt_errors("cannot refresh storage pool {}".format(self.params["pool"])):
             self.pool.refresh(0)
-            return self.pool.storageVolLookupByName(self.name)
+            return lookup(self.pool, VOLUME, self.name)
