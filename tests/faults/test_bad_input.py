@@ -352,6 +352,36 @@ CASES = [
     ("snapshot-unreachable-uri", "snapshot", {"domain": "g", "name": "s", "uri": CLOSED}, "cannot connect", False),
     ("snapshot-unknown-option", "snapshot", {"domain": "g", "name": "s", "bogus": 1}, "bogus", False),
     ("snapshot_info-unreachable-uri", "snapshot_info", {"domain": "g", "uri": CLOSED}, "cannot connect", False),
+    # ---- apply
+    ("apply-unreachable-uri", "apply", {"uri": CLOSED, "domains": [{"name": "bad-au"}]}, "cannot connect", False),
+    (
+        "apply-item-unknown-option",
+        "apply",
+        {"domains": [{"name": "bad-ao", "colour": "blue"}]},
+        "domains[0] (bad-ao): unsupported option colour",
+        False,
+    ),
+    (
+        "apply-item-listed-twice",
+        "apply",
+        {"networks": [{"name": "bad-an", "spec": NET_SPEC}, {"name": "bad-an", "spec": NET_SPEC}]},
+        "bad-an is listed twice",
+        True,
+    ),
+    (
+        "apply-item-bad-state",
+        "apply",
+        {"pools": [{"name": "bad-ap", "state": "melted"}]},
+        "value of state must be one of",
+        False,
+    ),
+    (
+        "apply-item-xxe",
+        "apply",
+        {"domains": [{"name": "bad-ax", "xml": XXE.format(root="domain", name="bad-ax")}]},
+        "external entity",
+        False,
+    ),
     # ---- migrate
     (
         "migrate-missing-guest",

@@ -502,7 +502,7 @@ class Handoff:
         if "running" in (src_state, dest_state):
             tail = ""
         elif "unknown" in (src_state, dest_state):
-            tail = "; run the task again once both hosts answer: it finishes the handoff"
+            tail = "; it may be running nowhere - run the task again once both hosts answer: it finishes the handoff"
         else:
             tail = "; it runs nowhere: run the task again, it finishes the handoff"
         self._fail(
