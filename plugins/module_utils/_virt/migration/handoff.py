@@ -68,22 +68,12 @@ class Handoff:
         if role == "dest" and event == "resumed" and detail == RESUMED_POSTCOPY:
             self._postcopy_running(item)
         elif role == "dest" and event == "started" and detail == STARTED_MIGRATED:
-            with self._lock:
-                if self._send_over.is_set() or "prepare" in self.marks:
-                    return
-                self.marks["prepare"] = item["t"]
-            leases = self._probe()
-            self._record(
+            self._record_first_event(
+                "prepare",
+                item,
                 "prepare/register",
-                ok=self.src.profile.paused_guest_holds_leases or "other" not in holders(leases),
-                leases=leases,
-                host=self.dest_name,
-                at=item["at"],
-                source="event",
-                check=self._probe_check(),
-                detail="incoming guest created paused on {}; {}".format(
-                    self.dest_name, describe(leases, self.src_name, self.dest_name)
-                ),
+                lambda leases: self.src.profile.paused_guest_holds_leases or "other" not in holders(leases),
+                "incoming guest created paused on {}".format(self.dest_name),
             )
         elif role == "source" and event == "suspended":
             # the first stop of the source's vCPUs: for the final copy (migrated), or a forced pause;
@@ -98,22 +88,31 @@ class Handoff:
             self._arrived.set()
 
     def _postcopy_running(self, item):
+        self._record_first_event(
+            "postcopy_running",
+            item,
+            "perform/postcopy_dest_running",
+            lambda leases: "source" not in holders(leases),
+            "post-copy: {} runs on {} while its memory follows".format(self.name, self.dest_name),
+        )
+
+    def _record_first_event(self, mark, item, name, ok_of, what):
+        """Record checkpoint ``name`` for the first such event of the send (stamped by it), with a lease probe;
+        ``ok_of(leases)`` judges the probe."""
         with self._lock:
-            if self._send_over.is_set() or "postcopy_running" in self.marks:
+            if self._send_over.is_set() or mark in self.marks:
                 return
-            self.marks["postcopy_running"] = item["t"]
+            self.marks[mark] = item["t"]
         leases = self._probe()
         self._record(
-            "perform/postcopy_dest_running",
-            ok="source" not in holders(leases),
+            name,
+            ok=ok_of(leases),
             leases=leases,
             host=self.dest_name,
             at=item["at"],
             source="event",
             check=self._probe_check(),
-            detail="post-copy: {} runs on {} while its memory follows; {}".format(
-                self.name, self.dest_name, describe(leases, self.src_name, self.dest_name)
-            ),
+            detail="{}; {}".format(what, describe(leases, self.src_name, self.dest_name)),
         )
 
     def _probe_check(self):
