@@ -303,13 +303,23 @@ class Lifecycle:
         self.record_running(dom, "attempts: {}".format(attempt))
         return leases
 
-    def resume(self, dom, required=False, acquire_timeout=0, verify=True):
-        """Resume a paused guest (qemu takes the leases now); the guest stays paused on failure."""
+    def resume(self, dom, required=False, acquire_timeout=0, verify=True, before_retry=None):
+        """Resume a paused guest (qemu takes the leases now); the guest stays paused on failure.
+
+        ``before_retry()`` is asked before each retry of a refused acquire; a reason it returns ends the
+        retries with a VirtError (a migration asks whether the source took the guest back meanwhile).
+        """
         resources = self.precheck(dom, required)
         self.prepare_vm_leases(resources)
         started_at = self.clock()
         deadline = started_at + max(0, acquire_timeout or 0)
+        attempt = 0
         while True:
+            attempt += 1
+            if before_retry is not None and attempt > 1:
+                reason = before_retry()
+                if reason:
+                    raise VirtError(reason)
             try:
                 with libvirt_errors("cannot resume {}".format(dom.name())):
                     dom.resume()

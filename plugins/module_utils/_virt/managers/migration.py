@@ -39,6 +39,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     LifecycleEvents,
     start_event_loop,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.evidence import last_stop_in_log
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import Handoff
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     LeaseView,
@@ -76,7 +77,8 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
     """Migrate ``params['name']`` from ``params['uri']`` to ``params['dest_uri']``.
 
     ``open_conn(uri)`` opens a Connection; ``lease_view(lock_config)`` gives the LeaseView;
-    ``events(name, clock, on_event)`` watches lifecycle events (None: no events); all injectable for
+    ``events(name, clock, on_event)`` watches lifecycle events (None: no events); ``source_log(name, since)``
+    reads what the source's QEMU log says happened to the guest since the handoff began; all injectable for
     tests, as are ``sleep``/``clock``.
     """
 
@@ -90,6 +92,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         sleep=time.sleep,
         clock=time.monotonic,
         read_config=read_lock_config,
+        source_log=last_stop_in_log,
     ):
         self.params = params
         self.check_mode = check_mode
@@ -99,6 +102,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         self.sleep = sleep
         self.clock = clock
         self.read_config = read_config
+        self.source_log = source_log
         self.name = params["name"]
         self.warnings = []
         self.src = self.dest = None
@@ -358,7 +362,16 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
                 )
             )
         try:
-            write_marker(src_dom, new_marker(self.src_name, self.dest_name, self.src_state, self.src.hostname))
+            write_marker(
+                src_dom,
+                new_marker(
+                    self.src_name,
+                    self.dest_name,
+                    self.src_state,
+                    self.src.hostname,
+                    persist="PERSIST_DEST" in self.plan["flags"],
+                ),
+            )
         except Exception as exc:  # libvirtError: the migration can go on, a re-run just knows less
             self.warnings.append("could not write the handoff marker into {}: {}".format(self.name, exc))
 

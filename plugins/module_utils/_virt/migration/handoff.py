@@ -228,7 +228,13 @@ class Handoff:
     def _resume_dest(self, dest_dom):
         lc = self._lifecycle("dest", "finish", RESUME_STEPS)
         try:
-            lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
+            lc.resume(
+                dest_dom,
+                required=False,
+                acquire_timeout=self.plan["acquire_timeout"],
+                verify=False,
+                before_retry=self._source_took_it_back,
+            )
         except VirtError as err:
             if state_name(dest_dom) != "running":
                 raise
@@ -459,6 +465,17 @@ class Handoff:
             self._fail(
                 "finish: {0} stopped on {1} before it could resume there (now {2}; {3}: {4}): it runs nowhere - "
                 "start it on {1}".format(self.name, self.dest_name, dest_state, self.src_name, src_state),
+                changed=True,
+                state=dest_state,
+                leases=leases,
+                err=err,
+            )
+        took_back = self._source_took_it_back()
+        if took_back:
+            # a lost Finish reply: libvirt's confirm ran cancelled and resumed the source, which is the newest
+            self._fail(
+                "finish: {}; {} is left paused on {}, never resumed: run the task again, it removes that copy and "
+                "migrates the running guest again".format(took_back, self.name, self.dest_name),
                 changed=True,
                 state=dest_state,
                 leases=leases,

@@ -21,7 +21,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import par
 
 HANDOFF_NS = "https://lockstep.virt/ns/handoff/1"
 HANDOFF_PREFIX = "lsvhandoff"
-_FIELDS = ("source", "dest", "was", "host", "boot", "pid", "started")
+# persist: "1" when the send made the destination persistent (PERSIST_DEST), which reconcile takes as evidence
+_FIELDS = ("source", "dest", "was", "host", "boot", "pid", "started", "persist")
 
 
 def boot_id():
@@ -32,8 +33,9 @@ def boot_id():
         return ""
 
 
-def new_marker(source, dest, was, host):
-    """A marker for a handoff of a guest that was ``was`` (running or paused) on ``source``."""
+def new_marker(source, dest, was, host, persist=False):
+    """A marker for a handoff of a guest that was ``was`` (running or paused) on ``source``; ``persist``:
+    whether the send makes the destination persistent."""
     return {
         "source": source,
         "dest": dest,
@@ -42,6 +44,7 @@ def new_marker(source, dest, was, host):
         "boot": boot_id(),
         "pid": str(os.getpid()),
         "started": utc_now(),
+        "persist": "1" if persist else "0",
     }
 
 

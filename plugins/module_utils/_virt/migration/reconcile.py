@@ -3,44 +3,62 @@
 """Reconcile: finish what an interrupted run left, before anything else (part of the migration manager).
 
 Whatever stopped a run - its process killed, the controller interrupted, the SSH session dropped, a lease
-busy past ``lock.acquire_timeout`` - the same task run again looks at both hosts first:
+busy past ``lock.acquire_timeout``, a daemon restarted - the same task run again reads both hosts first and
+acts only on evidence that a copy is the newest (``evidence.decide``; a lease is never that evidence):
 
-- the guest paused on the destination with the handoff marker and not active on the source: libvirt
-  finished the send without the run; the destination is resumed once the probe shows the source holds no
-  lease (``reconcile/dest_resumed``, ``reconcile/dest_acquired``);
+- paused on the destination with the handoff marker, and the source provably finished the migration (shut
+  off with reason *migrated*, or its QEMU log's last word since the handoff is ``reason=migrated``): the
+  destination is resumed (``reconcile/dest_resumed``, ``reconcile/dest_acquired``);
 - running on the destination with the marker: only the marker is left (``reconcile/marker_cleared``);
 - running on the destination holding every lease, and paused on the source: the source's stale copy is
   destroyed, as libvirt's confirm step would have done (``reconcile/source_stopped``);
-- paused on the source with the marker of a guest that was running, and no copy on the destination: the
-  source is resumed, taking its leases back (``reconcile/source_resumed``), and the migration goes on;
+- paused on the source with the marker of a guest that was running, and no definition on a destination the
+  send would have made persistent (so its copy never ran): the source is resumed, taking its leases back
+  (``reconcile/source_resumed``), and the migration goes on;
 - running on the source holding its leases, with a paused copy on the destination that no job is
-  receiving: that copy is destroyed (``reconcile/dest_stale_stopped``) and the migration goes on.
+  receiving: that copy is destroyed (``reconcile/dest_stale_stopped``) and the migration goes on;
+- a post-copy that did not finish, or a paused copy nothing proves current: refused with what was seen,
+  nothing changed (``reconcile/found`` not ok).
 
-A run still at work (its marker names a live process on this host), or a migration job still active, is
-left alone: the task fails and changes nothing.
+A run still at work (its marker names a live process on this host), or a migration job still active on
+either host, is left alone: the task fails and changes nothing.
 """
 
 from __future__ import annotations
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import evidence
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 _JOB_NONE = 0
+_ERR_OPERATION_UNSUPPORTED = 84  # VIR_ERR_OPERATION_UNSUPPORTED
 
 
 def job_active(dom):
-    """True when libvirt runs a job (a migration) on ``dom``."""
+    """True when libvirt runs a job (a migration) on ``dom``.
+
+    On the destination of an incoming migration libvirt refuses job statistics ("migration statistics are
+    available only on the source host", VIR_ERR_OPERATION_UNSUPPORTED, qemuDomainGetJobStatsInternal):
+    that refusal is how an incoming job shows, so it counts as active.
+    """
     try:
         return dom.jobInfo()[0] != _JOB_NONE
-    except Exception:  # the driver has no job information: none is known
-        return False
+    except Exception as exc:  # libvirtError
+        code = getattr(exc, "get_error_code", lambda: None)()
+        text = getattr(exc, "get_error_message", lambda: "")() or str(exc)
+        return code == _ERR_OPERATION_UNSUPPORTED and "only on the source host" in text
 
 
 class Reconcile:
     """What an earlier run left; mixed into MigrationManager."""
+
+    def _copy(self, dom, host):
+        with libvirt_errors("cannot read the state of {} on {}".format(self.name, host)):
+            return evidence.read_copy(dom, host, read_marker, job_active)
 
     def _guard_busy(self, src_dom, dest_dom):
         """Refuse (changing nothing) while another run or a migration job is at work on this guest."""
@@ -62,24 +80,84 @@ class Reconcile:
 
         May resume the source (the migration then goes on from a running guest) or remove a stale copy.
         """
-        src_state = state_name(src_dom) if src_dom is not None and self._active(src_dom) else None
-        dest_state = state_name(dest_dom) if dest_dom is not None and self._active(dest_dom) else None
-        if src_state is None and dest_state is None:
+        src = self._copy(src_dom, self.src_name)
+        dest = self._copy(dest_dom, self.dest_name)
+        if not src.active and not dest.active:
             return None
         self._guard_busy(src_dom, dest_dom)
-        src_marker = read_marker(src_dom) if src_state else None
-        dest_marker = read_marker(dest_dom) if dest_state else None
-        if dest_state and not src_state:
-            if dest_marker is None:
-                return None  # nothing left by a run: the caller says whether there is anything to do
-            return self._finish_on_dest(dest_dom, dest_state, dest_marker)
-        if dest_state == "running" and src_state == "paused":
-            return self._stop_stale_source(src_dom, dest_dom)
-        if src_state == "paused" and not dest_state and src_marker and src_marker.get("was") == "running":
-            self._resume_source(src_dom)
+        log_stop = None
+        if dest.state == "paused" and src.state == "absent" and dest.marker and self.src.local:
+            log_stop = self.source_log(self.name, dest.marker.get("started"))
+        verdict = evidence.decide(src, dest, log_stop)
+        action = verdict.action
+        if action == evidence.GO_ON:
             return None
-        if src_state == "running" and dest_state == "paused" and dest_marker is not None:
+        if action in (evidence.RESUME_DEST, evidence.COMPLETE):
+            return self._finish_on_dest(dest_dom, dest.state, dest.marker, verdict)
+        if action == evidence.STOP_STALE_SOURCE:
+            return self._stop_stale_source(src_dom, dest_dom)
+        if action == evidence.RESUME_SOURCE:
+            self._resume_source(src_dom, verdict)
+            return None
+        if action == evidence.STOP_STALE_DEST:
             self._stop_stale_dest(dest_dom)
+            return None
+        return self._refuse(src, dest, verdict)
+
+    def _refuse(self, src, dest, verdict):
+        """A post-copy that did not finish, or a paused copy that nothing proves current: say so, change
+        nothing."""
+        runs = "running" in (src.state, dest.state)
+        self._record(
+            "reconcile/found",
+            ok=False,
+            host=dest.host if dest.active else src.host,
+            source="api",
+            check="domain states, reasons and handoff marker read on both hosts: " + verdict.evidence,
+            detail=verdict.reason,
+        )
+        if verdict.action == evidence.POSTCOPY_FAILED:
+            self.outcome = "postcopy_failed"
+            advice = (
+                "recover it with libvirt's post-copy recovery (virsh migrate --postcopy --postcopy-resume) while "
+                "both copies exist"
+            )
+        elif dest.state == "paused":
+            advice = (
+                "if you know it did not run on {0} since {2}, resume it on {1} (lockstep.virt.domain state=running "
+                "there); else destroy that copy and start the guest on {0}".format(
+                    src.host, dest.host, (dest.marker or {}).get("started")
+                )
+            )
+        else:
+            advice = (
+                "if you know {1} never ran it, resume it on {0}; else destroy the paused copy on {0} and start the "
+                "guest on {1}".format(src.host, dest.host)
+            )
+        self._fail(
+            "reconcile: {} is {} on {} and {} on {}: {} ({}). Nothing was changed{}; {}".format(
+                self.name,
+                src.state,
+                src.host,
+                dest.state,
+                dest.host,
+                verdict.reason,
+                verdict.evidence,
+                "" if runs else " and it runs nowhere",
+                advice,
+            ),
+            state=dest.state if dest.active else src.state,
+        )
+
+    def _source_took_it_back(self):
+        """Why a destination copy must not be resumed now (the source runs the guest again), or None."""
+        try:
+            dom = lookup(self.src, DOMAIN, self.name)
+            if dom is not None and state_name(dom) == "running":
+                return "{} runs {} again (libvirt resumed it there): the paused copy on {} is older".format(
+                    self.src_name, self.name, self.dest_name
+                )
+        except Exception:  # the source does not answer: it cannot be shown to run the guest
             return None
         return None
 
@@ -88,7 +166,7 @@ class Reconcile:
             "reconcile/found", host=host, source="probe", check="domain states and handoff marker read", detail=detail
         )
 
-    def _finish_on_dest(self, dest_dom, dest_state, marker):
+    def _finish_on_dest(self, dest_dom, dest_state, marker, verdict):
         with libvirt_errors("cannot read the XML of {}".format(self.name)):
             self.resources = self.view.expected(dest_dom.XMLDesc(0))
         self._found(
@@ -97,7 +175,16 @@ class Reconcile:
             ),
             self.dest_name,
         )
-        if dest_state == "paused" and marker.get("was") != "paused":
+        if verdict.action == evidence.RESUME_DEST:
+            self._record(
+                "reconcile/source_finished",
+                host=self.src_name,
+                source="api",
+                check=verdict.evidence,
+                detail="{} finished the migration of {}: the copy on {} is the newest".format(
+                    self.src_name, self.name, self.dest_name
+                ),
+            )
             leases = self._probe()
             held = [r for r in leases if r.get("holder") == "source"]
             if held:
@@ -111,7 +198,13 @@ class Reconcile:
                 )
             lc = self._lifecycle("dest", "reconcile", RESUME_STEPS, resumed="dest_resumed")
             try:
-                lc.resume(dest_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
+                lc.resume(
+                    dest_dom,
+                    required=False,
+                    acquire_timeout=self.plan["acquire_timeout"],
+                    verify=False,
+                    before_retry=self._source_took_it_back,
+                )
             except VirtError as err:
                 leases = self._probe()
                 self._fail(
@@ -194,12 +287,15 @@ class Reconcile:
             self._clear_marker(dest_dom)
         return self._result(changed=True, state=state_name(dest_dom), leases=self._probe())
 
-    def _resume_source(self, src_dom):
-        self._found(
-            "{} is paused on {} with the marker of a handoff to {} that did not send it".format(
+    def _resume_source(self, src_dom, verdict):
+        self._record(
+            "reconcile/found",
+            host=self.src_name,
+            source="api",
+            check="domain states and handoff marker read on both hosts: " + verdict.evidence,
+            detail="{} is paused on {} with the marker of a handoff to {} whose copy never ran there".format(
                 self.name, self.src_name, self.dest_name
             ),
-            self.src_name,
         )
         lc = self._lifecycle("source", "reconcile", RESUME_STEPS, resumed="source_resumed")
         try:

@@ -13,6 +13,7 @@ The fake follows what each libvirt driver does, with the lifecycle events libvir
 """
 
 import time
+from datetime import datetime, timezone
 
 import libvirt
 import pytest
@@ -216,9 +217,12 @@ class FakeEvents:
 
 
 class FakeDomain:
-    def __init__(self, world, host, state="running"):
+    def __init__(self, world, host, state="running", reason=None):
         self.world, self.host, self._state = world, host, state
+        # libvirt's state reason (virDomain*Reason): booted, user-paused, shut down by default
+        self.reason = reason if reason is not None else {"running": 1, "paused": 1}.get(state, 1)
         self.metadata_xml = None
+        self.job_error = None  # the destination of an incoming migration refuses job statistics
 
     def name(self):
         return "g1"
@@ -233,6 +237,8 @@ class FakeDomain:
         return True
 
     def jobInfo(self):
+        if self.job_error is not None:
+            raise self.job_error
         return [0] + [0] * 11
 
     def setMetadata(self, _type, xml, _key, _uri, _flags):
@@ -244,7 +250,10 @@ class FakeDomain:
         return self.metadata_xml
 
     def state(self):
-        return ({"running": 1, "paused": 3}.get(self._state, 5), 0)
+        return ({"running": 1, "paused": 3}.get(self._state, 5), self.reason)
+
+    def set(self, state, reason):
+        self._state, self.reason = state, reason
 
     def XMLDesc(self, _flags=0):
         return XML.format(type="xen" if self.world.driver == "libxl" else "qemu")
@@ -253,7 +262,7 @@ class FakeDomain:
         return {"time_elapsed": 700, "downtime": 20, "data_total": 1000, "memory_iteration": 2}
 
     def destroy(self):
-        self._state = "shutoff"
+        self.set("shutoff", 2)  # VIR_DOMAIN_SHUTOFF_DESTROYED
         if self.world.driver == "qemu":
             self.world.release(self.host)
         self.world.log.append("destroy@" + self.host)
@@ -262,7 +271,7 @@ class FakeDomain:
         self.world.hosts[self.host].domains.pop("g1", None)
 
     def suspend(self):
-        self._state = "paused"
+        self.set("paused", 1)  # VIR_DOMAIN_PAUSED_USER
         if self.world.driver == "qemu":
             self.world.release(self.host)
         self.world.emit(self.host, "suspended", 0)
@@ -277,7 +286,7 @@ class FakeDomain:
             w.locks[w.stale_resource] = None
         if w.driver == "qemu":
             w.acquire(self.host)
-        self._state = "running"
+        self.set("running", 5)  # VIR_DOMAIN_RUNNING_UNPAUSED
         w.log.append("resume@" + self.host)
         w.emit(self.host, "resumed", 0)
 
@@ -285,7 +294,7 @@ class FakeDomain:
         w = self.world
         src, dst = w.hosts["hv1"], w.hosts["hv2"]
         w.log.append("begin")
-        incoming = FakeDomain(w, "hv2", state="paused")
+        incoming = FakeDomain(w, "hv2", state="paused", reason=2)  # receiving: paused (migration)
         incoming.metadata_xml = self.metadata_xml
         dst.domains["g1"] = incoming
         w.log.append("prepare")
@@ -296,7 +305,7 @@ class FakeDomain:
             raise libvirt.libvirtError("operation failed: migration out job: unexpectedly failed")
         if w.driver == "qemu":
             # the vCPUs stop for the final part of the copy: libvirt releases the source's leases now
-            self._state = "paused"
+            self.set("paused", 2)  # VIR_DOMAIN_PAUSED_MIGRATION
             if not w.release_at_confirm:
                 w.release("hv1")
             w.emit("hv1", "suspended", 1)
@@ -310,7 +319,7 @@ class FakeDomain:
                 w.log.append("perform_failed")
                 raise libvirt.libvirtError("operation failed: migration out job: canceled by client")
         else:
-            self._state = "paused"
+            self.set("paused", 2)
             w.release("hv1")  # libxl: only after a successful send
         w.log.append("perform")
         if w.driver == "libxl":
@@ -318,12 +327,13 @@ class FakeDomain:
         if not flags & libvirt.VIR_MIGRATE_PAUSED:
             incoming.resume()
         else:
+            incoming.set("paused", 1)  # Finish with VIR_MIGRATE_PAUSED: paused (user), SUSPENDED/paused
             w.emit("hv2", "suspended", 0)
         w.log.append("finish")
         time.sleep(w.confirm_delay)
         if w.release_at_confirm:
             w.release("hv1")
-        self._state = "shutoff"
+        self.set("shutoff", 4)  # VIR_DOMAIN_SHUTOFF_MIGRATED
         w.emit("hv1", "stopped", 3)
         if flags & libvirt.VIR_MIGRATE_UNDEFINE_SOURCE:
             del src.domains["g1"]
@@ -414,7 +424,7 @@ def make_world(driver="libxl", where="hv1", same_uuid=False):
     return w, hv1, hv2
 
 
-def manager(w, check_mode=False, events=True, **kw):
+def manager(w, check_mode=False, events=True, source_log=None, **kw):
     def open_conn(uri):
         return w.hosts["hv2"] if uri and "hv2" in uri else w.hosts["hv1"]
 
@@ -429,6 +439,7 @@ def manager(w, check_mode=False, events=True, **kw):
         events=(lambda name, clock, on_event: FakeEvents(w, name, clock, on_event)) if events else None,
         sleep=lambda _s: time.sleep(0.001),
         read_config=read_config,
+        source_log=source_log or (lambda name, since: None),
     )
 
 
@@ -619,33 +630,81 @@ def test_check_mode_fails_when_the_source_does_not_hold_its_leases():
 
 
 # --------------------------------------------------------------------------- reconcile
-def interrupted_world(src_state=None, dest_state="paused", marker=True, was="running", locks=None):
-    """What a killed run leaves: the guest where libvirt left it, with (or without) the handoff marker."""
+STARTED = "2026-01-01T10:00:00.000Z"
+MIGRATED_LOG = ("stopped", "migrated", datetime(2026, 1, 1, 10, 0, 5, tzinfo=timezone.utc))
+
+
+def handoff_tag(was="running", persist="1"):
+    return (
+        '<handoff source="hv1" dest="hv2" was="{}" host="elsewhere" boot="x" pid="1" started="{}" '
+        'persist="{}"/>'.format(was, STARTED, persist)
+    )
+
+
+def interrupted_world(src_state=None, dest_state="paused", marker=True, was="running", locks=None, src_reason=None):
+    """What a killed run leaves: the guest where libvirt left it, with (or without) the handoff marker.
+
+    ``src_state`` None: the source's definition is gone (UNDEFINE_SOURCE at libvirt's confirm).
+    """
     w, hv1, hv2 = make_world("qemu")
     src = hv1.domains["g1"]
     if src_state is None:
         del hv1.domains["g1"]
     else:
-        src._state = src_state
+        src.set(src_state, src_reason if src_reason is not None else {"paused": 2, "shutoff": 4}.get(src_state, 1))
     dest = FakeDomain(w, "hv2", state=dest_state)
     hv2.domains["g1"] = dest
-    tag = '<handoff source="hv1" dest="hv2" was="{}" host="elsewhere" boot="x" pid="1" started="t"/>'.format(was)
     for dom in (dest, src if src_state else None):
         if dom is not None and marker:
-            dom.metadata_xml = tag
+            dom.metadata_xml = handoff_tag(was)
     w.locks = dict(locks or {r: None for r in RESOURCES})
     return w, hv1, hv2
 
 
-def test_rerun_resumes_a_guest_left_paused_on_the_destination():
+def test_rerun_resumes_the_destination_when_the_source_log_says_migrated():
     w, hv1, hv2 = interrupted_world()
-    result = manager(w).run()
+    seen = []
+    result = manager(w, source_log=lambda name, since: seen.append((name, since)) or MIGRATED_LOG).run()
+    assert seen == [("g1", STARTED)]
     assert result["changed"] is True and result["state"] == "running"
     names = names_of(result)
     assert names[0] == "reconcile/found" and "reconcile/dest_resumed" in names
     assert "reconcile/dest_acquired" in names and names[-1] == "reconcile/marker_cleared"
+    finished = [c for c in result["lock_checkpoints"] if c["name"] == "reconcile/source_finished"][0]
+    assert "reason=migrated" in finished["check"]
     assert hv2.domains["g1"]._state == "running" and w.locks == {r: "hv2" for r in RESOURCES}
     assert hv2.domains["g1"].metadata_xml is None
+
+
+def test_rerun_resumes_the_destination_when_the_source_is_shut_off_migrated():
+    w, hv1, hv2 = interrupted_world(src_state="shutoff", src_reason=4)
+    result = manager(w, undefine_source=False).run()
+    assert result["changed"] is True and hv2.domains["g1"]._state == "running"
+    finished = [c for c in result["lock_checkpoints"] if c["name"] == "reconcile/source_finished"][0]
+    assert "reason migrated" in finished["check"]
+
+
+@pytest.mark.parametrize(
+    "src_state,src_reason,log,word",
+    [
+        ("shutoff", 1, None, "reason shutdown"),  # a lost Finish reply, then the guest shut down on the source
+        ("shutoff", 3, None, "reason crashed"),
+        (None, None, ("stopped", "destroyed", datetime(2026, 1, 1, 11, tzinfo=timezone.utc)), "reason=destroyed"),
+        (None, None, ("started", None, datetime(2026, 1, 1, 11, tzinfo=timezone.utc)), "started again"),
+        (None, None, None, "says nothing"),  # no log to read: no evidence
+    ],
+)
+def test_rerun_never_resumes_a_destination_copy_nothing_proves_current(src_state, src_reason, log, word):
+    w, hv1, hv2 = interrupted_world(src_state=src_state, src_reason=src_reason)
+    with pytest.raises(VirtError) as info:
+        manager(w, source_log=lambda name, since: log).run()
+    err = info.value
+    assert err.msg.startswith("reconcile: g1 is") and word in err.msg and "runs nowhere" in err.msg
+    assert "Nothing was changed" in err.msg and err.result["changed"] is False
+    assert hv2.domains["g1"]._state == "paused" and hv2.domains["g1"].metadata_xml is not None
+    assert w.locks == {r: None for r in RESOURCES} and w.log == []
+    found = [c for c in err.result["lock_checkpoints"] if c["name"] == "reconcile/found"][0]
+    assert found["ok"] is False
 
 
 def test_a_guest_paused_by_someone_on_the_destination_is_left_alone():
@@ -659,7 +718,7 @@ def test_a_guest_paused_by_someone_on_the_destination_is_left_alone():
 def test_rerun_while_the_source_still_holds_a_lease_changes_nothing():
     w, hv1, hv2 = interrupted_world(locks={RESOURCES[0]: "hv1", RESOURCES[1]: None})
     with pytest.raises(LeaseError, match="reconcile: g1 is paused on hv2 and runs nowhere"):
-        manager(w).run()
+        manager(w, source_log=lambda name, since: MIGRATED_LOG).run()
     assert hv2.domains["g1"]._state == "paused"
 
 
@@ -674,13 +733,76 @@ def test_rerun_stops_the_unconfirmed_source_copy_once_the_destination_runs_lease
 def test_rerun_resumes_a_source_left_paused_and_migrates():
     w, hv1, hv2 = make_world("qemu")
     src = hv1.domains["g1"]
-    src._state = "paused"
-    src.metadata_xml = '<handoff source="hv1" dest="hv2" was="running" host="elsewhere" boot="x" pid="1" started="t"/>'
+    src.set("paused", 2)
+    src.metadata_xml = handoff_tag()
     w.locks = {r: None for r in RESOURCES}
     result = manager(w).run()
     names = names_of(result)
     assert names[:2] == ["reconcile/found", "reconcile/source_resumed"]
+    assert "PERSIST_DEST" in result["lock_checkpoints"][0]["check"]
     assert result["changed"] is True and hv2.domains["g1"]._state == "running" and "g1" not in hv1.domains
+
+
+@pytest.mark.parametrize("dest_state,persist", [("shutoff", "1"), (None, "0")])
+def test_rerun_never_resumes_a_source_paused_after_the_send_when_the_destination_may_have_run(dest_state, persist):
+    # the source libvirtd died between Finish and Confirm: the destination ran (it keeps the definition
+    # PERSIST_DEST gave it) and stopped there; or it was not made persistent and may have run and gone
+    w, hv1, hv2 = make_world("qemu")
+    src = hv1.domains["g1"]
+    src.set("paused", 2)
+    src.metadata_xml = handoff_tag(persist=persist)
+    if dest_state:
+        hv2.domains["g1"] = FakeDomain(w, "hv2", state=dest_state, reason=2)
+    w.locks = {r: None for r in RESOURCES}
+    with pytest.raises(VirtError) as info:
+        manager(w).run()
+    assert "may have run the guest after the send" in info.value.msg and "runs nowhere" in info.value.msg
+    assert src._state == "paused" and w.log == [] and info.value.result["changed"] is False
+
+
+def test_a_failed_post_copy_is_its_own_outcome_never_ok():
+    w, hv1, hv2 = interrupted_world(src_state="paused", src_reason=13, dest_state="running")
+    hv2.domains["g1"].reason = 11  # VIR_DOMAIN_RUNNING_POSTCOPY_FAILED
+    with pytest.raises(VirtError) as info:
+        manager(w).run()
+    assert "post-copy migration did not finish" in info.value.msg and "postcopy-resume" in info.value.msg
+    assert info.value.result["outcome"] == "postcopy_failed" and info.value.result["changed"] is False
+    assert hv2.domains["g1"].metadata_xml is not None and hv1.domains["g1"]._state == "paused"
+
+
+def test_an_incoming_job_on_the_destination_blocks_the_rerun():
+    w, hv1, hv2 = interrupted_world(src_state="paused")
+    err = libvirt.libvirtError("Operation not supported: migration statistics are available only on the source host")
+    err.err = (libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_FROM_QEMU, err.args[0], 2, None, None, None, 0, 0)
+    hv2.domains["g1"].job_error = err
+    with pytest.raises(VirtError, match="a migration job of g1 is active on hv2"):
+        manager(w).run()
+    assert w.log == [] and hv2.domains["g1"]._state == "paused"
+
+
+def test_the_resume_retries_stop_once_the_source_runs_the_guest_again():
+    # a lost Finish reply: libvirt's confirm ran cancelled and resumed the source while the destination's
+    # resume was refused; retrying until the lease is free would resume the older copy
+    w, hv1, hv2 = interrupted_world(src_state=None)
+    w.stale_attempts = 1000
+    real_resume = FakeDomain.resume
+    calls = []
+
+    def refused_then_source_back(self):
+        calls.append(self.host)
+        if len(calls) == 2:
+            back = FakeDomain(w, "hv1", state="running")
+            hv1.domains["g1"] = back
+        return real_resume(self)
+
+    FakeDomain.resume = refused_then_source_back
+    try:
+        with pytest.raises(VirtError) as info:
+            manager(w, lock={"acquire_timeout": 30}, source_log=lambda name, since: MIGRATED_LOG).run()
+    finally:
+        FakeDomain.resume = real_resume
+    assert "hv1 runs g1 again" in info.value.msg
+    assert calls == ["hv2", "hv2"] and hv2.domains["g1"]._state == "paused"
 
 
 def test_a_run_still_at_work_is_left_alone(monkeypatch):
