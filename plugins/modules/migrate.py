@@ -28,13 +28,17 @@ description:
     libvirt so that it holds them again, or leaves it paused when they are busy."
   - "Every failure after the send returns the whole result - RV(changed), RV(state), every checkpoint so
     far - and its message says where the guest is, from the states read after the failure."
-  - "Re-runnable (reconcile): before it moves anything the module reads both hosts. A guest left paused on
-    the destination by an interrupted run (its process killed, the controller interrupted, the SSH session
-    dropped, a lease busy past O(lock.acquire_timeout)) carries the module's handoff marker and is resumed
-    there once no lease is held by the source; an unconfirmed paused copy on the source next to a guest
-    running leased on the destination is destroyed; a source left paused before the send is resumed and
-    migrated. These runs report C(changed=true) with C(reconcile/...) checkpoints. Another run still at work
-    on the guest, or an active migration job, makes the task fail without changing anything."
+  - "Re-runnable (reconcile): before it moves anything the module reads both hosts and acts only on evidence
+    that a copy is the newest, never on the absence of a lease. A guest left paused on the destination by an
+    interrupted run (its process killed, the controller interrupted, the SSH session dropped, a lease busy
+    past O(lock.acquire_timeout)) carries the module's handoff marker and is resumed there when the source
+    shut it off with reason C(migrated) (its state, or the last line libvirt wrote in the guest's QEMU log on
+    the source since the handoff began); an unconfirmed paused copy on the source next to a guest running
+    leased on the destination is destroyed; a source left paused is resumed and migrated only when the
+    destination never finished receiving (no definition there although the send made it persistent). Any
+    other paused copy, and a failed post-copy, is refused with what was seen and nothing changed. These runs
+    report C(changed=true) with C(reconcile/...) checkpoints. Another run still at work on the guest, or a
+    migration job on either host, makes the task fail without changing anything."
   - "Preflight, before anything moves (and in check mode): the destination has the guest's networks,
     storage pools and volumes, its name is free there, the source holds every lease, and the guest has no
     snapshot - libvirt's QEMU driver refuses to migrate a guest with snapshot metadata, internal (kept in the

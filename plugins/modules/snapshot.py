@@ -34,10 +34,12 @@ attributes:
     support: full
     details: The snapshot's name, state, description and whether it is current, before and after.
   idempotent:
-    support: full
+    support: partial
     details: >-
-      V(reverted) does nothing while the snapshot is the current one and the guest is in the state the snapshot
-      was taken in (running or paused, or shut off).
+      V(present) and V(absent) are idempotent. V(reverted) is an action, like a service restart: it always reverts
+      and reports C(changed=true), also when the snapshot is the current one and the guest is in the state it was
+      taken in, because whether the guest changed since (an upgrade in a guest that kept running) cannot be read
+      from libvirt's metadata. Make it conditional in the play (C(when:)) where a rollback is not wanted.
 options:
   domain:
     description: Name of the guest.
@@ -50,7 +52,7 @@ options:
     description:
       - V(present) - the snapshot exists; created when missing (it becomes the current one).
       - V(absent) - deleted; its children are kept, re-parented to its parent as libvirt does.
-      - V(reverted) - the guest is reverted to it.
+      - V(reverted) - the guest is reverted to it, every time (an action: always C(changed=true)).
     type: str
     choices: [present, absent, reverted]
     default: present

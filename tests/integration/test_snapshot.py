@@ -87,7 +87,8 @@ def test_internal_snapshot_revert_keeps_leases_right(lab, guest):
     assert [c for c in r["lock_checkpoints"] if c["name"] == "leases_verified"][0]["ok"]
     assert r["domain"]["state"] == "running" and lock_holder(guest["lease"]) == pid1
     assert [x["held_here"] for x in r["leases"]] == [True]
-    assert not snap(lab, guest, name="on", state="reverted")["changed"]
+    again = snap(lab, guest, name="on", state="reverted")  # an action: it reverts again, leases kept right
+    assert again["changed"] and again["actions"] == ["revert"] and lock_holder(guest["lease"]) == pid1
 
     # a snapshot taken shut off: reverting to it stops the guest and releases its lease
     lab.module(hv1, "lockstep.virt.domain", {"name": guest["name"], "state": "destroyed"})
@@ -163,3 +164,26 @@ def test_libvirt_refuses_migration_with_any_snapshot_metadata(lab, guest, disk_o
     )
     assert res.returncode != 0 and "snapshot" in res.stderr, res.stderr
     assert lab.domain_state(hv1, guest["name"]) == "running"
+
+
+def test_a_revert_rolls_back_an_upgrade_made_after_the_snapshot(lab, guest_name):
+    """The everyday use: snapshot a running guest, change it, revert. The snapshot is still the current one
+    and the guest still runs, as it was taken: the revert must roll back all the same."""
+    from migrate_helpers import LinuxGuest
+
+    g = LinuxGuest(lab, guest_name, "hv1")
+    try:
+        taken = lab.module("hv1", MODULE, {"domain": g.name, "name": "pre-upgrade"})
+        assert taken["changed"] and taken["snapshot"]["state"] == "running", taken
+        # the upgrade: a file written in the running guest (its root is in memory, kept by the snapshot)
+        assert g.exec_status(g.spawn(["/bin/sh", "-c", "echo 2 > /upgraded"])) == 0
+        assert g.exec_status(g.spawn(["/bin/sh", "-c", "test -e /upgraded"])) == 0
+        r = lab.module("hv1", MODULE, {"domain": g.name, "name": "pre-upgrade", "state": "reverted"})
+        assert r["changed"] and r["actions"] == ["revert"], r
+        assert names(r)[:2] == ["reverted_paused", "resumed"] and r["domain"]["state"] == "running", r
+        assert lock_holder(g.vm_lease) == lab.virtlockd_pid("hv1")
+        g.wait_agent()
+        assert g.exec_status(g.spawn(["/bin/sh", "-c", "test -e /upgraded"])) == 1, "the upgrade survived the revert"
+    finally:
+        lab.virsh("hv1", "snapshot-delete", g.name, "pre-upgrade", check=False)
+        g.remove()

@@ -406,10 +406,10 @@ class SnapshotManager(Manager):
 
     # ------------------------------------------------------------------ reverted
     def _revert(self, dom, snap, before):
+        # A revert always acts, like a restart: whether the guest changed since the snapshot (an upgrade in a
+        # guest that kept running on its current snapshot) cannot be read from libvirt's metadata.
         was_active = is_active(dom)
         target = before["state"]
-        if before["current"] and (target in ("running", "paused")) == was_active:
-            return  # already at it, in the state it was taken in
         self._refuse_busy(dom, snap, was_active)
         self._act("revert")
         if self.check_mode:
