@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import threading
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
@@ -29,10 +28,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
     describe,
     holders,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import clear_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.timing import (
-    event_timing,
     job_summary,
     ms_between,
 )
@@ -49,22 +46,25 @@ RESUME_STEPS = {
 RELEASE_POLL = 0.02  # seconds between lease probes while the source lets its leases go
 RELEASE_WAIT = 2.0  # seconds the source's virtlockd gets to drop the leases of a stopped QEMU
 CONFIRM_WAIT = 10  # seconds libvirt gets to stop the source after the handoff
-RECONNECT_WAIT = 15  # seconds a restarted libvirtd gets to answer again before a host's state is unknown
 
 
 class Handoff:
-    """Events, the early resume, and the checks after the send; mixed into MigrationManager."""
+    """The destination's side of the run: lifecycle events, the early resume, and the checks after the send.
 
-    def _init_handoff(self):
+    ``resumed_dom``: the destination's domain once the handoff resumed it (None until then).
+    """
+
+    def __init__(self, run):
+        self.run = run
         self._arrived = threading.Event()
-        self._send_over = threading.Event()
+        self.run.send_over = threading.Event()
         self._resumer = None
-        self._resumed_dom = None  # the destination's domain, once resumed by the handoff
+        self.resumed_dom = None  # the destination's domain, once resumed by the handoff
         self._resume_error = None
         self._verify_error = None
 
     # ------------------------------------------------------------------ events (event thread: quick)
-    def _on_event(self, role, event, detail, item):
+    def on_event(self, role, event, detail, item):
         if role == "dest" and event == "resumed" and detail == RESUMED_POSTCOPY:
             self._postcopy_running(item)
         elif role == "dest" and event == "started" and detail == STARTED_MIGRATED:
@@ -72,19 +72,18 @@ class Handoff:
                 "prepare",
                 item,
                 "prepare/register",
-                lambda leases: self.src.profile.paused_guest_holds_leases or "other" not in holders(leases),
-                "incoming guest created paused on {}".format(self.dest_name),
+                lambda leases: self.run.src.profile.paused_guest_holds_leases or "other" not in holders(leases),
+                "incoming guest created paused on {}".format(self.run.dest_name),
             )
         elif role == "source" and event == "suspended":
             # the first stop of the source's vCPUs: for the final copy (migrated), or a forced pause;
             # QEMU's lock manager releases the leases there
-            with self._lock:
-                self.marks.setdefault("source_suspended", item)
+            self.run.marks.first("source_suspended", item)
         elif role == "dest" and event == "suspended" and detail == SUSPENDED_PAUSED:
-            with self._lock:
-                if "prepare" not in self.marks:
+            with self.run.marks.locked() as marks:
+                if "prepare" not in marks:
                     return
-                self.marks.setdefault("arrived", item)
+                marks.setdefault("arrived", item)
             self._arrived.set()
 
     def _postcopy_running(self, item):
@@ -93,63 +92,60 @@ class Handoff:
             item,
             "perform/postcopy_dest_running",
             lambda leases: "source" not in holders(leases),
-            "post-copy: {} runs on {} while its memory follows".format(self.name, self.dest_name),
+            "post-copy: {} runs on {} while its memory follows".format(self.run.name, self.run.dest_name),
         )
 
     def _record_first_event(self, mark, item, name, ok_of, what):
         """Record checkpoint ``name`` for the first such event of the send (stamped by it), with a lease probe;
         ``ok_of(leases)`` judges the probe."""
-        with self._lock:
-            if self._send_over.is_set() or mark in self.marks:
+        with self.run.marks.locked() as marks:
+            if self.run.send_over.is_set() or mark in marks:
                 return
-            self.marks[mark] = item["t"]
-        leases = self._probe()
-        self._record(
+            marks[mark] = item["t"]
+        leases = self.run.probe()
+        self.run.record(
             name,
             ok=ok_of(leases),
             leases=leases,
-            host=self.dest_name,
+            host=self.run.dest_name,
             at=item["at"],
             source="event",
-            check=self._probe_check(),
-            detail="{}; {}".format(what, describe(leases, self.src_name, self.dest_name)),
+            check=self.run.probe_check(),
+            detail="{}; {}".format(what, describe(leases, self.run.src_name, self.run.dest_name)),
         )
-
-    def _probe_check(self):
-        return "lease probe (F_GETLK) from {}".format(self.src_name)
 
     # ------------------------------------------------------------------ the early resume (its own thread)
     def _can_resume_early(self):
-        cfg = self.lock_config
+        cfg = self.run.lock_config
         return bool(
-            self.events is not None
-            and self.events.available
-            and self.plan["handoff"] == "verified"
-            and self.plan["release"] != RELEASE_BEFORE_SEND
-            and self.src_state == "running"
-            and self.plan["verify"]
+            self.run.events is not None
+            and self.run.events.available
+            and self.run.plan.handoff == "verified"
+            and self.run.plan.release != RELEASE_BEFORE_SEND
+            and self.run.src_state == "running"
+            and self.run.plan.verify
             and cfg.enabled
             and cfg.probeable
-            and self.resources
-            and not self.dest.profile.paused_guest_holds_leases
+            and self.run.resources
+            and not self.run.dest.profile.paused_guest_holds_leases
         )
 
-    def _start_resumer(self):
+    def start_resumer(self):
         if self._can_resume_early():
             self._resumer = threading.Thread(target=self._resume_when_arrived, name="handoff", daemon=True)
             self._resumer.start()
 
-    def _join_resumer(self):
+    def join_resumer(self):
         if self._resumer is not None:
             self._resumer.join()
             self._resumer = None
 
     def _resume_when_arrived(self):
         while not self._arrived.wait(0.01):
-            if self._send_over.is_set():
+            if self.run.send_over.is_set():
                 return  # no arrival seen while the call ran: the after-send path takes over
         try:
-            dest_dom = lookup(self.dest, DOMAIN, self.name)
+            dest_dom = lookup(self.run.dest, DOMAIN, self.run.name)
             if dest_dom is None or state_name(dest_dom) != "paused":
                 return
             leases = self._wait_released()
@@ -157,7 +153,7 @@ class Handoff:
                 return  # the after-send path reports it
             self._record_arrived(dest_dom)
             self._resume_dest(dest_dom)
-            self._resumed_dom = dest_dom
+            self.resumed_dom = dest_dom
         except VirtError as err:
             self._resume_error = err
             return
@@ -172,126 +168,129 @@ class Handoff:
     def _wait_released(self, wait=RELEASE_WAIT):
         """Probe until the source's virtlockd holds none of the guest's leases (or ``wait`` passed); record
         perform/source_released, stamped by the source's SUSPENDED (migrated) event when there is one."""
-        deadline = self.clock() + wait
+        deadline = self.run.clock() + wait
         while True:
-            leases = self._probe()
+            leases = self.run.probe()
             still = [r for r in leases if r.get("holder") == "source"]
-            if not still or self.clock() >= deadline:
+            if not still or self.run.clock() >= deadline:
                 break
-            self.sleep(RELEASE_POLL)
-        with self._lock:
-            stopped = self.marks.get("source_suspended")
-            if "released" in self.marks and self.rec.find("perform/source_released"):
+            self.run.sleep(RELEASE_POLL)
+        with self.run.marks.locked() as marks:
+            stopped = marks.get("source_suspended")
+            if "released" in marks and self.run.recorder.find("perform/source_released"):
                 return leases
-            if "released" not in self.marks:
-                self.marks["released"] = stopped["t"] if stopped and not still else None
+            if "released" not in marks:
+                marks["released"] = stopped["t"] if stopped and not still else None
         if stopped is not None and not still:
             at, source = stopped["at"], "event"
-            how = "{} released them when its vCPUs stopped for the final part of the copy; ".format(self.src_name)
+            how = "{} released them when its vCPUs stopped for the final part of the copy; ".format(self.run.src_name)
         else:
             at, source = None, "probe"
             how = "seen by the probe: " if not still else "still held after {:.0f}s: ".format(wait)
-        self._record(
+        self.run.record(
             "perform/source_released",
             ok=not still,
             leases=leases,
             at=at,
             source=source,
-            check=self._probe_check(),
-            detail=how + describe(leases, self.src_name, self.dest_name),
+            check=self.run.probe_check(),
+            detail=how + describe(leases, self.run.src_name, self.run.dest_name),
         )
         return leases
 
     def _record_arrived(self, dest_dom):
-        with self._lock:
-            arrived = self.marks.get("arrived")
+        arrived = self.run.marks.get("arrived")
         state = state_name(dest_dom)
-        sent = "sent in {} ms".format(ms_between(self.marks["send_start"], self.marks.get("send_end") or self.clock()))
-        self._record(
+        sent = "sent in {} ms".format(
+            ms_between(self.run.marks.get("send_start"), self.run.marks.get("send_end") or self.run.clock())
+        )
+        self.run.record(
             "perform/send",
-            ok=state == "paused" or self.plan["handoff"] != "verified",
-            leases=self._probe(),
-            host=self.dest_name,
+            ok=state == "paused" or self.run.plan.handoff != "verified",
+            leases=self.run.probe(),
+            host=self.run.dest_name,
             at=arrived["at"] if arrived else None,
             source="event" if arrived else "api",
-            check="domain state read on {}: {}".format(self.dest_name, state),
+            check="domain state read on {}: {}".format(self.run.dest_name, state),
             detail=(
-                "{} holds the whole guest, paused (VIR_MIGRATE_PAUSED); ".format(self.dest_name)
-                if self.plan["handoff"] == "verified"
+                "{} holds the whole guest, paused (VIR_MIGRATE_PAUSED); ".format(self.run.dest_name)
+                if self.run.plan.handoff == "verified"
                 else "post-copy: libvirt ran the guest on the destination; "
-                if "postcopy" in self.marks
+                if "postcopy" in self.run.marks
                 else "libvirt resumed the guest on the destination; "
             )
             + ("seen as it happened" if arrived else sent),
         )
 
     def _resume_dest(self, dest_dom):
-        lc = self._lifecycle("dest", "finish", RESUME_STEPS)
+        lc = self.run.lifecycle("dest", "finish", RESUME_STEPS)
         try:
             lc.resume(
                 dest_dom,
                 required=False,
-                acquire_timeout=self.plan["acquire_timeout"],
+                acquire_timeout=self.run.plan.acquire_timeout,
                 verify=False,
-                before_retry=self._source_took_it_back,
+                before_retry=self.run.source_runs_again,
             )
         except VirtError as err:
             if state_name(dest_dom) != "running":
                 raise
             # another run resumed it first (a re-run reconciling at the same moment): it runs, leased
-            self.warnings.append("{} was resumed on {} by another run: {}".format(self.name, self.dest_name, err.msg))
+            self.run.warnings.append(
+                "{} was resumed on {} by another run: {}".format(self.run.name, self.run.dest_name, err.msg)
+            )
         state = state_name(dest_dom)
-        self._record(
+        self.run.record(
             "finish/resumed",
             ok=state == "running",
-            host=self.dest_name,
-            check="domain state read on {}: {}".format(self.dest_name, state),
-            detail="{} is {} on {}".format(self.name, state, self.dest_name),
+            host=self.run.dest_name,
+            check="domain state read on {}: {}".format(self.run.dest_name, state),
+            detail="{} is {} on {}".format(self.run.name, state, self.run.dest_name),
         )
 
     def _verify_dest(self, dest_dom, paused_ok=False):
-        leases = self._probe()
+        leases = self.run.probe()
         bad = [r for r in leases if r.get("holder") != "other"]
         if paused_ok:
             bad = [r for r in leases if r.get("holder") == "source"]
-        detail = describe(leases, self.src_name, self.dest_name)
+        detail = describe(leases, self.run.src_name, self.run.dest_name)
         if not bad and leases:
             # from the source host the probe sees a holder that is not the source's virtlockd; it cannot
             # name the destination's
             detail = "held, not by {}'s virtlockd (the destination's lock manager took them as it resumed): {}".format(
-                self.src_name, detail
+                self.run.src_name, detail
             )
-        self._record(
+        self.run.record(
             "finish/dest_acquired",
             ok=not bad,
             leases=leases,
-            host=self.dest_name,
+            host=self.run.dest_name,
             source="probe",
-            check=self._probe_check(),
+            check=self.run.probe_check(),
             detail=detail,
         )
-        if bad and self.plan["verify"]:
+        if bad and self.run.plan.verify:
             state = state_name(dest_dom)
-            if state == "running" and not self.dest.profile.paused_guest_holds_leases:
+            if state == "running" and not self.run.dest.profile.paused_guest_holds_leases:
                 try:
                     dest_dom.suspend()
                     state = "paused"
                 except Exception:
                     pass
             if state not in ("running", "paused"):
-                self._fail(
+                raise self.run.failure(
                     "finish: {0} stopped on {1} right after it resumed there (now {2}); its leases went with it "
-                    "and it runs nowhere - start it on {1}".format(self.name, self.dest_name, state),
+                    "and it runs nowhere - start it on {1}".format(self.run.name, self.run.dest_name, state),
                     changed=True,
                     state=state,
                     leases=leases,
                 )
-            self._fail(
+            raise self.run.failure(
                 "finish: {} {} on {} without holding its leases ({}){}".format(
-                    self.name,
+                    self.run.name,
                     "was running" if state == "paused" else "is " + state,
-                    self.dest_name,
-                    describe(bad, self.src_name, self.dest_name),
+                    self.run.dest_name,
+                    describe(bad, self.run.src_name, self.run.dest_name),
                     "; it was paused and runs nowhere" if state == "paused" else "",
                 ),
                 changed=True,
@@ -303,76 +302,76 @@ class Handoff:
 
     def _confirm(self):
         """Wait for libvirt to stop the source; record confirm/source_stopped. Returns the source's state."""
-        src_dom, stopped = self._wait_inactive(self.src, CONFIRM_WAIT)
+        src_dom, stopped = self.run.wait_inactive(self.run.src, CONFIRM_WAIT)
         state = "absent" if src_dom is None else state_name(src_dom)
-        ev = self.events.first("source", "stopped") if self.events is not None else None
-        self._record(
+        ev = self.run.events.first("source", "stopped") if self.run.events is not None else None
+        self.run.record(
             "confirm/source_stopped",
             ok=stopped,
             at=ev["at"] if ev and stopped else None,
             source="event" if ev and stopped else "api",
-            check="domain lookup on {}: {}".format(self.src_name, "undefined" if src_dom is None else state),
-            detail="{} on {}: {}".format(self.name, self.src_name, "undefined" if src_dom is None else state),
+            check="domain lookup on {}: {}".format(self.run.src_name, "undefined" if src_dom is None else state),
+            detail="{} on {}: {}".format(self.run.name, self.run.src_name, "undefined" if src_dom is None else state),
         )
         return src_dom, state, stopped
 
-    def _clear_marker(self, dom):
-        try:
-            clear_marker(dom)
-        except Exception as exc:
-            self.warnings.append("could not remove the handoff marker of {}: {}".format(self.name, exc))
-
     # ------------------------------------------------------------------ after the call
-    def _handoff(self, src_dom, send_error=None):
+    def complete(self, src_dom, send_error=None):
         """The guest was sent (or libvirt failed after it arrived and resumed): finish and check everything."""
         try:
             return self._finish(src_dom, send_error)
         except VirtError as err:
             if err.result:
                 raise
-            self._fail_after_send(err)
+            self.fail_after_send(err)
 
     def _finish(self, src_dom, send_error):
-        plan = self.plan
-        self._join_resumer()
-        if not self.rec.find("prepare/register"):
-            self._record(
+        plan = self.run.plan
+        self.join_resumer()
+        if not self.run.recorder.find("prepare/register"):
+            self.run.record(
                 "prepare/register",
-                host=self.dest_name,
+                host=self.run.dest_name,
                 detail="libvirt prepared the destination inside the migration call (no event seen)",
             )
-        self.job = job_summary(self._job_stats())
-        dest_dom = self._resumed_dom or lookup(self.dest, DOMAIN, self.name)
+        self.run.job = job_summary(self.run.job_stats())
+        dest_dom = self.resumed_dom or lookup(self.run.dest, DOMAIN, self.run.name)
         if dest_dom is None:
-            self._fail(
-                "perform: the send returned but {} has no domain {}".format(self.dest_name, self.name), changed=True
+            raise self.run.failure(
+                "perform: the send returned but {} has no domain {}".format(self.run.dest_name, self.run.name),
+                changed=True,
             )
         if self._resume_error is not None:
             return self._resume_failed(dest_dom, self._resume_error)
-        leave_paused = self.src_state == "paused"
+        leave_paused = self.run.src_state == "paused"
         want = "paused" if leave_paused else "running"
-        if self._resumed_dom is None:
+        if self.resumed_dom is None:
             # the after-send path: no arrival seen, or the source still held a lease when it arrived
-            if not self.rec.find("perform/send"):
+            if not self.run.recorder.find("perform/send"):
                 self._record_arrived(dest_dom)
-            leases = self._wait_released() if not self.rec.find("perform/source_released") else self._probe()
+            leases = (
+                self._wait_released() if not self.run.recorder.find("perform/source_released") else self.run.probe()
+            )
             still = [r for r in leases if r.get("holder") == "source"]
-            if still and plan["verify"]:
-                self._fail(
+            if still and plan.verify:
+                raise self.run.failure(
                     "perform: {} still holds {} after the send; {} is left paused on {}, not resumed, and runs "
                     "nowhere".format(
-                        self.src_name, describe(still, self.src_name, self.dest_name), self.name, self.dest_name
+                        self.run.src_name,
+                        describe(still, self.run.src_name, self.run.dest_name),
+                        self.run.name,
+                        self.run.dest_name,
                     ),
                     changed=True,
                     state=state_name(dest_dom),
                     leases=leases,
                 )
             if leave_paused:
-                self._record(
+                self.run.record(
                     "finish/resumed",
-                    host=self.dest_name,
-                    check="domain state read on {}: {}".format(self.dest_name, state_name(dest_dom)),
-                    detail="not resumed: {} was paused on {} and stays paused".format(self.name, self.src_name),
+                    host=self.run.dest_name,
+                    check="domain state read on {}: {}".format(self.run.dest_name, state_name(dest_dom)),
+                    detail="not resumed: {} was paused on {} and stays paused".format(self.run.name, self.run.src_name),
                 )
             elif state_name(dest_dom) == "paused":
                 try:
@@ -381,37 +380,37 @@ class Handoff:
                     return self._resume_failed(dest_dom, err)
             else:
                 state = state_name(dest_dom)
-                self._record(
+                self.run.record(
                     "finish/resumed",
                     ok=state == "running",
-                    host=self.dest_name,
-                    check="domain state read on {}: {}".format(self.dest_name, state),
+                    host=self.run.dest_name,
+                    check="domain state read on {}: {}".format(self.run.dest_name, state),
                     detail="libvirt resumed {} on {}{}".format(
-                        self.name, self.dest_name, " (post-copy)" if "postcopy" in self.marks else ""
+                        self.run.name, self.run.dest_name, " (post-copy)" if "postcopy" in self.run.marks else ""
                     ),
                 )
-        if self._resumed_dom is None:
+        if self.resumed_dom is None:
             leases = self._verify_dest(dest_dom, paused_ok=leave_paused)
         _src_left, src_state, stopped = self._confirm()
         if self._verify_error is not None:
             raise self._verify_error
-        if self._resumed_dom is not None:
-            leases = self._probe()
+        if self.resumed_dom is not None:
+            leases = self.run.probe()
         dest_state = state_name(dest_dom)
         if send_error is None and dest_state == want and stopped:
-            self._clear_marker(dest_dom)
-        result = self._result(changed=True, state=dest_state, leases=leases)
-        self._timing(result)
+            self.run.clear_marker(dest_dom)
+        result = self.run.result(changed=True, state=dest_state, leases=leases)
+        self.run.timing(result)
         if send_error is not None:
-            self._fail(
+            raise self.run.failure(
                 "perform: libvirt reported an error after {0} had arrived on {1} and resumed there: {2}. {0} is {3} "
                 "on {1} ({4}); on {5} it is {6}{7}".format(
-                    self.name,
-                    self.dest_name,
+                    self.run.name,
+                    self.run.dest_name,
                     send_error.msg,
                     dest_state,
-                    describe(leases, self.src_name, self.dest_name),
-                    self.src_name,
+                    describe(leases, self.run.src_name, self.run.dest_name),
+                    self.run.src_name,
                     src_state,
                     "" if stopped else ": run the task again to remove that stale copy",
                 ),
@@ -421,24 +420,26 @@ class Handoff:
                 err=send_error,
             )
         if not stopped:
-            self._fail(
+            raise self.run.failure(
                 "confirm: {0} is {1} on {2} after the handoff and {3} on {4}; {2} should have stopped it".format(
-                    self.name, src_state, self.src_name, dest_state, self.dest_name
+                    self.run.name, src_state, self.run.src_name, dest_state, self.run.dest_name
                 ),
                 changed=True,
                 state=dest_state,
                 leases=leases,
             )
         if dest_state != want:
-            self._fail(
+            raise self.run.failure(
                 "finish: {} is {} on {}, not {}{}".format(
-                    self.name,
+                    self.run.name,
                     dest_state,
-                    self.dest_name,
+                    self.run.dest_name,
                     want,
                     ""
                     if dest_state in ("running", "paused")
-                    else ": it stopped there after it resumed and runs nowhere - start it on {}".format(self.dest_name),
+                    else ": it stopped there after it resumed and runs nowhere - start it on {}".format(
+                        self.run.dest_name
+                    ),
                 ),
                 changed=True,
                 state=dest_state,
@@ -447,52 +448,52 @@ class Handoff:
         return result
 
     def _resume_failed(self, dest_dom, err):
-        leases = self._probe()
-        self._record(
+        leases = self.run.probe()
+        self.run.record(
             "finish/dest_acquired",
             ok=False,
             leases=leases,
-            host=self.dest_name,
+            host=self.run.dest_name,
             source="probe",
-            check=self._probe_check(),
-            detail="{} could not resume {}: {}".format(self.dest_name, self.name, err.msg),
+            check=self.run.probe_check(),
+            detail="{} could not resume {}: {}".format(self.run.dest_name, self.run.name, err.msg),
         )
         _src, src_state, _stopped = self._confirm()
         dest_state = state_name(dest_dom)
         if dest_state not in ("running", "paused"):
             # its QEMU ended before it could resume (killed, crashed): the source is gone too after libvirt's
             # confirm, so nothing but a start runs the guest again
-            self._fail(
+            raise self.run.failure(
                 "finish: {0} stopped on {1} before it could resume there (now {2}; {3}: {4}): it runs nowhere - "
-                "start it on {1}".format(self.name, self.dest_name, dest_state, self.src_name, src_state),
+                "start it on {1}".format(self.run.name, self.run.dest_name, dest_state, self.run.src_name, src_state),
                 changed=True,
                 state=dest_state,
                 leases=leases,
                 err=err,
             )
-        took_back = self._source_took_it_back()
+        took_back = self.run.source_runs_again()
         if took_back:
             # a lost Finish reply: libvirt's confirm ran cancelled and resumed the source, which is the newest
-            self._fail(
+            raise self.run.failure(
                 "finish: {}; {} is left paused on {}, never resumed: run the task again, it removes that copy and "
-                "migrates the running guest again".format(took_back, self.name, self.dest_name),
+                "migrates the running guest again".format(took_back, self.run.name, self.run.dest_name),
                 changed=True,
                 state=dest_state,
                 leases=leases,
                 err=err,
             )
         blocking = [r for r in leases if r.get("held")] or leases
-        waited = " within lock.acquire_timeout ({}s)".format(self.plan["acquire_timeout"]) if err.is_busy else ""
-        self._fail(
+        waited = " within lock.acquire_timeout ({}s)".format(self.run.plan.acquire_timeout) if err.is_busy else ""
+        raise self.run.failure(
             "finish: {0} could not take the leases of {1}{2}: {3}. {1} is left {4} on {0}{5} ({6}: {7}); run the "
             "task again once the lease is free: it resumes the guest there".format(
-                self.dest_name,
-                self.name,
+                self.run.dest_name,
+                self.run.name,
                 waited,
-                describe(blocking, self.src_name, self.dest_name),
+                describe(blocking, self.run.src_name, self.run.dest_name),
                 dest_state,
                 " and runs nowhere" if dest_state != "running" and src_state != "running" else "",
-                self.src_name,
+                self.run.src_name,
                 src_state,
             ),
             changed=True,
@@ -502,78 +503,29 @@ class Handoff:
             cls=LeaseError if err.is_busy else VirtError,
         )
 
-    def _fail_after_send(self, err, phase="finish", changed=None):
+    def fail_after_send(self, err, phase="finish", changed=None):
         """A libvirt error the handoff did not expect (a lookup, a state read, a dropped connection): fail with
         the whole result, the phase named and where the guest is, read again - over a new connection when the
         old one broke (a restarted libvirtd)."""
-        src_state, dest_state = self._read_state("source"), self._read_state("dest")
+        src_state, dest_state = self.run.read_state("source"), self.run.read_state("dest")
         try:
-            leases = self._probe()
+            leases = self.run.probe()
         except Exception:  # the lease view is local: only a bad lock configuration gets here
             leases = None
         msg = err.msg if err.msg.split(":")[0] in ("begin", "perform", "finish", "confirm") else phase + ": " + err.msg
         if changed is None:  # the guest is not where and as it was
-            changed = not (src_state == getattr(self, "src_state", None) and dest_state in ("absent", "shutoff"))
-        where = "{} on {}, {} on {}".format(src_state, self.src_name, dest_state, self.dest_name)
+            changed = not (src_state == self.run.src_state and dest_state in ("absent", "shutoff"))
+        where = "{} on {}, {} on {}".format(src_state, self.run.src_name, dest_state, self.run.dest_name)
         if "running" in (src_state, dest_state):
             tail = ""
         elif "unknown" in (src_state, dest_state):
             tail = "; it may be running nowhere - run the task again once both hosts answer: it finishes the handoff"
         else:
             tail = "; it runs nowhere: run the task again, it finishes the handoff"
-        self._fail(
-            "{}. {} is {}{}".format(msg, self.name, where, tail),
+        raise self.run.failure(
+            "{}. {} is {}{}".format(msg, self.run.name, where, tail),
             changed=changed,
             state=dest_state,
             leases=leases,
             err=err,
         )
-
-    def _read_state(self, role, wait=None):
-        """The guest's state on one host (absent, running, paused, ...), reconnecting for up to ``wait``
-        seconds when the connection broke; ``unknown`` when the host does not answer."""
-        deadline = self.clock() + (RECONNECT_WAIT if wait is None else wait)
-        while True:
-            conn = self.src if role == "source" else self.dest
-            try:
-                if conn is None:
-                    raise VirtError("no connection")
-                dom = lookup(conn, DOMAIN, self.name)
-                return "absent" if dom is None else state_name(dom)
-            except Exception:  # VirtError or libvirtError: the daemon went away; reconnect below
-                pass
-            if self.clock() >= deadline:
-                return "unknown"
-            self.sleep(0.5)
-            try:
-                fresh = self.open_conn(self.params.get("uri") if role == "source" else self.params["dest_uri"])
-            except Exception:  # VirtError: not back yet
-                continue
-            if role == "source":
-                self.src = fresh
-            else:
-                self.dest = fresh
-
-    def _job_stats(self):
-        for conn in (self.dest, self.src):
-            try:
-                dom = lookup(conn, DOMAIN, self.name)
-                stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED) if dom is not None else None
-            except Exception:  # libvirtError, or a VirtError from the lookup: no statistics
-                continue
-            if stats and stats.get("time_elapsed") is not None:
-                return stats
-        return {}
-
-    def _timing(self, result):
-        """downtime_ms and lease_gap_ms from events on both ends (or None); finish/resumed stamped by the
-        destination's RESUMED event when it was seen."""
-        released = self.marks.get("released")
-        result.update(event_timing(self.events, released_at=released))
-        if self.events is not None and self.events.available:
-            result["events"] = self.events.as_list()
-        ev = self.events.first("dest", "resumed") if self.events is not None else None
-        resumed = self.rec.find("finish/resumed") if self.rec is not None else None
-        if ev is not None and resumed is not None and resumed["ok"] and resumed["source"] != "event":
-            resumed["at"], resumed["source"] = ev["at"], "event"
-            result["lock_checkpoints"] = self.rec.as_list()

@@ -67,6 +67,48 @@ _QEMU_PARAMS = (
 _PARAMS_BY_PROFILE = {"qemu": _QEMU_PARAMS, "test": _QEMU_PARAMS}
 
 
+class Plan:
+    """What a migration will do, decided before anything moves.
+
+    ``mode`` and ``api`` (migrateToURI3, or migrate3 for direct); ``flags`` (names) and ``flags_value``;
+    ``params`` (libvirt's typed parameters); ``max_downtime`` (ms), ``postcopy_after`` (s), ``timeout`` (s);
+    ``convergence`` (the options) and ``convergence_plan`` (the ramp for this guest, set by the preflight);
+    ``release`` (after_send or before_send), ``handoff`` (verified, or libvirt_postcopy), ``verify``,
+    ``acquire_timeout`` (s); the driver's ``leases_taken`` and name (``driver``).
+    """
+
+    FIELDS = (
+        "mode",
+        "api",
+        "flags",
+        "flags_value",
+        "params",
+        "max_downtime",
+        "postcopy_after",
+        "convergence",
+        "timeout",
+        "release",
+        "handoff",
+        "verify",
+        "acquire_timeout",
+        "leases_taken",
+        "driver",
+    )
+    __slots__ = FIELDS + ("convergence_plan",)
+
+    def __init__(self, **values):
+        for field in self.FIELDS:
+            setattr(self, field, values[field])
+        self.convergence_plan = None
+
+    def as_dict(self):
+        """The plan as the module returns it (``plan``)."""
+        out = dict((field, getattr(self, field)) for field in self.FIELDS)
+        if self.convergence_plan is not None:
+            out["convergence_plan"] = self.convergence_plan
+        return out
+
+
 def _positive(params, key):
     value = params.get(key)
     if value is not None and value <= 0:
@@ -75,7 +117,7 @@ def _positive(params, key):
 
 
 def build_plan(params, profile):
-    """What the migration will do: flag names and value, typed parameters, handoff style.
+    """The Plan of a migration: flag names and value, typed parameters, handoff style.
 
     Raises ValidationError for contradictory options or flags the driver does not accept; nothing has
     been touched then.
@@ -186,23 +228,23 @@ def build_plan(params, profile):
                 ", ".join(p.replace("parallel.connections", "parallel_connections") for p in refused), profile.name
             )
         )
-    return {
-        "mode": mode,
-        "api": "migrate3" if mode == "direct" else "migrateToURI3",
-        "flags": names,
-        "flags_value": value,
-        "params": typed,
-        "max_downtime": params.get("max_downtime"),
-        "postcopy_after": postcopy,
-        "convergence": conv,
-        "timeout": params.get("timeout"),
-        "release": release,
-        "handoff": handoff,
-        "verify": lock.get("verify", True),
-        "acquire_timeout": acquire_timeout or 0,
-        "leases_taken": profile.leases_taken,
-        "driver": profile.name,
-    }
+    return Plan(
+        mode=mode,
+        api="migrate3" if mode == "direct" else "migrateToURI3",
+        flags=names,
+        flags_value=value,
+        params=typed,
+        max_downtime=params.get("max_downtime"),
+        postcopy_after=postcopy,
+        convergence=conv,
+        timeout=params.get("timeout"),
+        release=release,
+        handoff=handoff,
+        verify=lock.get("verify", True),
+        acquire_timeout=acquire_timeout or 0,
+        leases_taken=profile.leases_taken,
+        driver=profile.name,
+    )
 
 
 def checkpoint_order(release=RELEASE_AFTER_SEND, handoff="verified", driver="qemu"):

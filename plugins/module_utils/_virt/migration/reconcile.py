@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Reconcile: finish what an interrupted run left, before anything else (part of the migration manager).
+"""Reconcile: finish what an interrupted run left, before anything else.
 
 Whatever stopped a run - its process killed, the controller interrupted, the SSH session dropped, a lease
 busy past ``lock.acquire_timeout``, a daemon restarted - the same task run again reads both hosts first and
@@ -32,7 +32,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 _JOB_NONE = 0
 _ERR_OPERATION_UNSUPPORTED = 84  # VIR_ERR_OPERATION_UNSUPPORTED
@@ -54,40 +53,50 @@ def job_active(dom):
 
 
 class Reconcile:
-    """What an earlier run left; mixed into MigrationManager."""
+    """What an earlier run left, read and acted on before anything else.
+
+    ``source_log(name, since)`` reads what the source's QEMU log says happened to the guest since a handoff
+    began (:func:`evidence.last_stop_in_log`).
+    """
+
+    def __init__(self, run, source_log):
+        self.run = run
+        self.source_log = source_log
 
     def _copy(self, dom, host):
-        with libvirt_errors("cannot read the state of {} on {}".format(self.name, host)):
+        with libvirt_errors("cannot read the state of {} on {}".format(self.run.name, host)):
             return evidence.read_copy(dom, host, read_marker, job_active)
 
-    def _guard_busy(self, src_dom, dest_dom):
+    def guard_busy(self, src_dom, dest_dom):
         """Refuse (changing nothing) while another run or a migration job is at work on this guest."""
-        for dom, host in ((src_dom, self.src_name), (dest_dom, self.dest_name)):
-            if dom is None or not self._active(dom):
+        for dom, host in ((src_dom, self.run.src_name), (dest_dom, self.run.dest_name)):
+            if dom is None or not self.run.active(dom):
                 continue
             marker = read_marker(dom)
-            if marker and owner_alive(marker, self.src.hostname):
-                self._fail(
+            if marker and owner_alive(marker, self.run.src.hostname):
+                raise self.run.failure(
                     "begin: another run (pid {}) is migrating {} from {} to {} right now; nothing was changed".format(
-                        marker["pid"], self.name, marker["source"], marker["dest"]
+                        marker["pid"], self.run.name, marker["source"], marker["dest"]
                     )
                 )
             if job_active(dom):
-                self._fail("begin: a migration job of {} is active on {}; nothing was changed".format(self.name, host))
+                raise self.run.failure(
+                    "begin: a migration job of {} is active on {}; nothing was changed".format(self.run.name, host)
+                )
 
-    def _reconcile(self, src_dom, dest_dom):
+    def reconcile(self, src_dom, dest_dom):
         """A finished result when the earlier run is completed here, else None (the migration goes on).
 
         May resume the source (the migration then goes on from a running guest) or remove a stale copy.
         """
-        src = self._copy(src_dom, self.src_name)
-        dest = self._copy(dest_dom, self.dest_name)
+        src = self._copy(src_dom, self.run.src_name)
+        dest = self._copy(dest_dom, self.run.dest_name)
         if not src.active and not dest.active:
             return None
-        self._guard_busy(src_dom, dest_dom)
+        self.guard_busy(src_dom, dest_dom)
         log_stop = None
-        if dest.state == "paused" and src.state == "absent" and dest.marker and self.src.local:
-            log_stop = self.source_log(self.name, dest.marker.get("started"))
+        if dest.state == "paused" and src.state == "absent" and dest.marker and self.run.src.local:
+            log_stop = self.source_log(self.run.name, dest.marker.get("started"))
         verdict = evidence.decide(src, dest, log_stop)
         action = verdict.action
         if action == evidence.GO_ON:
@@ -108,7 +117,7 @@ class Reconcile:
         """A post-copy that did not finish, or a paused copy that nothing proves current: say so, change
         nothing."""
         runs = "running" in (src.state, dest.state)
-        self._record(
+        self.run.record(
             "reconcile/found",
             ok=False,
             host=dest.host if dest.active else src.host,
@@ -117,7 +126,7 @@ class Reconcile:
             detail=verdict.reason,
         )
         if verdict.action == evidence.POSTCOPY_FAILED:
-            self.outcome = "postcopy_failed"
+            self.run.outcome = "postcopy_failed"
             advice = (
                 "recover it with libvirt's post-copy recovery (virsh migrate --postcopy --postcopy-resume) while "
                 "both copies exist"
@@ -134,9 +143,9 @@ class Reconcile:
                 "if you know {1} never ran it, resume it on {0}; else destroy the paused copy on {0} and start the "
                 "guest on {1}".format(src.host, dest.host)
             )
-        self._fail(
+        raise self.run.failure(
             "reconcile: {} is {} on {} and {} on {}: {} ({}). Nothing was changed{}; {}".format(
-                self.name,
+                self.run.name,
                 src.state,
                 src.host,
                 dest.state,
@@ -149,97 +158,93 @@ class Reconcile:
             state=dest.state if dest.active else src.state,
         )
 
-    def _source_took_it_back(self):
-        """Why a destination copy must not be resumed now (the source runs the guest again), or None."""
-        try:
-            dom = lookup(self.src, DOMAIN, self.name)
-            if dom is not None and state_name(dom) == "running":
-                return "{} runs {} again (libvirt resumed it there): the paused copy on {} is older".format(
-                    self.src_name, self.name, self.dest_name
-                )
-        except Exception:  # the source does not answer: it cannot be shown to run the guest
-            return None
-        return None
-
     def _found(self, detail, host):
-        self._record(
+        self.run.record(
             "reconcile/found", host=host, source="probe", check="domain states and handoff marker read", detail=detail
         )
 
     def _finish_on_dest(self, dest_dom, dest_state, marker, verdict):
-        with libvirt_errors("cannot read the XML of {}".format(self.name)):
-            self.resources = self.view.expected(dest_dom.XMLDesc(0))
+        with libvirt_errors("cannot read the XML of {}".format(self.run.name)):
+            self.run.resources = self.run.view.expected(dest_dom.XMLDesc(0))
         self._found(
             "{} is {} on {} with the marker of a handoff from {} started {} that did not finish".format(
-                self.name, dest_state, self.dest_name, marker.get("source"), marker.get("started")
+                self.run.name, dest_state, self.run.dest_name, marker.get("source"), marker.get("started")
             ),
-            self.dest_name,
+            self.run.dest_name,
         )
         if verdict.action == evidence.RESUME_DEST:
-            self._record(
+            self.run.record(
                 "reconcile/source_finished",
-                host=self.src_name,
+                host=self.run.src_name,
                 source="api",
                 check=verdict.evidence,
                 detail="{} finished the migration of {}: the copy on {} is the newest".format(
-                    self.src_name, self.name, self.dest_name
+                    self.run.src_name, self.run.name, self.run.dest_name
                 ),
             )
-            leases = self._probe()
+            leases = self.run.probe()
             held = [r for r in leases if r.get("holder") == "source"]
             if held:
-                self._fail(
+                raise self.run.failure(
                     "reconcile: {} is paused on {} and runs nowhere, but {} still holds {}; nothing was changed".format(
-                        self.name, self.dest_name, self.src_name, describe(held, self.src_name, self.dest_name)
+                        self.run.name,
+                        self.run.dest_name,
+                        self.run.src_name,
+                        describe(held, self.run.src_name, self.run.dest_name),
                     ),
                     state="paused",
                     leases=leases,
                     cls=LeaseError,
                 )
-            lc = self._lifecycle("dest", "reconcile", RESUME_STEPS, resumed="dest_resumed")
+            lc = self.run.lifecycle("dest", "reconcile", RESUME_STEPS, resumed="dest_resumed")
             try:
                 lc.resume(
                     dest_dom,
                     required=False,
-                    acquire_timeout=self.plan["acquire_timeout"],
+                    acquire_timeout=self.run.plan.acquire_timeout,
                     verify=False,
-                    before_retry=self._source_took_it_back,
+                    before_retry=self.run.source_runs_again,
                 )
             except VirtError as err:
-                leases = self._probe()
-                self._fail(
+                leases = self.run.probe()
+                raise self.run.failure(
                     "reconcile: {} could not resume {} ({}); it stays paused there and runs nowhere: {}".format(
-                        self.dest_name, self.name, err.msg, describe(leases, self.src_name, self.dest_name)
+                        self.run.dest_name,
+                        self.run.name,
+                        err.msg,
+                        describe(leases, self.run.src_name, self.run.dest_name),
                     ),
                     changed=False,
                     state=state_name(dest_dom),
                     leases=leases,
                     err=err,
                     cls=LeaseError if err.is_busy else VirtError,
-                )
-        leases = self._probe()
+                ) from None
+        leases = self.run.probe()
         state = state_name(dest_dom)
         bad = [r for r in leases if r.get("holder") != "other"] if state == "running" else []
-        self._record(
+        self.run.record(
             "reconcile/dest_acquired",
             ok=not bad,
             leases=leases,
-            host=self.dest_name,
+            host=self.run.dest_name,
             source="probe",
-            check=self._probe_check(),
+            check=self.run.probe_check(),
             detail="{} is {} on {}; {}".format(
-                self.name, state, self.dest_name, describe(leases, self.src_name, self.dest_name)
+                self.run.name, state, self.run.dest_name, describe(leases, self.run.src_name, self.run.dest_name)
             ),
         )
-        self._clear_marker(dest_dom)
-        self._record(
-            "reconcile/marker_cleared", host=self.dest_name, detail="the handoff of {} is complete".format(self.name)
+        self.run.clear_marker(dest_dom)
+        self.run.record(
+            "reconcile/marker_cleared",
+            host=self.run.dest_name,
+            detail="the handoff of {} is complete".format(self.run.name),
         )
-        result = self._result(changed=True, state=state, leases=leases)
+        result = self.run.result(changed=True, state=state, leases=leases)
         if bad:
-            self._fail(
+            raise self.run.failure(
                 "reconcile: {} runs on {} without holding its leases: {}".format(
-                    self.name, self.dest_name, describe(bad, self.src_name, self.dest_name)
+                    self.run.name, self.run.dest_name, describe(bad, self.run.src_name, self.run.dest_name)
                 ),
                 changed=True,
                 state=state,
@@ -249,84 +254,84 @@ class Reconcile:
         return result
 
     def _stop_stale_source(self, src_dom, dest_dom):
-        with libvirt_errors("cannot read the XML of {}".format(self.name)):
-            self.resources = self.view.expected(dest_dom.XMLDesc(0))
-        leases = self._probe()
+        with libvirt_errors("cannot read the XML of {}".format(self.run.name)):
+            self.run.resources = self.run.view.expected(dest_dom.XMLDesc(0))
+        leases = self.run.probe()
         if not leases or any(r.get("holder") != "other" for r in leases):
-            self._fail(
+            raise self.run.failure(
                 "reconcile: {} runs on {} and is paused on {}, and the leases are not all held away from {} ({}); "
                 "refusing to touch either copy".format(
-                    self.name,
-                    self.dest_name,
-                    self.src_name,
-                    self.src_name,
-                    describe(leases, self.src_name, self.dest_name),
+                    self.run.name,
+                    self.run.dest_name,
+                    self.run.src_name,
+                    self.run.src_name,
+                    describe(leases, self.run.src_name, self.run.dest_name),
                 ),
                 state="running",
                 leases=leases,
             )
         self._found(
             "{} runs on {} holding its leases and a paused copy stayed on {}: the source was never confirmed".format(
-                self.name, self.dest_name, self.src_name
+                self.run.name, self.run.dest_name, self.run.src_name
             ),
-            self.src_name,
+            self.run.src_name,
         )
-        with libvirt_errors("cannot stop the stale copy of {} on {}".format(self.name, self.src_name)):
+        with libvirt_errors("cannot stop the stale copy of {} on {}".format(self.run.name, self.run.src_name)):
             src_dom.destroy()
-            if self.params.get("undefine_source", True) and src_dom.isPersistent():
+            if self.run.params.get("undefine_source", True) and src_dom.isPersistent():
                 src_dom.undefine()
-        self._record(
+        self.run.record(
             "reconcile/source_stopped",
-            check="domain state read on {}".format(self.src_name),
+            check="domain state read on {}".format(self.run.src_name),
             detail="the paused copy on {} was destroyed{}".format(
-                self.src_name, " and undefined" if self.params.get("undefine_source", True) else ""
+                self.run.src_name, " and undefined" if self.run.params.get("undefine_source", True) else ""
             ),
         )
         marker = read_marker(dest_dom)
         if marker is not None:
-            self._clear_marker(dest_dom)
-        return self._result(changed=True, state=state_name(dest_dom), leases=self._probe())
+            self.run.clear_marker(dest_dom)
+        return self.run.result(changed=True, state=state_name(dest_dom), leases=self.run.probe())
 
     def _resume_source(self, src_dom, verdict):
-        self._record(
+        self.run.record(
             "reconcile/found",
-            host=self.src_name,
+            host=self.run.src_name,
             source="api",
             check="domain states and handoff marker read on both hosts: " + verdict.evidence,
             detail="{} is paused on {} with the marker of a handoff to {} whose copy never ran there".format(
-                self.name, self.src_name, self.dest_name
+                self.run.name, self.run.src_name, self.run.dest_name
             ),
         )
-        lc = self._lifecycle("source", "reconcile", RESUME_STEPS, resumed="source_resumed")
+        lc = self.run.lifecycle("source", "reconcile", RESUME_STEPS, resumed="source_resumed")
         try:
-            lc.resume(src_dom, required=False, acquire_timeout=self.plan["acquire_timeout"], verify=False)
+            lc.resume(src_dom, required=False, acquire_timeout=self.run.plan.acquire_timeout, verify=False)
         except VirtError as err:
-            self._fail(
+            raise self.run.failure(
                 "reconcile: {} could not resume {} ({}); it stays paused and runs nowhere".format(
-                    self.src_name, self.name, err.msg
+                    self.run.src_name, self.run.name, err.msg
                 ),
                 state="paused",
                 err=err,
                 cls=LeaseError if err.is_busy else VirtError,
-            )
-        self.reconciled = True
+            ) from None
+        self.run.reconciled = True
 
     def _stop_stale_dest(self, dest_dom):
-        leases = self._probe()
+        leases = self.run.probe()
         if any(r.get("holder") != "source" for r in leases):
             return  # the preflight's source_holds_leases check reports it
         self._found(
             "{} runs on {} holding its leases; a paused copy left by an earlier handoff stays on {}".format(
-                self.name, self.src_name, self.dest_name
+                self.run.name, self.run.src_name, self.run.dest_name
             ),
-            self.dest_name,
+            self.run.dest_name,
         )
-        with libvirt_errors("cannot stop the stale copy of {} on {}".format(self.name, self.dest_name)):
+        with libvirt_errors("cannot stop the stale copy of {} on {}".format(self.run.name, self.run.dest_name)):
             dest_dom.destroy()
-        self._record(
+        self.run.record(
             "reconcile/dest_stale_stopped",
-            host=self.dest_name,
-            check="lease probe: every lease held by {}'s virtlockd".format(self.src_name),
-            detail="the paused copy on {} was destroyed".format(self.dest_name),
+            host=self.run.dest_name,
+            check="lease probe: every lease held by {}'s virtlockd".format(self.run.src_name),
+            detail="the paused copy on {} was destroyed".format(self.run.dest_name),
         )
-        self.reconciled = True
+        self.run.reconciled = True

@@ -129,15 +129,15 @@ def test_bad_input_through_the_manager_touches_nothing():
 
 def test_flags_and_parameters():
     plan = build_plan(params(convergence=conv(timeout_action="postcopy")), QEMU)
-    assert "POSTCOPY" in plan["flags"] and "PAUSED" not in plan["flags"] and plan["handoff"] == "libvirt_postcopy"
+    assert "POSTCOPY" in plan.flags and "PAUSED" not in plan.flags and plan.handoff == "libvirt_postcopy"
     for action in ("abort", "pause"):
         plan = build_plan(params(convergence=conv(timeout_action=action)), QEMU)
-        assert "PAUSED" in plan["flags"] and "POSTCOPY" not in plan["flags"] and plan["handoff"] == "verified"
+        assert "PAUSED" in plan.flags and "POSTCOPY" not in plan.flags and plan.handoff == "verified"
     plan = build_plan(
         params(convergence=conv(auto_converge=True, auto_converge_initial=30, auto_converge_increment=15)), QEMU
     )
-    assert "AUTO_CONVERGE" in plan["flags"]
-    assert plan["params"] == {"auto_converge.initial": 30, "auto_converge.increment": 15}
+    assert "AUTO_CONVERGE" in plan.flags
+    assert plan.params == {"auto_converge.initial": 30, "auto_converge.increment": 15}
     with pytest.raises(ValidationError, match="convergence not supported by the libxl driver"):
         build_plan(params(convergence=conv()), LIBXL)
 

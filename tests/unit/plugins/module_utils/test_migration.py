@@ -56,12 +56,12 @@ def params(**kw):
 # --------------------------------------------------------------------------- plan and flags
 def test_default_plan_is_the_verified_paused_handoff():
     plan = build_plan(params(), QEMU)
-    assert plan["flags"] == ["LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "PAUSED"]
+    assert plan.flags == ["LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "PAUSED"]
     expected = 0
-    for f in plan["flags"]:
+    for f in plan.flags:
         expected |= getattr(libvirt, "VIR_MIGRATE_" + f)
-    assert plan["flags_value"] == expected
-    assert plan["handoff"] == "verified" and plan["api"] == "migrateToURI3"
+    assert plan.flags_value == expected
+    assert plan.handoff == "verified" and plan.api == "migrateToURI3"
 
 
 def test_every_option_becomes_its_flag_or_parameter():
@@ -80,7 +80,7 @@ def test_every_option_becomes_its_flag_or_parameter():
         ),
         QEMU,
     )
-    assert set(plan["flags"]) == {
+    assert set(plan.flags) == {
         "PEER2PEER",
         "NON_SHARED_INC",
         "AUTO_CONVERGE",
@@ -89,14 +89,14 @@ def test_every_option_becomes_its_flag_or_parameter():
         "UNSAFE",
         "PAUSED",
     }
-    assert plan["params"] == {"bandwidth": 200, "parallel.connections": 4}
-    assert plan["max_downtime"] == 300
+    assert plan.params == {"bandwidth": 200, "parallel.connections": 4}
+    assert plan.max_downtime == 300
 
 
 def test_modes():
-    assert {"PEER2PEER", "TUNNELLED"} <= set(build_plan(params(mode="tunnelled"), QEMU)["flags"])
+    assert {"PEER2PEER", "TUNNELLED"} <= set(build_plan(params(mode="tunnelled"), QEMU).flags)
     direct = build_plan(params(mode="direct"), QEMU)
-    assert "PEER2PEER" not in direct["flags"] and direct["api"] == "migrate3"
+    assert "PEER2PEER" not in direct.flags and direct.api == "migrate3"
 
 
 @pytest.mark.parametrize(
@@ -116,13 +116,13 @@ def test_contradictions_are_refused(kw, text):
 
 def test_postcopy_hands_the_leases_to_libvirt():
     plan = build_plan(params(postcopy=5), QEMU)
-    assert "POSTCOPY" in plan["flags"] and "PAUSED" not in plan["flags"]
-    assert plan["handoff"] == "libvirt_postcopy"
+    assert "POSTCOPY" in plan.flags and "PAUSED" not in plan.flags
+    assert plan.handoff == "libvirt_postcopy"
 
 
 def test_libxl_profile_allows_only_its_subset():
     plan = build_plan(params(), LIBXL)
-    assert plan["flags"] == ["LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "PAUSED"]
+    assert plan.flags == ["LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "PAUSED"]
     for kw in ({"unsafe": True}, {"compressed": True}, {"copy_storage": "all"}, {"auto_converge": True}):
         with pytest.raises(ValidationError, match="not supported by the libxl driver"):
             build_plan(params(**kw), LIBXL)
@@ -818,9 +818,9 @@ def test_a_run_still_at_work_is_left_alone(monkeypatch):
 
 # --------------------------------------------------------------------------- failures after the send
 def test_a_libvirt_error_after_the_send_returns_the_whole_result(monkeypatch):
-    from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import handoff
+    from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import run as migration_run
 
-    monkeypatch.setattr(handoff, "RECONNECT_WAIT", 0.2)
+    monkeypatch.setattr(migration_run, "RECONNECT_WAIT", 0.2)
     w, hv1, hv2 = make_world("qemu")
     real = FakeVirt.lookupByName
     sent = {}
