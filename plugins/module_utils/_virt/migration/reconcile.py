@@ -25,7 +25,11 @@ from __future__ import annotations
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    describe,
+    held_by_dest,
+    not_released,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
 
 _JOB_NONE = 0
@@ -99,7 +103,7 @@ class Reconcile:
         )
         if dest_state == "paused" and marker.get("was") != "paused":
             leases = self._probe()
-            held = [r for r in leases if r.get("holder") == "source"]
+            held = [r for r in leases if not_released(r)]
             if held:
                 self._fail(
                     "reconcile: {} is paused on {} and runs nowhere, but {} still holds {}; nothing was changed".format(
@@ -126,7 +130,7 @@ class Reconcile:
                 )
         leases = self._probe()
         state = state_name(dest_dom)
-        bad = [r for r in leases if r.get("holder") != "other"] if state == "running" else []
+        bad = [r for r in leases if not held_by_dest(r)] if state == "running" else []
         self._record(
             "reconcile/dest_acquired",
             ok=not bad,
@@ -159,7 +163,7 @@ class Reconcile:
         with libvirt_errors("cannot read the XML of {}".format(self.name)):
             self.resources = self.view.expected(dest_dom.XMLDesc(0))
         leases = self._probe()
-        if not leases or any(r.get("holder") != "other" for r in leases):
+        if not leases or any(not held_by_dest(r) for r in leases):
             self._fail(
                 "reconcile: {} runs on {} and is paused on {}, and the leases are not all held away from {} ({}); "
                 "refusing to touch either copy".format(
