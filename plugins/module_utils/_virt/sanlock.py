@@ -222,8 +222,9 @@ class SanlockProbe:
     ``host_name`` this host's name (for a lease this host holds).
     """
 
-    def __init__(self, host_id=None, host_name=None, disk_lease_dir=None, runner=None, binary=None):
+    def __init__(self, host_id=None, host_name=None, disk_lease_dir=None, runner=None, binary=None, exists=None):
         self.host_id = host_id
+        self.exists = exists or os.path.exists
         self.host_name = host_name or os.uname()[1]
         self.disk_lease_dir = disk_lease_dir
         self.runner = runner or _default_runner
@@ -300,7 +301,7 @@ class SanlockProbe:
             path, offset = ls["path"], ls["offset"]
         elif lockspace == DISK_LOCKSPACE and self.disk_lease_dir:
             path = disk_lockspace_file(self.disk_lease_dir)
-        if path and os.path.exists(path):
+        if path and self.exists(path):
             for row in self.dump(path, offset) or []:
                 if row["lockspace"] == lockspace and row["owner_id"]:
                     names[row["owner_id"]] = host_name_of(row["resource"])
@@ -336,7 +337,7 @@ class SanlockProbe:
             )
             return out
         here_known = self.status() is not None
-        if not os.path.exists(path):
+        if not self.exists(path):
             # sanlock keeps a lease only in its area: without the file nobody can hold it
             out.update(held=False, held_here=False if here_known else None, how="no lease file")
             return out
