@@ -113,6 +113,7 @@ domains:
         held: {description: "Whether the lease is held (null when it cannot be probed).", type: bool}
         held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
         holder_pid: {description: "Holder's pid.", type: int}
+        holder_host: {description: "The holder's host name (sanlock), else null.", type: str}
     leases:
       description:
         - Leases of the domain (disk leases and VM leases) and who holds them, each with the fields of
