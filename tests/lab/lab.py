@@ -165,6 +165,14 @@ def pid_alive(pid):
         return False
 
 
+def parent_pid(pid):
+    try:
+        with open("/proc/{}/stat".format(pid)) as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def existing_netns():
     res = run(["ip", "netns", "list"], check=False)
     names = [line.split()[0] for line in res.stdout.splitlines() if line.strip()]
@@ -924,14 +932,16 @@ def teardown(purge):
         recorded.update(info.get("pids", {}).values())
         if info.get("anchor"):
             recorded.add(info["anchor"])
-        guests = [p for p in pids if p not in recorded]
-        kill_pids(guests)
+        # sanlock's helper process is the daemon's own child: it goes with the daemon, not before it
         sanlock_pid = info.get("pids", {}).get("sanlock")
+        helpers = [p for p in pids if sanlock_pid and parent_pid(p) == sanlock_pid]
+        guests = [p for p in pids if p not in recorded and p not in helpers]
+        kill_pids(guests)
         if sanlock_pid and pid_alive(sanlock_pid) and info.get("anchor") and pid_alive(info["anchor"]):
             # leave its lockspaces (the guests holding leases are gone), then it is stopped by pid below
             shutdown = ["sanlock", "client", "shutdown", "-f", "1"]
             host_run(state, ns[len(NETNS_PREFIX) :], shutdown, check=False, timeout=30)
-        kill_pids([p for p in pids if p in recorded and p != info.get("anchor")])
+        kill_pids([p for p in pids if p in recorded and p != info.get("anchor")] + helpers)
         kill_pids([p for p in recorded if p and pid_alive(p)])
         run(["ip", "netns", "del", ns], check=False)
     for n in state.get("names", []):
