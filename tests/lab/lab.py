@@ -563,23 +563,25 @@ def anchor_main(name):
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: daemons and guests reparent here
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
+        with open(STATE_FILE) as fh:
+            daemons = host_daemons(json.load(fh), name)
+        # a sanlock daemon always creates /var/log/sanlock.log (even with -L -1): it gets the host's own /var/log
+        private_log = "mkdir -p {h}/var-log/libvirt\nmount --bind {h}/var-log /var/log\n"
         script = """set -e
 hostname {name}
 mount -t tmpfs -o mode=0755 lab-run /run
 mkdir -p /run/lock /run/sshd /run/libvirt /run/sanlock
 mount --bind {h}/etc-libvirt /etc/libvirt
 mount --bind {h}/var-lib-libvirt /var/lib/libvirt
-mount --bind {h}/var-log-libvirt /var/log/libvirt
+{private_log}mount --bind {h}/var-log-libvirt /var/log/libvirt
 mount --bind {h}/var-cache-libvirt /var/cache/libvirt
 mount --bind {h}/etc-hosts /etc/hosts
 mount --bind {h}/etc-hostname /etc/hostname
 mount --bind {h}/root /root
-""".format(name=name, h=hdir)
+""".format(name=name, h=hdir, private_log=private_log.format(h=hdir) if "sanlock" in daemons else "")
         subprocess.run(["sh", "-c", script], check=True)
         env = {"HOME": "/root", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         pids = {}
-        with open(STATE_FILE) as fh:
-            daemons = host_daemons(json.load(fh), name)
         for daemon in daemons:
             if daemon == "sanlock":
                 pids[daemon] = start_sanlock(hdir)
