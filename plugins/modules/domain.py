@@ -363,7 +363,9 @@ options:
         type: int
         default: 0
       verify:
-        description: Probe the leases after the start (F_GETLK on the lease files) and record the result.
+        description:
+          - Probe the leases after the start (F_GETLK on virtlockd's lease files; with sanlock, this host's
+            daemon and the leases' leader records) and record the result.
         type: bool
         default: true
 seealso:

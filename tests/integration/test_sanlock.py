@@ -237,3 +237,43 @@ def test_migrate_hands_the_leases_to_hv2_verified(slab, guests):
         assert guest["state"] == "shutoff"
         (lease,) = guest["leases"]
         assert lease["held"] is True and lease["held_here"] is False and lease["holder_host"] == "hv2", lease
+
+
+def test_domain_start_with_lock_required_verifies_sanlock_leases(slab, guest_name):
+    """lockstep.virt.domain with ``lock.required``: the start on hv1 is verified through sanlock; the same
+    guest started on hv2 is refused as busy, and the error names hv1 as the holder."""
+    lab = slab
+    key = guest_name + "-key"
+    vm_lease = os.path.join(lab.sanlock["vm_lease_dir"], key)
+    with open(vm_lease, "wb") as fh:
+        fh.truncate(1024 * 1024)
+    disk = lab.new_disk(guest_name)
+    disk_lease = os.path.join(lab.sanlock["disk_lease_dir"], hashlib.md5(disk.encode()).hexdigest())
+    try:
+        lab.exec("hv1", "sanlock", "direct", "init", "-r", "{}:{}:{}:0".format(VM_LOCKSPACE, key, vm_lease))
+        xml = guest_xml(guest_name, disk=disk, lease=(VM_LOCKSPACE, key, vm_lease))
+        args = {"name": guest_name, "state": "running", "xml": xml, "lock": {"required": True}}
+        r = lab.module("hv1", "lockstep.virt.domain", args)
+        assert r.get("failed") is not True, r.get("msg")
+        cps = {c["name"]: c for c in r["lock_checkpoints"]}
+        assert cps["leases_verified"]["ok"] is True and "sanlock" in cps["leases_verified"]["check"]
+        assert cps["leases_verified"]["detail"] == "held by this host's sanlock"
+        assert sorted((x["kind"], x["resource"], x["holder_host"], x["held_here"]) for x in r["leases"]) == [
+            ("disk", disk_lease, "hv1", True),
+            ("lease", vm_lease, "hv1", True),
+        ]
+        assert set(held_here(lab, "hv1")) == {(DISK_LOCKSPACE, os.path.basename(disk_lease)), (VM_LOCKSPACE, key)}
+
+        # the same guest on hv2, without its disk (QEMU's own image lock would refuse first): sanlock refuses
+        bare = guest_xml(guest_name, lease=(VM_LOCKSPACE, key, vm_lease))
+        args2 = {"name": guest_name, "state": "running", "xml": bare, "lock": {"required": True, "acquire_timeout": 2}}
+        r2 = lab.module_fails("hv2", "lockstep.virt.domain", args2)
+        assert "held by hv1 (sanlock host_id 1)" in r2["msg"], r2["msg"]
+        assert lab.domain_state("hv2", guest_name) == "shut off"
+        assert held_here(lab, "hv2") == {}
+        assert lab.domain_state("hv1", guest_name) == "running"
+    finally:
+        lab.cleanup_domain(guest_name)
+        for path in (disk, disk_lease, vm_lease):
+            if os.path.exists(path):
+                os.unlink(path)
