@@ -462,7 +462,7 @@ def prepare_host_tree(name, names, host_uuid, locked=True, lock_manager="lockd")
     write(os.path.join(etc, "libvirtd.conf"), libvirtd_conf(host_uuid))
     write(os.path.join(etc, "qemu.conf"), qemu_conf(locked, lock_manager))
     write(os.path.join(etc, "qemu-lockd.conf"), QEMU_LOCKD_CONF)
-    if lock_manager == "sanlock":
+    if locked and lock_manager == "sanlock":
         write(os.path.join(etc, "qemu-sanlock.conf"), qemu_sanlock_conf(name))
     write(os.path.join(etc, "virtlockd.conf"), VIRTLOCKD_CONF)
     write(os.path.join(etc, "virtlogd.conf"), VIRTLOGD_CONF)
