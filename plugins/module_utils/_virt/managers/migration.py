@@ -45,6 +45,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
     LeaseView,
     describe,
     lease_summary,
+    not_released,
     public_leases,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import (
@@ -247,6 +248,8 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
             )
         self.lock_config = self.read_config(profile, local=self.src.local)
         self.view = self.lease_view_factory(self.lock_config, resolve_volume=self._resolve_volume)
+        # a lock manager that names the holder's host (sanlock) tells the destination from any other
+        self.view.source_host, self.view.dest_host = self.src_name, self.dest_name
         self.rec = CheckpointRecorder(host=self.src_name)
 
         src_dom = lookup(self.src, DOMAIN, self.name)
@@ -403,7 +406,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
                 lc.suspend(src_dom)
             self.marks["released"] = self.clock()
             leases = self._probe()
-            held = [r for r in leases if r.get("holder") == "source"]
+            held = [r for r in leases if not_released(r)]
             self._record(
                 "perform/source_released",
                 ok=not held,

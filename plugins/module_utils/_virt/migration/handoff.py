@@ -27,7 +27,9 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     describe,
+    held_by_dest,
     holders,
+    not_released,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import clear_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
@@ -116,6 +118,8 @@ class Handoff:
         )
 
     def _probe_check(self):
+        if self.lock_config.manager == "sanlock":
+            return "lease probe (sanlock client status, sanlock direct dump of the lease) from {}".format(self.src_name)
         return "lease probe (F_GETLK) from {}".format(self.src_name)
 
     # ------------------------------------------------------------------ the early resume (its own thread)
@@ -153,7 +157,7 @@ class Handoff:
             if dest_dom is None or state_name(dest_dom) != "paused":
                 return
             leases = self._wait_released()
-            if any(r.get("holder") == "source" for r in leases):
+            if any(not_released(r) for r in leases):
                 return  # the after-send path reports it
             self._record_arrived(dest_dom)
             self._resume_dest(dest_dom)
@@ -175,7 +179,7 @@ class Handoff:
         deadline = self.clock() + wait
         while True:
             leases = self._probe()
-            still = [r for r in leases if r.get("holder") == "source"]
+            still = [r for r in leases if not_released(r)]
             if not still or self.clock() >= deadline:
                 break
             self.sleep(RELEASE_POLL)
@@ -251,9 +255,9 @@ class Handoff:
 
     def _verify_dest(self, dest_dom, paused_ok=False):
         leases = self._probe()
-        bad = [r for r in leases if r.get("holder") != "other"]
+        bad = [r for r in leases if not held_by_dest(r)]
         if paused_ok:
-            bad = [r for r in leases if r.get("holder") == "source"]
+            bad = [r for r in leases if not_released(r)]
         detail = describe(leases, self.src_name, self.dest_name)
         if not bad and leases:
             # from the source host the probe sees a holder that is not the source's virtlockd; it cannot
@@ -356,7 +360,7 @@ class Handoff:
             if not self.rec.find("perform/send"):
                 self._record_arrived(dest_dom)
             leases = self._wait_released() if not self.rec.find("perform/source_released") else self._probe()
-            still = [r for r in leases if r.get("holder") == "source"]
+            still = [r for r in leases if not_released(r)]
             if still and plan["verify"]:
                 self._fail(
                     "perform: {} still holds {} after the send; {} is left paused on {}, not resumed, and runs "

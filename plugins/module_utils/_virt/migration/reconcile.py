@@ -30,7 +30,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import evidence
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    describe,
+    held_by_dest,
+    not_released,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
@@ -186,7 +190,7 @@ class Reconcile:
                 ),
             )
             leases = self._probe()
-            held = [r for r in leases if r.get("holder") == "source"]
+            held = [r for r in leases if not_released(r)]
             if held:
                 self._fail(
                     "reconcile: {} is paused on {} and runs nowhere, but {} still holds {}; nothing was changed".format(
@@ -219,7 +223,7 @@ class Reconcile:
                 )
         leases = self._probe()
         state = state_name(dest_dom)
-        bad = [r for r in leases if r.get("holder") != "other"] if state == "running" else []
+        bad = [r for r in leases if not held_by_dest(r)] if state == "running" else []
         self._record(
             "reconcile/dest_acquired",
             ok=not bad,
@@ -252,7 +256,7 @@ class Reconcile:
         with libvirt_errors("cannot read the XML of {}".format(self.name)):
             self.resources = self.view.expected(dest_dom.XMLDesc(0))
         leases = self._probe()
-        if not leases or any(r.get("holder") != "other" for r in leases):
+        if not leases or any(not held_by_dest(r) for r in leases):
             self._fail(
                 "reconcile: {} runs on {} and is paused on {}, and the leases are not all held away from {} ({}); "
                 "refusing to touch either copy".format(

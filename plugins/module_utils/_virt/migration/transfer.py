@@ -21,7 +21,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    describe,
+    held_elsewhere,
+    not_released,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
@@ -142,7 +146,7 @@ class Transfer:
         src_dom.suspend()
         self.marks["forced_pause"] = self.clock()
         leases = self._probe()
-        held = [r for r in leases if r.get("holder") == "source"]
+        held = [r for r in leases if not_released(r)]
         self._record(
             "perform/paused_to_complete",
             ok=not held or self.src.profile.paused_guest_holds_leases,
@@ -276,7 +280,7 @@ class Transfer:
             # shared lockspace still shows whether anything there holds a lease
             dest_dom, gone, unreachable = None, True, exc.msg
         leases = self._probe()
-        other = [r for r in leases if r.get("holder") == "other"]
+        other = [r for r in leases if held_elsewhere(r)]
         dest_ok = gone and not other
         if unreachable:
             dest_seen = "a libvirtd that cannot be reached ({}), so no copy that can run".format(unreachable)
