@@ -363,7 +363,9 @@ options:
         type: int
         default: 0
       verify:
-        description: Probe the leases after the start (F_GETLK on the lease files) and record the result.
+        description:
+          - Probe the leases after the start (F_GETLK on virtlockd's lease files; with sanlock, this host's
+            daemon and the leases' leader records) and record the result.
         type: bool
         default: true
 seealso:
@@ -555,6 +557,7 @@ leases:
     held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
     held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
     holder_pid: {description: "Pid of the holder, when visible.", type: int}
+    holder_host: {description: "The holder's host name (sanlock), else null.", type: str}
 removed_storage:
   description: Storage removed with O(remove_storage=true).
   returned: when storage was removed

@@ -11,6 +11,9 @@ description:
     their lease resource and whether it is held, VM leases, interfaces (with addresses on request),
     autostart, persistence, whether this collection manages the domain, and optionally the inactive XML.
   - Lease files are probed with F_GETLK; C(held_here) tells whether this host's virtlockd holds one.
+  - With sanlock, leases are probed through this host's sanlock daemon and the leases' leader records on
+    shared storage; C(holder_host) names the host that holds one, and C(held) is null when that cannot be
+    verified.
 extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.info_module
@@ -113,6 +116,7 @@ domains:
         held: {description: "Whether the lease is held (null when it cannot be probed).", type: bool}
         held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
         holder_pid: {description: "Holder's pid.", type: int}
+        holder_host: {description: "The holder's host name (sanlock), else null.", type: str}
     leases:
       description:
         - Leases of the domain (disk leases and VM leases) and who holds them, each with the fields of

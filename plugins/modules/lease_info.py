@@ -10,6 +10,12 @@ description:
   - For all guests of the hypervisor, or the named ones, reports every read-write disk's lease resource and every
     VM lease (C(<lease>)), its lockspace directory, whether it is held, and whether this host's virtlockd holds it
     (POSIX F_GETLK on the lease file, which also gives the holder's pid).
+  - With sanlock (C(lock_manager = "sanlock")), the leases are named as libvirt's sanlock plugin names them (a
+    disk's lease is the md5 of its path in lockspace C(__LIBVIRT__DISKS__) under C(disk_lease_dir); a
+    C(<lease>) is its key at its target path) and the holder is named by host - from this host's sanlock daemon
+    (C(sanlock client status)) and from the lease's leader record on shared storage (C(sanlock direct dump)),
+    whose host_id is named through the lockspace's host records. A lease neither can read is reported with
+    C(held) null (unknown), never as not held.
   - Reports the host's lock manager configuration - plugin, C(auto_disk_leases), C(require_lease_for_disks),
     lockspace directories - and RV(unleased_running), the running guests exposed to a split brain.
   - Run across all hypervisors, it shows which host holds what.
@@ -74,17 +80,29 @@ lock_manager:
     file_lockspace_dir:
       description: Directory of indirect disk leases.
       type: str
+    disk_lease_dir:
+      description: sanlock's directory of automatic disk leases (C(qemu-sanlock.conf)); null for lockd.
+      type: str
+    host_id:
+      description: This host's sanlock host_id (C(qemu-sanlock.conf)); null for lockd.
+      type: int
     lockspace_dirs:
       description: Every lockspace directory configured or used by a guest.
       type: list
       elements: str
     probeable:
-      description: Whether leases can be probed from here (lockd, local connection).
+      description: Whether leases can be probed from here (lockd or sanlock, local connection).
       type: bool
     virtlockd_pids:
-      description: Pids of this host's virtlockd.
+      description: Pids of this host's virtlockd (lockd).
       type: list
       elements: int
+    sanlock:
+      description:
+        - This host's sanlock daemon (sanlock only, else null) - C(daemon) (its name, C(<uuid>.<host name>)),
+          C(answers), C(host_id), C(errors), and C(lockspaces), each with C(name), C(host_id) (this host's),
+          C(path), C(offset) and C(hosts) (C(host_id) and C(host) of every host in its delta lease records).
+      type: dict
   sample:
     manager: lockd
     auto_disk_leases: true
@@ -116,8 +134,8 @@ guests:
       type: dict
 unleased_running:
   description:
-    - Running guests with a read-write disk no lease covers or a lease this host's virtlockd does not hold,
-      with the C(reasons).
+    - Running guests with a read-write disk no lease covers or a lease this host's lock manager (virtlockd, or
+      sanlock) does not hold, with the C(reasons).
   returned: always
   type: list
   elements: dict

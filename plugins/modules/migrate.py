@@ -372,8 +372,9 @@ lock_checkpoints:
       type: str
     leases:
       description:
-        - The probe at this checkpoint - C(resource), C(kind), C(held), C(holder) (C(source), C(other) or null),
-          C(holder_pid), C(holder_process).
+        - The probe at this checkpoint - C(resource), C(kind), C(held), C(holder) (C(source), C(dest) (sanlock,
+          which names the holder's host), C(other), C(unknown) (could not be verified; never taken as released)
+          or null (not held)), C(holder_pid), C(holder_process), C(holder_host).
       type: list
       elements: dict
   sample:

@@ -6,7 +6,31 @@ import subprocess
 import uuid
 
 import pytest
-from labkit import LAB, Lab, linux_image
+from labkit import LAB, Lab, lab_state, linux_image
+
+_LAB_LOCK_MANAGER = []
+
+
+def lab_lock_manager():
+    """The lock manager the running lab was brought up with (``lab up --lock-manager``), None when it is down."""
+    if not _LAB_LOCK_MANAGER:
+        try:
+            _LAB_LOCK_MANAGER.append(lab_state().get("lock_manager", "lockd"))
+        except (OSError, ValueError):
+            _LAB_LOCK_MANAGER.append(None)
+    return _LAB_LOCK_MANAGER[0]
+
+
+@pytest.fixture(autouse=True)
+def _lab_runs_the_lock_manager_the_test_expects(request):
+    """A test using the lab expects its module's ``LAB_LOCK_MANAGER`` (virtlockd unless it says otherwise): on
+    a lab brought up with another lock manager it is skipped, with the reason."""
+    if "lab" not in request.fixturenames:
+        return
+    wanted = getattr(request.module, "LAB_LOCK_MANAGER", "lockd")
+    running = lab_lock_manager()
+    if running is not None and running != wanted:
+        pytest.skip("expects a lab with lock manager {}; this lab runs {}".format(wanted, running))
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,9 @@ the controller.  A directory every host sees at the same path stands in for NFS 
 disk images and virtlockd's lockspace.
 
     lab deps                 install the Debian packages the lab needs
-    lab up [--hosts N] [--unlocked M]
-                             create hv1..hvN with virtlockd, then M hosts without a lock
-                             manager (idempotent; replaces a stale or different lab)
+    lab up [--hosts N] [--unlocked M] [--lock-manager lockd|sanlock]
+                             create hv1..hvN with virtlockd (or sanlock), then M hosts without
+                             a lock manager (idempotent; replaces a stale or different lab)
     lab down [--purge]       remove everything the lab made (--purge: the image cache too)
     lab status [--json]      what runs, and whether it answers
     lab inventory            print the path of the Ansible inventory the lab wrote
@@ -37,6 +37,17 @@ from labpaths import BRIDGE, CACHE_DIR, LAB_ROOT, NETNS_PREFIX, SUBNET
 STATE_FILE = os.path.join(LAB_ROOT, "state.json")
 SHARED_DIR = os.path.join(LAB_ROOT, "shared")
 LOCKSPACE_DIR = os.path.join(SHARED_DIR, "lockd")
+# sanlock (lab up --lock-manager sanlock): libvirt's automatic disk leases (lockspace
+# __LIBVIRT__DISKS__ and one lease file per disk) live in SANLOCK_DIR; VM_LOCKSPACE is a
+# lockspace every sanlock host joins, for explicit <lease> elements (their lease files are
+# made with `sanlock direct init -r VM_LOCKSPACE:KEY:PATH:0`, in SANLOCK_VM_DIR)
+SANLOCK_DIR = os.path.join(SHARED_DIR, "sanlock")
+SANLOCK_VM_DIR = os.path.join(SHARED_DIR, "sanlock-vm")
+DISK_LOCKSPACE = "__LIBVIRT__DISKS__"
+VM_LOCKSPACE = "lockstep_vm"
+VM_LOCKSPACE_FILE = os.path.join(SANLOCK_VM_DIR, "lockspace")
+SANLOCK_SHIM = os.path.join(LAB_ROOT, "sanlock-shim", "setrlimit-shim.so")
+LOCK_MANAGERS = ("lockd", "sanlock")
 IMAGES_DIR = os.path.join(SHARED_DIR, "images")
 SSH_DIR = os.path.join(LAB_ROOT, "ssh")
 HOSTS_DIR = os.path.join(LAB_ROOT, "hosts")
@@ -47,6 +58,17 @@ BRIDGE_ADDR = SUBNET + ".1"
 PREFIX_LEN = 24
 
 DAEMONS = ("virtlogd", "virtlockd", "libvirtd", "sshd")
+# a sanlock host runs its own sanlock daemon before libvirtd (libvirt's plugin joins the
+# disk lockspace through it while the QEMU driver starts)
+SANLOCK_DAEMONS = ("virtlogd", "virtlockd", "sanlock", "libvirtd", "sshd")
+
+
+def host_daemons(state, name):
+    """The daemons a host runs: a sanlock host adds its sanlock daemon."""
+    if state.get("lock_manager") == "sanlock" and name not in state.get("unlocked", []):
+        return SANLOCK_DAEMONS
+    return DAEMONS
+
 
 PACKAGES = (
     "libvirt-daemon-system",
@@ -66,6 +88,12 @@ PACKAGES = (
     "util-linux",
     "procps",
     "xorriso",
+    # sanlock as the lock manager (lab up --lock-manager sanlock): the daemon, libvirt's plugin,
+    # and a C compiler for the lab's setrlimit shim
+    "sanlock",
+    "libvirt-sanlock",
+    "gcc",
+    "libc6-dev",
 )
 
 
@@ -135,6 +163,14 @@ def pid_alive(pid):
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def parent_pid(pid):
+    try:
+        with open("/proc/{}/stat".format(pid)) as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def existing_netns():
@@ -365,20 +401,69 @@ def host_run(state, name, argv, check=True, input=None, timeout=120):
     return run(nsenter(anchor, env_argv), check=check, input=input, timeout=timeout)
 
 
-def qemu_conf(locked):
+def qemu_conf(locked, lock_manager="lockd"):
     if locked:
-        return QEMU_CONF.format(lock_manager='lock_manager = "lockd"')
+        return QEMU_CONF.format(lock_manager='lock_manager = "{}"'.format(lock_manager))
     return QEMU_CONF.format(lock_manager="# no lock manager: a host to show what lockstep.virt refuses there")
 
 
-def prepare_host_tree(name, names, host_uuid, locked=True):
+def sanlock_host_id(name):
+    """A sanlock host's host_id (1..2000, unique in the lab): its number, hv3 -> 3."""
+    return int(name[2:])
+
+
+def qemu_sanlock_conf(name):
+    return """# lockstep.virt lab host: sanlock leases on shared storage
+auto_disk_leases = 1
+require_lease_for_disks = 0
+disk_lease_dir = "{dir}"
+host_id = {host_id}
+user = "root"
+group = "root"
+""".format(dir=SANLOCK_DIR, host_id=sanlock_host_id(name))
+
+
+# sanlock raises RLIMIT_MEMLOCK and RLIMIT_RTPRIO at start and gives up when it cannot; the
+# sandbox the lab runs in lacks CAP_SYS_RESOURCE.  This shim (LD_PRELOAD) reports success for
+# those two limits only.  With it and `-w 0` (no watchdog) sanlock cannot fence its host: a
+# lab, not a production setup.
+SANLOCK_SHIM_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <sys/resource.h>
+
+typedef int (*setrlimit_fn)(__rlimit_resource_t, const struct rlimit *);
+
+int setrlimit(__rlimit_resource_t resource, const struct rlimit *rlim)
+{
+    static setrlimit_fn real;
+    if (resource == RLIMIT_MEMLOCK || resource == RLIMIT_RTPRIO)
+        return 0;
+    if (!real)
+        real = (setrlimit_fn)dlsym(RTLD_NEXT, "setrlimit");
+    return real(resource, rlim);
+}
+"""
+
+
+def build_sanlock_shim():
+    os.makedirs(os.path.dirname(SANLOCK_SHIM), exist_ok=True)
+    src = SANLOCK_SHIM[: -len(".so")] + ".c"
+    write(src, SANLOCK_SHIM_C)
+    run(["gcc", "-shared", "-fPIC", "-O2", "-o", SANLOCK_SHIM, src, "-ldl"])
+    return SANLOCK_SHIM
+
+
+def prepare_host_tree(name, names, host_uuid, locked=True, lock_manager="lockd"):
     hdir = host_dir(name)
     etc = os.path.join(hdir, "etc-libvirt")
     for sub in ("qemu/networks/autostart", "qemu/autostart", "storage/autostart", "nwfilter", "secrets"):
         os.makedirs(os.path.join(etc, sub), exist_ok=True)
     write(os.path.join(etc, "libvirtd.conf"), libvirtd_conf(host_uuid))
-    write(os.path.join(etc, "qemu.conf"), qemu_conf(locked))
+    write(os.path.join(etc, "qemu.conf"), qemu_conf(locked, lock_manager))
     write(os.path.join(etc, "qemu-lockd.conf"), QEMU_LOCKD_CONF)
+    if locked and lock_manager == "sanlock":
+        write(os.path.join(etc, "qemu-sanlock.conf"), qemu_sanlock_conf(name))
     write(os.path.join(etc, "virtlockd.conf"), VIRTLOCKD_CONF)
     write(os.path.join(etc, "virtlogd.conf"), VIRTLOGD_CONF)
     write(os.path.join(etc, "libvirt.conf"), LIBVIRT_CLIENT_CONF)
@@ -395,6 +480,29 @@ DAEMON_COMMANDS = {
     "libvirtd": ["/usr/sbin/libvirtd", "-d", "-p", "/run/libvirtd.pid"],
     "sshd": ["/usr/sbin/sshd", "-f", "{hdir}/sshd_config"],
 }
+# -D: stays in the foreground (the anchor keeps its pid); -w 0: no watchdog (wdmd);
+# -l 0: no mlockall
+# -L -1: no log file (it would be the machine's /var/log/sanlock.log; stderr goes to the host's dir);
+# -U/-G 0: as root, the owner qemu-sanlock.conf gives the lease files (Debian's default is user sanlock)
+SANLOCK_COMMAND = ["/usr/sbin/sanlock", "daemon", "-D", "-w", "0", "-l", "0", "-L", "-1", "-U", "0", "-G", "0"]
+
+
+def start_sanlock(hdir):
+    """Start the host's sanlock daemon under the setrlimit shim; its pid, once it answers."""
+    os.makedirs("/run/sanlock", exist_ok=True)
+    env = {"HOME": "/root", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LD_PRELOAD": SANLOCK_SHIM}
+    log_fh = open(os.path.join(hdir, "sanlock.log"), "w")
+    proc = subprocess.Popen(SANLOCK_COMMAND, env=env, cwd="/", stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh)
+    log_fh.close()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("sanlock exited ({}), see {}/sanlock.log".format(proc.returncode, hdir))
+        res = subprocess.run(["sanlock", "client", "status"], capture_output=True, text=True, check=False)
+        if res.returncode == 0:
+            return proc.pid
+        time.sleep(0.2)
+    raise RuntimeError("sanlock does not answer (see {}/sanlock.log)".format(hdir))
 
 
 def start_host(state, name):
@@ -455,22 +563,29 @@ def anchor_main(name):
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: daemons and guests reparent here
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
+        with open(STATE_FILE) as fh:
+            daemons = host_daemons(json.load(fh), name)
+        # a sanlock daemon always creates /var/log/sanlock.log (even with -L -1): it gets the host's own /var/log
+        private_log = "mkdir -p {h}/var-log/libvirt\nmount --bind {h}/var-log /var/log\n"
         script = """set -e
 hostname {name}
 mount -t tmpfs -o mode=0755 lab-run /run
-mkdir -p /run/lock /run/sshd /run/libvirt
+mkdir -p /run/lock /run/sshd /run/libvirt /run/sanlock
 mount --bind {h}/etc-libvirt /etc/libvirt
 mount --bind {h}/var-lib-libvirt /var/lib/libvirt
-mount --bind {h}/var-log-libvirt /var/log/libvirt
+{private_log}mount --bind {h}/var-log-libvirt /var/log/libvirt
 mount --bind {h}/var-cache-libvirt /var/cache/libvirt
 mount --bind {h}/etc-hosts /etc/hosts
 mount --bind {h}/etc-hostname /etc/hostname
 mount --bind {h}/root /root
-""".format(name=name, h=hdir)
+""".format(name=name, h=hdir, private_log=private_log.format(h=hdir) if "sanlock" in daemons else "")
         subprocess.run(["sh", "-c", script], check=True)
         env = {"HOME": "/root", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         pids = {}
-        for daemon in DAEMONS:
+        for daemon in daemons:
+            if daemon == "sanlock":
+                pids[daemon] = start_sanlock(hdir)
+                continue
             argv = [a.format(hdir=hdir) for a in DAEMON_COMMANDS[daemon]]
             subprocess.run(argv, check=True, env=env, cwd="/", stdin=subprocess.DEVNULL)
             pid = wait_pidfile("/run/{}.pid".format(daemon))
@@ -533,7 +648,7 @@ def create_network(names):
 # --------------------------------------------------------------------------- inventory
 
 
-def write_inventory(names, unlocked=()):
+def write_inventory(names, unlocked=(), lock_manager="lockd"):
     """Group hypervisors: the hosts with virtlockd on; unlocked_hypervisors: those without."""
     key = os.path.join(SSH_DIR, "id_ed25519")
     known = os.path.join(SSH_DIR, "known_hosts")
@@ -558,7 +673,15 @@ def write_inventory(names, unlocked=()):
         "    lab_shared_dir: {}".format(SHARED_DIR),
         "    lab_lockspace_dir: {}".format(LOCKSPACE_DIR),
         "    lab_images_dir: {}".format(IMAGES_DIR),
+        "    lab_lock_manager: {}".format(lock_manager),
     ]
+    if lock_manager == "sanlock":
+        lines += [
+            "    lab_sanlock_disk_lease_dir: {}".format(SANLOCK_DIR),
+            "    lab_sanlock_vm_lockspace: {}".format(VM_LOCKSPACE),
+            "    lab_sanlock_vm_lockspace_file: {}".format(VM_LOCKSPACE_FILE),
+            "    lab_sanlock_vm_lease_dir: {}".format(SANLOCK_VM_DIR),
+        ]
     write(INVENTORY, "\n".join(lines) + "\n")
 
 
@@ -569,9 +692,10 @@ def host_status(state, name):
     info = state["hosts"].get(name, {})
     anchor = info.get("anchor")
     st = {"name": name, "address": host_addr(name), "host_uuid": info.get("host_uuid")}
-    st["lock_manager"] = None if name in state.get("unlocked", []) else "lockd"
+    st["lock_manager"] = None if name in state.get("unlocked", []) else state.get("lock_manager", "lockd")
     st["namespace"] = bool(anchor and pid_alive(anchor)) and netns_name(name) in existing_netns()
-    st["daemons"] = {d: bool(info.get("pids", {}).get(d) and pid_alive(info["pids"][d])) for d in DAEMONS}
+    daemons = host_daemons(state, name)
+    st["daemons"] = {d: bool(info.get("pids", {}).get(d) and pid_alive(info["pids"][d])) for d in daemons}
     st["libvirt"] = False
     if st["namespace"] and st["daemons"]["libvirtd"]:
         res = host_run(state, name, ["virsh", "-c", "qemu:///system", "uri"], check=False, timeout=30)
@@ -580,7 +704,18 @@ def host_status(state, name):
     if st["daemons"]["sshd"]:
         res = run(ssh_base_args() + [name, "true"], check=False, timeout=30)
         st["ssh"] = res.returncode == 0
-    st["healthy"] = st["namespace"] and all(st["daemons"].values()) and st["libvirt"] and st["ssh"]
+    if st["lock_manager"] == "sanlock":
+        st["sanlock_host_id"] = sanlock_host_id(name)
+        st["lockspaces"] = []
+        if st["namespace"] and st["daemons"].get("sanlock"):
+            res = host_run(state, name, ["sanlock", "client", "status"], check=False, timeout=30)
+            st["lockspaces"] = sorted(
+                line.split()[1].split(":")[0] for line in res.stdout.splitlines() if line.startswith("s ")
+            )
+        st["sanlock"] = all(ls in st["lockspaces"] for ls in (DISK_LOCKSPACE, VM_LOCKSPACE))
+    st["healthy"] = (
+        st["namespace"] and all(st["daemons"].values()) and st["libvirt"] and st["ssh"] and st.get("sanlock", True)
+    )
     return st
 
 
@@ -596,6 +731,8 @@ def gather_status():
         "accel": "kvm" if kvm_usable() else "tcg (software emulation)",
         "shared_dir": SHARED_DIR,
         "lockspace_dir": LOCKSPACE_DIR,
+        "lock_manager": state.get("lock_manager", "lockd"),
+        "sanlock": state.get("sanlock"),
         "inventory": INVENTORY,
     }
 
@@ -609,8 +746,15 @@ def cmd_status(args):
         print("lab: down" + (" (stale remnants: run `lab down`)" if st["stale"] else ""))
         return 1
     print(
-        "lab: {}   accel: {}   lockspace: {}".format("up" if st["up"] else "DEGRADED", st["accel"], st["lockspace_dir"])
+        "lab: {}   accel: {}   lock manager: {}   lockspace: {}".format(
+            "up" if st["up"] else "DEGRADED",
+            st["accel"],
+            st["lock_manager"],
+            SANLOCK_DIR if st["lock_manager"] == "sanlock" else st["lockspace_dir"],
+        )
     )
+    if st["lock_manager"] == "sanlock":
+        print("  sanlock: no watchdog, setrlimit shim: no self-fencing (a lab, not production)")
     for h in st["hosts"]:
         daemons = " ".join("{}={}".format(d, "ok" if ok else "DOWN") for d, ok in h["daemons"].items())
         print(
@@ -622,6 +766,11 @@ def cmd_status(args):
                 "ok" if h["libvirt"] else "DOWN",
                 "ok" if h["ssh"] else "DOWN",
                 daemons,
+            )
+            + (
+                " host_id={} lockspaces={}".format(h["sanlock_host_id"], ",".join(h["lockspaces"]) or "NONE")
+                if h["lock_manager"] == "sanlock"
+                else ""
             )
         )
     return 0 if st["up"] else 1
@@ -636,11 +785,12 @@ def cmd_up(args):
     cmd_deps()
     names = host_names(args.hosts + args.unlocked)
     unlocked = names[args.hosts :]
+    lock_manager = args.lock_manager
     state = load_state()
-    if state and gather_status()["up"] and extends(state, names, unlocked):
+    if state and gather_status()["up"] and extends(state, names, unlocked, lock_manager):
         new = [n for n in names if n not in state["names"]]
         if not new:
-            write_inventory(names, unlocked)
+            write_inventory(names, unlocked, lock_manager)
             log("already up ({})".format(", ".join(names)))
             print(INVENTORY)
             return 0
@@ -652,8 +802,10 @@ def cmd_up(args):
         for d in (LAB_ROOT, SHARED_DIR, IMAGES_DIR, LOCKSPACE_DIR, HOSTS_DIR, CACHE_DIR):
             os.makedirs(d, exist_ok=True)
             os.chmod(d, 0o755)
-        state = {"hosts": {}, "bridge": BRIDGE}
+        state = {"hosts": {}, "bridge": BRIDGE, "lock_manager": lock_manager}
         kvm_prepare(state)
+        if lock_manager == "sanlock":
+            state["sanlock"] = prepare_sanlock()
         new = names
     state.update(names=names, unlocked=unlocked)
     save_state(state)
@@ -665,15 +817,19 @@ def cmd_up(args):
             write(os.path.join(host_dir(n), "etc-hosts"), etc_hosts(names, n))
     create_network(new)
     for n in new:
-        prepare_host_tree(n, names, str(uuid.uuid4()), locked=n not in unlocked)
+        prepare_host_tree(n, names, str(uuid.uuid4()), locked=n not in unlocked, lock_manager=lock_manager)
         with open(os.path.join(host_dir(n), "etc-libvirt", "libvirtd.conf")) as fh:
             host_uuid = fh.read().split('host_uuid = "')[1].split('"')[0]
         state["hosts"][n] = {"host_uuid": host_uuid, "address": host_addr(n)}
         start_host(state, n)
+    if lock_manager == "sanlock":
+        # each host's libvirtd joins the disk lockspace itself as its QEMU driver starts; the VM
+        # lockspace is the lab's: every new host joins it now, all at once (~20 s each)
+        join_vm_lockspace(state, [n for n in new if n not in unlocked])
     for n in new:
         wait_libvirt(state, n)
         wait_ssh(n)
-    write_inventory(names, unlocked)
+    write_inventory(names, unlocked, lock_manager)
     st = gather_status()
     if not st["up"]:
         cmd_status(argparse.Namespace(json=False))
@@ -683,10 +839,66 @@ def cmd_up(args):
     return 0
 
 
-def extends(state, names, unlocked):
+def extends(state, names, unlocked, lock_manager="lockd"):
     """Whether the running lab is this one, or a part of it that more hosts can join."""
     old_names, old_unlocked = state.get("names", []), state.get("unlocked", [])
-    return set(old_names) <= set(names) and all((n in unlocked) == (n in old_unlocked) for n in old_names)
+    return (
+        state.get("lock_manager", "lockd") == lock_manager
+        and set(old_names) <= set(names)
+        and all((n in unlocked) == (n in old_unlocked) for n in old_names)
+    )
+
+
+def sanlock_lockspace_file(path, size=1024 * 1024):
+    """An empty lockspace or lease file of ``size`` bytes (sanlock writes into it, it never creates it)."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+    os.chmod(path, 0o600)
+
+
+def prepare_sanlock():
+    """Build the setrlimit shim and initialise the lab's two lockspaces on the shared directory.
+
+    The disk lockspace is initialised here, before any host starts, so that two libvirtds
+    starting at once never race to create and initialise it (libvirt's plugin only initialises
+    a lockspace file that it created itself)."""
+    shim = build_sanlock_shim()
+    for d in (SANLOCK_DIR, SANLOCK_VM_DIR):
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+    disk_ls = os.path.join(SANLOCK_DIR, DISK_LOCKSPACE)
+    for ls_name, path in ((DISK_LOCKSPACE, disk_ls), (VM_LOCKSPACE, VM_LOCKSPACE_FILE)):
+        sanlock_lockspace_file(path)
+        run(["sanlock", "direct", "init", "-s", "{}:0:{}:0".format(ls_name, path)])
+    return {
+        "shim": shim,
+        "disk_lease_dir": SANLOCK_DIR,
+        "disk_lockspace": "{}:{}".format(DISK_LOCKSPACE, disk_ls),
+        "vm_lockspace": "{}:{}".format(VM_LOCKSPACE, VM_LOCKSPACE_FILE),
+        "vm_lease_dir": SANLOCK_VM_DIR,
+        "watchdog": False,
+    }
+
+
+def join_vm_lockspace(state, names):
+    """``sanlock client add_lockspace`` of the VM lockspace on every host in ``names``, in parallel."""
+    procs = {}
+    env_argv = ["env", "-i", "HOME=/root", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+    for n in names:
+        spec = "{}:{}:{}:0".format(VM_LOCKSPACE, sanlock_host_id(n), VM_LOCKSPACE_FILE)
+        argv = nsenter(state["hosts"][n]["anchor"], env_argv + ["sanlock", "client", "add_lockspace", "-s", spec])
+        procs[n] = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    failed = []
+    for n, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        if proc.returncode != 0:
+            failed.append("{}: {}".format(n, out.strip()))
+    if failed:
+        raise SystemExit("lab: joining sanlock lockspace {} failed:\n{}".format(VM_LOCKSPACE, "\n".join(failed)))
 
 
 def kill_pids(pids, grace=5.0):
@@ -722,9 +934,16 @@ def teardown(purge):
         recorded.update(info.get("pids", {}).values())
         if info.get("anchor"):
             recorded.add(info["anchor"])
-        guests = [p for p in pids if p not in recorded]
+        # sanlock's helper process is the daemon's own child: it goes with the daemon, not before it
+        sanlock_pid = info.get("pids", {}).get("sanlock")
+        helpers = [p for p in pids if sanlock_pid and parent_pid(p) == sanlock_pid]
+        guests = [p for p in pids if p not in recorded and p not in helpers]
         kill_pids(guests)
-        kill_pids([p for p in pids if p in recorded and p != info.get("anchor")])
+        if sanlock_pid and pid_alive(sanlock_pid) and info.get("anchor") and pid_alive(info["anchor"]):
+            # leave its lockspaces (the guests holding leases are gone), then it is stopped by pid below
+            shutdown = ["sanlock", "client", "shutdown", "-f", "1"]
+            host_run(state, ns[len(NETNS_PREFIX) :], shutdown, check=False, timeout=30)
+        kill_pids([p for p in pids if p in recorded and p != info.get("anchor")] + helpers)
         kill_pids([p for p in recorded if p and pid_alive(p)])
         run(["ip", "netns", "del", ns], check=False)
     for n in state.get("names", []):
@@ -758,7 +977,7 @@ def cmd_inventory(_args):
     state = load_state()
     if not state:
         raise SystemExit("lab: the lab is down; run `tests/lab/lab up` first")
-    write_inventory(state["names"], state.get("unlocked", []))
+    write_inventory(state["names"], state.get("unlocked", []), state.get("lock_manager", "lockd"))
     print(INVENTORY)
     return 0
 
@@ -822,6 +1041,13 @@ def main():
         type=int,
         default=int(os.environ.get("LOCKSTEP_LAB_UNLOCKED", "0")),
         help="extra hosts with no lock manager (inventory group unlocked_hypervisors)",
+    )
+    p.add_argument(
+        "--lock-manager",
+        choices=LOCK_MANAGERS,
+        default=os.environ.get("LOCKSTEP_LAB_LOCK_MANAGER", "lockd") or "lockd",
+        help="the locked hosts' lock manager: lockd (virtlockd, the default) or sanlock "
+        "(a sanlock daemon per host, no watchdog: see docs/guides/running-the-lab.md)",
     )
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down")

@@ -1,6 +1,6 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Lease probe for libvirt's lock managers (virtlockd, and sanlock naming).
+"""Lease probe for libvirt's lock managers: virtlockd here, sanlock through :mod:`.sanlock`.
 
 - :func:`read_lock_config` reads the driver config (``lock_manager``) and the lock plugin config
   (``auto_disk_leases``, ``require_lease_for_disks``, ``file_lockspace_dir``, ``lvm_lockspace_dir``,
@@ -12,6 +12,11 @@
 - :func:`probe_lock` tests a lease file with POSIX ``fcntl(F_GETLK)`` on byte 0 and gives the holder's
   pid; :func:`probe_resources` adds ``held``, ``held_here`` (the holder is this host's virtlockd) and
   ``holder_pid`` to each resource.
+- With sanlock (``qemu-sanlock.conf``: ``disk_lease_dir``, ``host_id``) a disk lease is the resource
+  ``<md5 hex of the path>`` of lockspace ``__LIBVIRT__DISKS__`` in ``disk_lease_dir``, a ``<lease>`` the
+  resource ``<key>`` of ``<lockspace>`` at ``<target path>``/offset; :func:`probe_resources` asks
+  :class:`.sanlock.SanlockProbe` (this host's daemon, then the lease area on shared storage) and adds
+  ``holder_host`` (the holder's host name) and ``holder_host_id``. ``held`` null means unknown.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import os
 import re
 import struct
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.sanlock import SanlockProbe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.sanlock import disk_lease as sanlock_disk_lease
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements
 
 ENV_LOCK_CONF = "LOCKSTEP_VIRT_LOCK_CONF"
 ENV_LOCKD_CONF = "LOCKSTEP_VIRT_LOCKD_CONF"
 VIRTLOCKD_PIDFILES = ("/run/virtlockd.pid", "/var/run/virtlockd.pid")
+SANLOCK_LEASE_DIR = "/var/lib/libvirt/sanlock"  # libvirt's default disk_lease_dir
 
 _FLOCK_FMT = "hhqqi"  # struct flock on Linux with 64-bit off_t: l_type, l_whence, l_start, l_len, l_pid
 _FLOCK_SIZE = 32
@@ -88,6 +96,7 @@ class LockConfig:
         lvm_lockspace_dir=None,
         scsi_lockspace_dir=None,
         disk_lease_dir=None,
+        host_id=None,
         lock_conf=None,
         lockd_conf=None,
         local=True,
@@ -102,6 +111,7 @@ class LockConfig:
         self.lvm_lockspace_dir = lvm_lockspace_dir or None
         self.scsi_lockspace_dir = scsi_lockspace_dir or None
         self.disk_lease_dir = disk_lease_dir or None
+        self.host_id = host_id if isinstance(host_id, int) and host_id > 0 else None
         self.lock_conf = lock_conf
         self.lockd_conf = lockd_conf
         self.local = local
@@ -114,8 +124,9 @@ class LockConfig:
 
     @property
     def probeable(self):
-        """True when lease files can be tested from here (local host, lockd)."""
-        return self.local and self.manager == "lockd"
+        """True when leases can be tested from here (local host; lockd's lease files, sanlock's daemon and
+        lease areas)."""
+        return self.local and self.manager in ("lockd", "sanlock")
 
     def to_dict(self):
         return {
@@ -125,6 +136,8 @@ class LockConfig:
             "file_lockspace_dir": self.file_lockspace_dir,
             "lvm_lockspace_dir": self.lvm_lockspace_dir,
             "scsi_lockspace_dir": self.scsi_lockspace_dir,
+            "disk_lease_dir": self.disk_lease_dir,
+            "host_id": self.host_id,
             "lock_conf": self.lock_conf,
             "lockd_conf": self.lockd_conf,
             "local": self.local,
@@ -163,7 +176,8 @@ def read_lock_config(profile=None, lock_conf=None, lockd_conf=None, local=True):
         file_lockspace_dir=plugin_conf.get("file_lockspace_dir"),
         lvm_lockspace_dir=plugin_conf.get("lvm_lockspace_dir"),
         scsi_lockspace_dir=plugin_conf.get("scsi_lockspace_dir"),
-        disk_lease_dir=plugin_conf.get("disk_lease_dir"),
+        disk_lease_dir=plugin_conf.get("disk_lease_dir") or (SANLOCK_LEASE_DIR if manager == "sanlock" else None),
+        host_id=plugin_conf.get("host_id") if manager == "sanlock" else None,
         lock_conf=lock_conf,
         lockd_conf=lockd_conf,
         local=True,
@@ -209,8 +223,7 @@ def disk_lease_resource(path, config, shared=False):
     if config.manager == "sanlock":
         if not config.disk_lease_dir:
             return None
-        name = hashlib.md5(path.encode("utf-8")).hexdigest()
-        return config.disk_lease_dir, os.path.join(config.disk_lease_dir, name)
+        return config.disk_lease_dir, sanlock_disk_lease(path, config.disk_lease_dir)[2]
     if config.lvm_lockspace_dir and path.startswith("/dev"):
         key = lvm_uuid(path)
         if key:
@@ -308,19 +321,36 @@ def domain_lease_resources(root, config, resolve_volume=None):
         if disk["readonly"] or disk["type"] not in ("file", "block", "volume") or not disk["path"]:
             continue
         res = disk_lease_resource(disk["path"], config, shared=disk["shareable"])
-        out.append(
-            {
-                "kind": "disk",
-                "resource": res[1] if res else None,
-                "lockspace": res[0] if res else None,
-                "disk": disk["target"],
-                "key": None,
-                "path": disk["path"],
-                "shared": disk["shareable"],
-            }
-        )
+        entry = {
+            "kind": "disk",
+            "resource": res[1] if res else None,
+            "lockspace": res[0] if res else None,
+            "disk": disk["target"],
+            "key": None,
+            "path": disk["path"],
+            "shared": disk["shareable"],
+        }
+        if res and config.manager == "sanlock":
+            entry["sanlock"] = sanlock_disk_lease(disk["path"], config.disk_lease_dir)
+        out.append(entry)
+    sanlock = config is not None and config.manager == "sanlock"
     for lease in domain_vm_leases(root):
         if not lease["key"]:
+            continue
+        if sanlock:
+            # sanlock reads the lease at <target path> + offset, in lockspace <lockspace>, named <key>
+            target = lease["target_path"] or ""
+            entry = {
+                "kind": "lease",
+                "resource": target or None,
+                "lockspace": os.path.dirname(target) or None,
+                "disk": None,
+                "key": lease["key"],
+                "path": None,
+                "shared": False,
+                "sanlock": (lease["lockspace"] or "", lease["key"], target, lease["offset"]),
+            }
+            out.append(entry)
             continue
         lockspace = os.path.join(lease["target_path"] or "", lease["lockspace"] or "")
         out.append(
@@ -414,17 +444,47 @@ def virtlockd_pids(pidfiles=VIRTLOCKD_PIDFILES, proc="/proc"):
     return pids
 
 
-def probe_resources(resources, config=None, here_pids=None):
-    """Copy of ``resources`` with held, held_here, holder_pid (None when not probeable from here)."""
+def sanlock_probe_for(config, host_name=None, runner=None):
+    """The :class:`.sanlock.SanlockProbe` of a sanlock host's configuration."""
+    return SanlockProbe(
+        host_id=config.host_id if config is not None else None,
+        host_name=host_name,
+        disk_lease_dir=config.disk_lease_dir if config is not None else None,
+        runner=runner,
+    )
+
+
+def probe_resources(resources, config=None, here_pids=None, sanlock_probe=None):
+    """Copy of ``resources`` with held, held_here, holder_pid, holder_host, holder_host_id (None when not
+    probeable from here; ``held`` None: unknown)."""
+    is_sanlock = config is not None and config.manager == "sanlock"
     if here_pids is None:
-        here_pids = virtlockd_pids() if (config is None or config.probeable) else set()
+        here_pids = virtlockd_pids() if (config is None or config.probeable) and not is_sanlock else set()
+    if is_sanlock and sanlock_probe is None and config.local:
+        sanlock_probe = sanlock_probe_for(config)
+    elif sanlock_probe is not None:
+        sanlock_probe.refresh()
     out = []
     for r in resources:
         r = dict(r)
+        r.setdefault("holder_host", None)
+        r.setdefault("holder_host_id", None)
         if not r.get("resource") or (config is not None and not config.local):
             r.update(held=None, held_here=None, holder_pid=None)
-        elif config is not None and config.manager == "sanlock":
-            r.update(held=None, held_here=None, holder_pid=None)
+        elif is_sanlock:
+            if not r.get("sanlock"):
+                r.update(held=None, held_here=None, holder_pid=None)
+            else:
+                p = sanlock_probe.probe(*r["sanlock"])
+                r.update(
+                    held=p["held"],
+                    held_here=p["held_here"],
+                    holder_pid=p["holder_pid"],
+                    holder_host=p["holder_host"],
+                    holder_host_id=p["holder_host_id"],
+                )
+                if p.get("error"):
+                    r["probe_error"] = p["error"]
         else:
             p = probe_lock(r["resource"])
             r["held"] = p["held"]
@@ -437,7 +497,18 @@ def probe_resources(resources, config=None, here_pids=None):
 # The one shape of a lease in every result (domain, domain_info, lease_info): every field always present.
 # ``lockspace`` is always the lockspace *directory* (a disk lease's file_lockspace_dir or lvm_lockspace_dir;
 # a VM lease's <target path>/<lockspace>), never the bare lockspace name.
-LEASE_FIELDS = ("kind", "resource", "lockspace", "disk", "path", "key", "held", "held_here", "holder_pid")
+LEASE_FIELDS = (
+    "kind",
+    "resource",
+    "lockspace",
+    "disk",
+    "path",
+    "key",
+    "held",
+    "held_here",
+    "holder_pid",
+    "holder_host",
+)
 
 
 def public_lease(r):
@@ -479,6 +550,15 @@ def default_lease_target(config, lockspace="lockd"):
 
 def describe_holder(r):
     """Human text for who holds a lease."""
+    if r.get("held") is None and r.get("resource"):
+        return "unknown (cannot be verified{})".format(": " + r["probe_error"] if r.get("probe_error") else "")
+    if r.get("sanlock") and r.get("held"):
+        who = r.get("holder_host") or "sanlock host_id {}".format(r.get("holder_host_id"))
+        if r.get("held_here"):
+            return "held by this host ({}, sanlock host_id {}) for pid {}".format(
+                who, r.get("holder_host_id"), r.get("holder_pid")
+            )
+        return "held by {} (sanlock host_id {})".format(who, r.get("holder_host_id"))
     if not r.get("held"):
         return "not held"
     if r.get("held_here"):

@@ -108,7 +108,7 @@ class Lifecycle:
                     self.profile.name, self.conn.hostname, cfg.lock_conf or "its config", dom.name()
                 )
             )
-        if cfg.manager != "lockd":
+        if cfg.manager not in ("lockd", "sanlock"):
             raise LeaseError("lock.required: leases of lock manager {} cannot be verified".format(cfg.manager))
         unleased = rw_disks_without_lease(resources)
         if unleased and not any(r["kind"] == "lease" for r in resources):
@@ -167,11 +167,15 @@ class Lifecycle:
         elif unleased:
             detail = "read-write disk(s) not leased: " + ", ".join(r["disk"] or "?" for r in unleased)
         else:
-            detail = "held by this host's virtlockd"
+            detail = "held by this host's {}".format("sanlock" if cfg.manager == "sanlock" else "virtlockd")
         self.recorder.record(what, ok=ok, resources=names, detail=detail, source="probe", check=self._check_text())
         return leases, ok
 
     def _check_text(self):
+        if self.lock_config.manager == "sanlock":
+            return "lease probe (sanlock client status, sanlock direct dump of the lease) on {}".format(
+                self.conn.hostname
+            )
         return "lease probe (F_GETLK) on {}".format(self.conn.hostname)
 
     def record_running(self, dom, detail=None):

@@ -115,6 +115,7 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
             held=r.get("held"),
             held_here=r.get("held_here"),
             holder_pid=r.get("holder_pid"),
+            holder_host=r.get("holder_host"),
         )
         disks.append(d)
     ifaces = interfaces_of(root)

@@ -3,16 +3,20 @@
 """Lease facts of a host: its lock manager configuration and every guest's leases, held or not, by whom.
 
 ``unleased_running`` lists running guests exposed to a split brain: a read-write disk no lease covers, or a
-lease the guest should hold that this host's virtlockd does not hold.
+lease the guest should hold that this host's lock manager (virtlockd, or sanlock) does not hold. With sanlock
+each lease's holder is named by host (``holder_host``), and ``lock_manager.sanlock`` shows this host's daemon:
+its host_id and the hosts of its lockspaces.
 """
 
 from __future__ import annotations
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
+    describe_holder,
     public_lease,
     read_lock_config,
     rw_disks_without_lease,
+    sanlock_probe_for,
     virtlockd_pids,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, is_active, state_name
@@ -35,6 +39,31 @@ class LeaseInfoManager:
         if not names:
             return select(self.conn, DOMAIN, context="cannot list domains")
         return [dom for name in names for dom in select(self.conn, DOMAIN, name)]
+
+    def _sanlock(self, cfg):
+        """This host's sanlock daemon: its name, the lockspaces it joined (with its host_id in each) and the
+        hosts named in each lockspace's delta lease records; null fields when the daemon does not answer."""
+        probe = sanlock_probe_for(cfg, host_name=self.conn.hostname)
+        status = probe.status()
+        lockspaces = []
+        for ls in (status or {}).get("lockspaces", []):
+            hosts = probe.host_names(ls["lockspace"])
+            lockspaces.append(
+                {
+                    "name": ls["lockspace"],
+                    "host_id": ls["host_id"],
+                    "path": ls["path"],
+                    "offset": ls["offset"],
+                    "hosts": [{"host_id": hid, "host": hosts[hid]} for hid in sorted(hosts)],
+                }
+            )
+        return {
+            "host_id": cfg.host_id,
+            "daemon": status["daemon"] if status else None,
+            "answers": status is not None,
+            "lockspaces": lockspaces,
+            "errors": probe.errors,
+        }
 
     def run(self):
         cfg = self.config
@@ -64,7 +93,15 @@ class LeaseInfoManager:
             reasons = []
             for r in rw_disks_without_lease(probed):
                 reasons.append("read-write disk {} ({}) has no lease".format(r["disk"], r["path"]))
-            if cfg.probeable:
+            if cfg.probeable and cfg.manager == "sanlock":
+                for r in probed:
+                    if r.get("resource") and not r.get("held_here") and not r.get("shared"):
+                        reasons.append(
+                            "{} {} not held by this host's sanlock ({})".format(
+                                r["kind"], r.get("key") or r.get("disk"), describe_holder(r)
+                            )
+                        )
+            elif cfg.probeable:
                 for r in probed:
                     if r.get("resource") and not r.get("held_here") and not r.get("shared"):
                         reasons.append(
@@ -86,7 +123,8 @@ class LeaseInfoManager:
         lock_manager["enabled"] = cfg.enabled
         lock_manager["probeable"] = cfg.probeable
         lock_manager["lockspace_dirs"] = lockspaces
-        lock_manager["virtlockd_pids"] = sorted(virtlockd_pids()) if cfg.probeable else []
+        lock_manager["virtlockd_pids"] = sorted(virtlockd_pids()) if cfg.probeable and cfg.manager == "lockd" else []
+        lock_manager["sanlock"] = self._sanlock(cfg) if cfg.probeable and cfg.manager == "sanlock" else None
         return {
             "changed": False,
             "host": self.conn.hostname,

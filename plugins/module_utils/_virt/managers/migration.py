@@ -43,6 +43,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.hand
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     LeaseView,
     describe,
+    not_released,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import (
     new_marker,
@@ -162,6 +163,8 @@ class MigrationManager:
             )
         run.lock_config = self.read_config(profile, local=run.src.local)
         run.view = self.lease_view_factory(run.lock_config, resolve_volume=run.resolve_volume)
+        # a lock manager that names the holder's host (sanlock) tells the destination from any other
+        run.view.source_host, run.view.dest_host = run.src_name, run.dest_name
         run.recorder = CheckpointRecorder(host=run.src_name)
 
         src_dom = lookup(run.src, DOMAIN, self.name)
@@ -319,7 +322,7 @@ class MigrationManager:
                 lc.suspend(src_dom)
             run.marks.set("released", run.clock())
             leases = run.probe()
-            held = [r for r in leases if r.get("holder") == "source"]
+            held = [r for r in leases if not_released(r)]
             run.record(
                 "perform/source_released",
                 ok=not held,

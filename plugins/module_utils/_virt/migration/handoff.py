@@ -26,7 +26,9 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     describe,
+    held_by_dest,
     holders,
+    not_released,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.timing import (
@@ -149,7 +151,7 @@ class Handoff:
             if dest_dom is None or state_name(dest_dom) != "paused":
                 return
             leases = self._wait_released()
-            if any(r.get("holder") == "source" for r in leases):
+            if any(not_released(r) for r in leases):
                 return  # the after-send path reports it
             self._record_arrived(dest_dom)
             self._resume_dest(dest_dom)
@@ -171,7 +173,7 @@ class Handoff:
         deadline = self.run.clock() + wait
         while True:
             leases = self.run.probe()
-            still = [r for r in leases if r.get("holder") == "source"]
+            still = [r for r in leases if not_released(r)]
             if not still or self.run.clock() >= deadline:
                 break
             self.run.sleep(RELEASE_POLL)
@@ -250,9 +252,9 @@ class Handoff:
 
     def _verify_dest(self, dest_dom, paused_ok=False):
         leases = self.run.probe()
-        bad = [r for r in leases if r.get("holder") != "other"]
+        bad = [r for r in leases if not held_by_dest(r)]
         if paused_ok:
-            bad = [r for r in leases if r.get("holder") == "source"]
+            bad = [r for r in leases if not_released(r)]
         detail = describe(leases, self.run.src_name, self.run.dest_name)
         if not bad and leases:
             # from the source host the probe sees a holder that is not the source's virtlockd; it cannot
@@ -352,7 +354,7 @@ class Handoff:
             leases = (
                 self._wait_released() if not self.run.recorder.find("perform/source_released") else self.run.probe()
             )
-            still = [r for r in leases if r.get("holder") == "source"]
+            still = [r for r in leases if not_released(r)]
             if still and plan.verify:
                 raise self.run.failure(
                     "perform: {} still holds {} after the send; {} is left paused on {}, not resumed, and runs "

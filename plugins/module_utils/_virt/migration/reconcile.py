@@ -30,7 +30,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import evidence
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    describe,
+    held_by_dest,
+    not_released,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
 
 _JOB_NONE = 0
@@ -183,7 +187,7 @@ class Reconcile:
                 ),
             )
             leases = self.run.probe()
-            held = [r for r in leases if r.get("holder") == "source"]
+            held = [r for r in leases if not_released(r)]
             if held:
                 raise self.run.failure(
                     "reconcile: {} is paused on {} and runs nowhere, but {} still holds {}; nothing was changed".format(
@@ -222,7 +226,7 @@ class Reconcile:
                 ) from None
         leases = self.run.probe()
         state = state_name(dest_dom)
-        bad = [r for r in leases if r.get("holder") != "other"] if state == "running" else []
+        bad = [r for r in leases if not held_by_dest(r)] if state == "running" else []
         self.run.record(
             "reconcile/dest_acquired",
             ok=not bad,
@@ -257,7 +261,7 @@ class Reconcile:
         with libvirt_errors("cannot read the XML of {}".format(self.run.name)):
             self.run.resources = self.run.view.expected(dest_dom.XMLDesc(0))
         leases = self.run.probe()
-        if not leases or any(r.get("holder") != "other" for r in leases):
+        if not leases or any(not held_by_dest(r) for r in leases):
             raise self.run.failure(
                 "reconcile: {} runs on {} and is paused on {}, and the leases are not all held away from {} ({}); "
                 "refusing to touch either copy".format(

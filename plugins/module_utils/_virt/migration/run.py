@@ -130,6 +130,8 @@ class MigrationRun:
         return self.view.probe(self.resources)
 
     def probe_check(self):
+        if self.lock_config.manager == "sanlock":
+            return "lease probe (sanlock client status, sanlock direct dump of the lease) from {}".format(self.src_name)
         return "lease probe (F_GETLK) from {}".format(self.src_name)
 
     def lifecycle(self, role, phase, names, **renamed):

@@ -22,7 +22,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    describe,
+    held_elsewhere,
+    not_released,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
@@ -233,7 +237,7 @@ class Transfer:
         src_dom.suspend()
         self.run.marks.set("forced_pause", self.run.clock())
         leases = self.run.probe()
-        held = [r for r in leases if r.get("holder") == "source"]
+        held = [r for r in leases if not_released(r)]
         self.run.record(
             "perform/paused_to_complete",
             ok=not held or self.run.src.profile.paused_guest_holds_leases,
@@ -331,7 +335,7 @@ class Transfer:
             # shared lockspace still shows whether anything there holds a lease
             dest_dom, gone, unreachable = None, True, exc.msg
         leases = self.run.probe()
-        other = [r for r in leases if r.get("holder") == "other"]
+        other = [r for r in leases if held_elsewhere(r)]
         dest_ok = gone and not other
         if unreachable:
             dest_seen = "a libvirtd that cannot be reached ({}), so no copy that can run".format(unreachable)
