@@ -25,7 +25,11 @@ from __future__ import annotations
 import threading
 import time
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder, PhaseRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import (
+    CheckpointRecorder,
+    PhaseRecorder,
+    utc_now,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import describe_plan
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
@@ -33,7 +37,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     VirtError,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import read_lock_config
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
+    read_host_lock_config,
+    read_lock_config,
+    share_users,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
     LifecycleEvents,
@@ -45,6 +53,9 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
     describe,
     lease_summary,
     public_leases,
+    shared_check,
+    source_holds,
+    source_keeps,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import (
     new_marker,
@@ -75,9 +86,11 @@ def host_uuid(conn):
 class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
     """Migrate ``params['name']`` from ``params['uri']`` to ``params['dest_uri']``.
 
-    ``open_conn(uri)`` opens a Connection; ``lease_view(lock_config)`` gives the LeaseView;
-    ``events(name, clock, on_event)`` watches lifecycle events (None: no events); all injectable for
-    tests, as are ``sleep``/``clock``.
+    ``open_conn(uri)`` opens a Connection; ``lease_view(lock_config, resolve_volume, sharers)`` gives the
+    LeaseView; ``events(name, clock, on_event)`` watches lifecycle events (None: no events);
+    ``read_config(profile, local)`` reads the source's lock configuration and ``read_dest_config(conn)`` the
+    destination's (the same reader, over SSH for a remote URI); all injectable for tests, as are
+    ``sleep``/``clock``.
     """
 
     def __init__(
@@ -90,6 +103,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         sleep=time.sleep,
         clock=time.monotonic,
         read_config=read_lock_config,
+        read_dest_config=None,
     ):
         self.params = params
         self.check_mode = check_mode
@@ -99,6 +113,8 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         self.sleep = sleep
         self.clock = clock
         self.read_config = read_config
+        self.read_dest_config = read_dest_config or (lambda conn: read_host_lock_config(conn, read_config))
+        self.dest_lock_config = None
         self.name = params["name"]
         self.warnings = []
         self.src = self.dest = None
@@ -123,6 +139,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         finally:
             self._send_over.set()
             self._join_resumer()
+            self._stop_prober()
             if self.events is not None:
                 self.events.close()
             for conn in (self.dest, self.src):
@@ -165,6 +182,8 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         raise cls(msg, result=result)
 
     def _record(self, name, ok=True, leases=None, detail=None, host=None, at=None, source="api", check=None):
+        if check is not None and leases:
+            check += shared_check(leases, self.src_name)
         item = self.rec.record(
             name,
             ok=ok,
@@ -177,10 +196,16 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         )
         if leases is not None:
             item["leases"] = lease_summary(leases)
+            # the probe's own time: an event-stamped checkpoint's probe ran after the event
+            item["probed_at"] = leases[0].get("probed_at") if leases else None
         return item
 
     def _probe(self):
-        return self.view.probe(self.resources)
+        at = utc_now()
+        leases = self.view.probe(self.resources)
+        for r in leases:
+            r["probed_at"] = at
+        return leases
 
     def _lifecycle(self, role, phase, names, **renamed):
         """A Lifecycle on the source or destination whose checkpoints are recorded as ``phase/<name>``.
@@ -242,7 +267,11 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
                 cls=ValidationError,
             )
         self.lock_config = self.read_config(profile, local=self.src.local)
-        self.view = self.lease_view_factory(self.lock_config, resolve_volume=self._resolve_volume)
+        self.view = self.lease_view_factory(
+            self.lock_config,
+            resolve_volume=self._resolve_volume,
+            sharers=share_users(self.src.virt, exclude=self.name, paused_holds=profile.paused_guest_holds_leases),
+        )
         self.rec = CheckpointRecorder(host=self.src_name)
 
         src_dom = lookup(self.src, DOMAIN, self.name)
@@ -364,7 +393,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
 
     def _migrate(self, src_dom, leases):
         plan = self.plan
-        held = [r for r in leases if r.get("holder") == "source"]
+        held = [r for r in leases if source_keeps(r)]
         self._record(
             "begin/inquire",
             leases=leases,
@@ -381,6 +410,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         )
         self._mark(src_dom)
         if self.events_factory is not None:
+            self._start_prober()  # the event probes run there, never in libvirt's event thread
             self.events = self.events_factory(self.name, clock=self.clock, on_event=self._on_event)
             self.events.watch(self.src, "source")
             self.events.watch(self.dest, "dest")
@@ -390,7 +420,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
                 lc.suspend(src_dom)
             self.marks["released"] = self.clock()
             leases = self._probe()
-            held = [r for r in leases if r.get("holder") == "source"]
+            held = [r for r in leases if source_holds(r)]
             self._record(
                 "perform/source_released",
                 ok=not held,
@@ -405,6 +435,7 @@ class MigrationManager(Reconcile, Preflight, Transfer, Handoff):
         except VirtError as err:
             self._send_over.set()
             self._join_resumer()
+            self._drain_probes()
             if self._resumed_dom is not None:
                 # libvirt failed after the guest had arrived and been resumed: it runs on the destination
                 return self._handoff(src_dom, send_error=err)

@@ -11,10 +11,15 @@ takes the leases then) while libvirt confirms the source, exactly where libvirt'
 would resume it. Without events, or when the probe still sees a lease held by the source, it resumes only
 after the migration call returned. Then it checks that the source stopped and that the leases are held by
 a process other than the source's virtlockd (part of the migration manager).
+
+No lease probe runs in libvirt's event thread: a probe reads the shared lockspace, and a hung shared
+filesystem must not stall the delivery of events. The event callback only records the event (its time is the
+checkpoint's ``at``) and hands the probe to the prober thread, which stamps its own time (``probed_at``).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
@@ -26,8 +31,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     SUSPENDED_PAUSED,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    blocks_dest,
     describe,
-    holders,
+    dest_holds,
+    shared_unattributed,
+    source_holds,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import clear_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
@@ -62,9 +70,12 @@ class Handoff:
         self._resumed_dom = None  # the destination's domain, once resumed by the handoff
         self._resume_error = None
         self._verify_error = None
+        self._probe_jobs = queue.Queue()
+        self._prober = None
 
     # ------------------------------------------------------------------ events (event thread: quick)
     def _on_event(self, role, event, detail, item):
+        """libvirt's event thread: record the event and signal; never probe or call libvirt here."""
         if role == "dest" and event == "resumed" and detail == RESUMED_POSTCOPY:
             self._postcopy_running(item)
         elif role == "dest" and event == "started" and detail == STARTED_MIGRATED:
@@ -72,7 +83,7 @@ class Handoff:
                 "prepare",
                 item,
                 "prepare/register",
-                lambda leases: self.src.profile.paused_guest_holds_leases or "other" not in holders(leases),
+                lambda leases: self.src.profile.paused_guest_holds_leases or not any(blocks_dest(r) for r in leases),
                 "incoming guest created paused on {}".format(self.dest_name),
             )
         elif role == "source" and event == "suspended":
@@ -92,17 +103,46 @@ class Handoff:
             "postcopy_running",
             item,
             "perform/postcopy_dest_running",
-            lambda leases: "source" not in holders(leases),
+            lambda leases: not any(source_holds(r) for r in leases),
             "post-copy: {} runs on {} while its memory follows".format(self.name, self.dest_name),
         )
 
     def _record_first_event(self, mark, item, name, ok_of, what):
-        """Record checkpoint ``name`` for the first such event of the send (stamped by it), with a lease probe;
-        ``ok_of(leases)`` judges the probe."""
+        """Mark the first such event of the send and queue checkpoint ``name`` (stamped by the event) for the
+        prober thread, which probes the leases; ``ok_of(leases)`` judges the probe. Runs in the event thread."""
         with self._lock:
             if self._send_over.is_set() or mark in self.marks:
                 return
             self.marks[mark] = item["t"]
+        self._probe_jobs.put((item, name, ok_of, what))
+
+    # ------------------------------------------------------------------ the prober (its own thread)
+    def _start_prober(self):
+        if self._prober is None:
+            self._prober = threading.Thread(target=self._prober_loop, name="lease-probe", daemon=True)
+            self._prober.start()
+
+    def _prober_loop(self):
+        while True:
+            job = self._probe_jobs.get()
+            try:
+                if job is None:
+                    return
+                self._probe_for_event(*job)
+            except Exception as exc:  # a probe that broke: said in the checkpoint, never lost
+                item, name = job[0], job[1]
+                self._record(
+                    name,
+                    ok=False,
+                    host=self.dest_name,
+                    at=item["at"],
+                    source="event",
+                    detail="the lease probe after this event failed: {}".format(exc),
+                )
+            finally:
+                self._probe_jobs.task_done()
+
+    def _probe_for_event(self, item, name, ok_of, what):
         leases = self._probe()
         self._record(
             name,
@@ -114,6 +154,17 @@ class Handoff:
             check=self._probe_check(),
             detail="{}; {}".format(what, describe(leases, self.src_name, self.dest_name)),
         )
+
+    def _drain_probes(self):
+        """Wait until every queued event probe was recorded."""
+        if self._prober is not None:
+            self._probe_jobs.join()
+
+    def _stop_prober(self):
+        if self._prober is not None:
+            self._probe_jobs.put(None)
+            self._prober.join()
+            self._prober = None
 
     def _probe_check(self):
         return "lease probe (F_GETLK) from {}".format(self.src_name)
@@ -148,12 +199,13 @@ class Handoff:
         while not self._arrived.wait(0.01):
             if self._send_over.is_set():
                 return  # no arrival seen while the call ran: the after-send path takes over
+        self._drain_probes()  # the events' checkpoints first: they saw earlier things
         try:
             dest_dom = lookup(self.dest, DOMAIN, self.name)
             if dest_dom is None or state_name(dest_dom) != "paused":
                 return
             leases = self._wait_released()
-            if any(r.get("holder") == "source" for r in leases):
+            if self._still_held(leases):
                 return  # the after-send path reports it
             self._record_arrived(dest_dom)
             self._resume_dest(dest_dom)
@@ -169,13 +221,35 @@ class Handoff:
             self._resume_error = VirtError("finish: {}".format(exc))
 
     # ------------------------------------------------------------------ steps
+    def _source_stopped(self):
+        """Evidence that libvirt ran its lock release for the source's QEMU process: the source's SUSPENDED
+        event (libvirt releases before it queues that event), or its state read as not running. Returns a
+        text naming the evidence, or None."""
+        with self._lock:
+            if self.marks.get("source_suspended"):
+                return "{}'s SUSPENDED event".format(self.src_name)
+        try:
+            dom = lookup(self.src, DOMAIN, self.name)
+            state = "absent" if dom is None else state_name(dom)
+        except Exception:  # VirtError or libvirtError: no evidence
+            return None
+        return None if state == "running" else "{}'s state read: {}".format(self.src_name, state)
+
+    def _still_held(self, leases):
+        """The leases the source still holds for the guest: held by its virtlockd for it, or a shareable disk's
+        share kept there for other guests too while nothing shows that the guest's own QEMU let go."""
+        still = [r for r in leases if source_holds(r)]
+        if shared_unattributed(leases) and self._source_stopped() is None:
+            still += shared_unattributed(leases)
+        return still
+
     def _wait_released(self, wait=RELEASE_WAIT):
-        """Probe until the source's virtlockd holds none of the guest's leases (or ``wait`` passed); record
+        """Probe until the source holds none of the guest's leases (or ``wait`` passed); record
         perform/source_released, stamped by the source's SUSPENDED (migrated) event when there is one."""
         deadline = self.clock() + wait
         while True:
             leases = self._probe()
-            still = [r for r in leases if r.get("holder") == "source"]
+            still = self._still_held(leases)
             if not still or self.clock() >= deadline:
                 break
             self.sleep(RELEASE_POLL)
@@ -191,13 +265,21 @@ class Handoff:
         else:
             at, source = None, "probe"
             how = "seen by the probe: " if not still else "still held after {:.0f}s: ".format(wait)
+        check = self._probe_check()
+        if shared_unattributed(leases):
+            evidence = self._source_stopped()
+            check += "; the guest's own shares: {}".format(
+                "released with its other leases at the vCPU stop ({})".format(evidence)
+                if evidence
+                else "no evidence that its vCPUs stopped"
+            )
         self._record(
             "perform/source_released",
             ok=not still,
             leases=leases,
             at=at,
             source=source,
-            check=self._probe_check(),
+            check=check,
             detail=how + describe(leases, self.src_name, self.dest_name),
         )
         return leases
@@ -245,9 +327,9 @@ class Handoff:
 
     def _verify_dest(self, dest_dom, paused_ok=False):
         leases = self._probe()
-        bad = [r for r in leases if r.get("holder") != "other"]
+        bad = [r for r in leases if not dest_holds(r)]
         if paused_ok:
-            bad = [r for r in leases if r.get("holder") == "source"]
+            bad = [r for r in leases if source_holds(r)]
         detail = describe(leases, self.src_name, self.dest_name)
         if not bad and leases:
             # from the source host the probe sees a holder that is not the source's virtlockd; it cannot
@@ -255,13 +337,20 @@ class Handoff:
             detail = "held, not by {}'s virtlockd (the destination's lock manager took them as it resumed): {}".format(
                 self.src_name, detail
             )
+        check = self._probe_check()
+        if any(r.get("shared") for r in leases) and not bad:
+            check += (
+                "; a shareable disk's share on {} is not visible behind another holder's shared lock: the "
+                "resume succeeding is the evidence (libvirt takes every lease before the vCPUs run, and a "
+                "refused one fails the resume)".format(self.dest_name)
+            )
         self._record(
             "finish/dest_acquired",
             ok=not bad,
             leases=leases,
             host=self.dest_name,
             source="probe",
-            check=self._probe_check(),
+            check=check,
             detail=detail,
         )
         if bad and self.plan["verify"]:
@@ -329,6 +418,7 @@ class Handoff:
     def _finish(self, src_dom, send_error):
         plan = self.plan
         self._join_resumer()
+        self._drain_probes()
         if not self.rec.find("prepare/register"):
             self._record(
                 "prepare/register",
@@ -350,7 +440,7 @@ class Handoff:
             if not self.rec.find("perform/send"):
                 self._record_arrived(dest_dom)
             leases = self._wait_released() if not self.rec.find("perform/source_released") else self._probe()
-            still = [r for r in leases if r.get("holder") == "source"]
+            still = self._still_held(leases)
             if still and plan["verify"]:
                 self._fail(
                     "perform: {} still holds {} after the send; {} is left paused on {}, not resumed, and runs "

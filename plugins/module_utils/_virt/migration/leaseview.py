@@ -6,6 +6,14 @@
 virtlockd), by ``other`` (another holder: the destination's virtlockd once it resumed, or anything else
 that holds the lock) or not held. From the source host the probe cannot tell which other process holds a
 lease, only that it is not the source's virtlockd: the checkpoints say exactly that.
+
+A shareable disk is locked shared (F_RDLCK), and the source's virtlockd keeps that one lock while any guest
+there sharing the disk runs. A shared lock is not an exclusive holder: it never keeps the destination from
+taking its own share. The only question for the migrating guest is whether its own QEMU process still holds
+its share. When no other guest on the source shares the disk, the source's lock can only be the guest's own
+(``source``); when others do, the lock cannot tell (``source_shared``): the evidence is then libvirt's lock
+release at the source's vCPU stop, which drops every lease of that QEMU process in one request
+(``virLockManagerLockDaemonRelease``) and precedes the source's SUSPENDED event.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     describe_holder,
     domain_lease_resources,
+    own_share,
     probe_resources,
     public_lease,
     virtlockd_pids,
@@ -32,12 +41,14 @@ class LeaseView:
     """A guest's leases as seen from the source host.
 
     Lease names come from the source's lock configuration: a lockspace shared between hosts has the
-    same paths everywhere (it must, or the hosts would not protect each other). ``holder`` is
-    ``source`` (the source's virtlockd), ``other`` (any other holder: after the destination resumed,
-    its virtlockd) or None.
+    same paths everywhere (it must, or the hosts would not protect each other; preflight compares the
+    destination's). ``holder`` is ``source`` (the source's virtlockd, for this guest), ``source_shared``
+    (a shareable disk's shared lock kept by the source's virtlockd for other guests there too, so the
+    guest's own share is not visible in it), ``other`` (any other holder: after the destination resumed,
+    its virtlockd) or None. ``sharers(path)`` names the other guests on the source sharing a disk.
     """
 
-    def __init__(self, lock_config, here_pids=None, resolve_volume=None):
+    def __init__(self, lock_config, here_pids=None, resolve_volume=None, sharers=None):
         self.lock_config = lock_config
         self.here_pids = (
             set(here_pids)
@@ -45,6 +56,7 @@ class LeaseView:
             else (virtlockd_pids() if lock_config is not None and lock_config.probeable else set())
         )
         self.resolve_volume = resolve_volume
+        self.sharers = sharers
 
     @property
     def probeable(self):
@@ -56,19 +68,90 @@ class LeaseView:
 
     def probe(self, resources):
         out = []
-        for r in probe_resources(resources, self.lock_config, here_pids=self.here_pids):
-            if r.get("held_here"):
-                r["holder"] = "source"
-            elif r.get("held"):
-                r["holder"] = "other"
-            else:
-                r["holder"] = None
+        for r in probe_resources(resources, self.lock_config, here_pids=self.here_pids, sharers=self.sharers):
+            r["holder"] = classify(r)
             out.append(r)
         return out
 
 
+def classify(r):
+    """``holder`` of a probed resource, seen from the source host (see :class:`LeaseView`)."""
+    if r.get("shared") and r.get("lock") == "shared":
+        own = own_share(r)
+        if own:
+            return "source"
+        if own is None:
+            return "source_shared"
+        return "other"
+    if r.get("held_here"):
+        return "source"
+    if r.get("held"):
+        return "other"
+    return None
+
+
+def source_holds(r):
+    """The source still holds this lease for the guest, as far as the lock shows."""
+    return r.get("holder") == "source"
+
+
+def source_keeps(r):
+    """Consistent with the guest running on the source holding it (its share may be the one kept there)."""
+    return r.get("holder") in ("source", "source_shared")
+
+
+def dest_holds(r):
+    """Consistent with the destination holding it after it resumed: an exclusive lease held by another
+    process than the source's virtlockd; a shareable disk locked shared and not by the guest's own share on
+    the source (the destination's share may hide behind the source's lock for its other guests: F_GETLK
+    reports one holder)."""
+    if r.get("shared"):
+        return r.get("lock") == "shared" and r.get("holder") in ("other", "source_shared")
+    return r.get("holder") == "other"
+
+
+def blocks_dest(r):
+    """A holder that would keep the destination from taking the lease: any lock on a non-shareable
+    resource not held by the source, an exclusive one on a shareable disk."""
+    if r.get("holder") != "other":
+        return False
+    return not r.get("shared") or r.get("lock") == "exclusive"
+
+
+def shared_unattributed(leases):
+    """The shareable disks whose shared lock on the source cannot be told from the guest's own share."""
+    return [r for r in leases if r.get("holder") == "source_shared"]
+
+
+def shared_check(leases, source):
+    """What a checkpoint's ``check`` adds for shareable disks: the evidence the probe has and has not."""
+    shared = [r for r in leases if r.get("shared") and r.get("resource")]
+    if not shared:
+        return ""
+    parts = []
+    for r in shared:
+        name = r.get("disk") or r["resource"]
+        if r.get("holder") == "source_shared":
+            parts.append(
+                "shareable disk {}: {}'s virtlockd keeps one shared lock for every guest there sharing it ({}), "
+                "so the lock cannot show this guest's own share; the evidence is libvirt's release of every "
+                "lease of the guest's QEMU process at its vCPU stop (one request, before the SUSPENDED event)".format(
+                    name, source, ", ".join(r.get("sharers") or [])
+                )
+            )
+        elif r.get("lock") == "shared":
+            parts.append(
+                "shareable disk {}: locked shared (F_RDLCK), which excludes no other share; F_GETLK names one "
+                "holder and /proc shows whether {}'s virtlockd holds one".format(name, source)
+            )
+        else:
+            parts.append("shareable disk {}: {}".format(name, "not held" if not r.get("held") else "locked exclusive"))
+    return "; " + "; ".join(parts)
+
+
 def lease_summary(probed):
-    """Compact per-checkpoint form: [{resource, kind, held, holder, holder_pid, holder_process}]."""
+    """Compact per-checkpoint form: [{resource, kind, held, holder, holder_pid, holder_process, lock,
+    sharers}]."""
     out = []
     for r in probed:
         out.append(
@@ -79,6 +162,8 @@ def lease_summary(probed):
                 "holder": r.get("holder"),
                 "holder_pid": r.get("holder_pid"),
                 "holder_process": _process_name(r["holder_pid"]) if r.get("holder_pid") else None,
+                "lock": r.get("lock"),
+                "sharers": list(r.get("sharers") or []),
             }
         )
     return out
@@ -94,7 +179,7 @@ def public_leases(probed):
 
 
 def holders(probed):
-    """Distinct holders ("source"/"other") of the held leases."""
+    """Distinct holders ("source"/"source_shared"/"other") of the held leases."""
     return sorted(set(r["holder"] for r in probed if r.get("holder")))
 
 
@@ -103,12 +188,17 @@ def describe(probed, source, dest):
     parts = []
     for r in probed:
         who = describe_holder(r)
+        shared = "shared " if r.get("lock") == "shared" else ""
         if r.get("holder") == "source":
-            who = "held by {}'s virtlockd (pid {})".format(source, r.get("holder_pid"))
+            who = "{}held by {}'s virtlockd (pid {})".format(shared, source, r.get("holder_pid"))
+        elif r.get("holder") == "source_shared":
+            who = "shared lock kept by {}'s virtlockd for {} sharing it there; not an exclusive holder".format(
+                source, ", ".join(r.get("sharers") or []) or "other guests"
+            )
         elif r.get("holder") == "other":
             proc = _process_name(r.get("holder_pid"))
-            who = "held by pid {}{}, not {}'s virtlockd".format(
-                r.get("holder_pid"), " ({})".format(proc) if proc else "", source
+            who = "{}held by pid {}{}, not {}'s virtlockd".format(
+                shared, r.get("holder_pid"), " ({})".format(proc) if proc else "", source
             )
         name = r.get("key") or r.get("disk") or r["resource"]
         parts.append("{} {} ({}): {}".format(r["kind"], name, r["resource"], who))

@@ -21,7 +21,12 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    blocks_dest,
+    describe,
+    source_holds,
+    source_keeps,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
@@ -142,7 +147,7 @@ class Transfer:
         src_dom.suspend()
         self.marks["forced_pause"] = self.clock()
         leases = self._probe()
-        held = [r for r in leases if r.get("holder") == "source"]
+        held = [r for r in leases if source_holds(r)]
         self._record(
             "perform/paused_to_complete",
             ok=not held or self.src.profile.paused_guest_holds_leases,
@@ -221,7 +226,7 @@ class Transfer:
             and self.src_state == "running"
             and self.lock_config.enabled
             and state_name(src_dom) == "running"
-            and any(r.get("holder") != "source" for r in self._probe())
+            and any(not source_keeps(r) for r in self._probe())
         )
         if resumed_unleased:
             self._record(
@@ -276,7 +281,7 @@ class Transfer:
             # shared lockspace still shows whether anything there holds a lease
             dest_dom, gone, unreachable = None, True, exc.msg
         leases = self._probe()
-        other = [r for r in leases if r.get("holder") == "other"]
+        other = [r for r in leases if blocks_dest(r)]
         dest_ok = gone and not other
         if unreachable:
             dest_seen = "a libvirtd that cannot be reached ({}), so no copy that can run".format(unreachable)
@@ -292,7 +297,7 @@ class Transfer:
             detail="{} has {}; {}".format(self.dest_name, dest_seen, describe(leases, self.src_name, self.dest_name)),
         )
         src_state = state_name(src_dom)
-        held_src = [r for r in leases if r.get("holder") == "source"]
+        held_src = [r for r in leases if source_keeps(r)]
         kept = src_state == "running" and len(held_src) == len(leases)
         if not before_send:
             self._record(
@@ -311,9 +316,7 @@ class Transfer:
                     self.dest_name,
                     err.msg,
                     self.src_name,
-                    describe(
-                        [r for r in leases if r.get("holder") != "source"] or leases, self.src_name, self.dest_name
-                    ),
+                    describe([r for r in leases if not source_keeps(r)] or leases, self.src_name, self.dest_name),
                     src_state,
                     "lock.release: before_send, the old ordering"
                     if before_send

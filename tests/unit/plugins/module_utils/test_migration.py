@@ -369,7 +369,7 @@ class FakeView:
     def __init__(self, world):
         self.world = world
 
-    def __call__(self, lock_config, resolve_volume=None):
+    def __call__(self, lock_config, resolve_volume=None, sharers=None):
         return self
 
     def expected(self, _xml):
