@@ -555,6 +555,17 @@ leases:
     held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
     held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
     holder_pid: {description: "Pid of the holder, when visible.", type: int}
+    lock:
+      description:
+        - C(exclusive) or C(shared) when held (null otherwise). virtlockd locks a C(<shareable/>) disk shared - one
+          lock per host for every guest there sharing it - and every other lease exclusive.
+      type: str
+    sharers:
+      description:
+        - For a shareable disk, the other guests on this host that share it and hold leases (their shared lock is the
+          same one); empty otherwise.
+      type: list
+      elements: str
 removed_storage:
   description: Storage removed with O(remove_storage=true).
   returned: when storage was removed

@@ -3,7 +3,9 @@
 """Lease facts of a host: its lock manager configuration and every guest's leases, held or not, by whom.
 
 ``unleased_running`` lists running guests exposed to a split brain: a read-write disk no lease covers, or a
-lease the guest should hold that this host's virtlockd does not hold.
+lease the guest should hold that this host's virtlockd does not hold. A shareable disk is locked shared
+(``lock: shared``): this host's virtlockd must hold a shared lock on it, which it keeps for every guest here
+sharing the disk (``sharers``); another holder's shared lock is no conflict.
 """
 
 from __future__ import annotations
@@ -66,12 +68,23 @@ class LeaseInfoManager:
                 reasons.append("read-write disk {} ({}) has no lease".format(r["disk"], r["path"]))
             if cfg.probeable:
                 for r in probed:
-                    if r.get("resource") and not r.get("held_here") and not r.get("shared"):
+                    if not r.get("resource"):
+                        continue
+                    if r.get("shared") and r.get("held_here") and r.get("lock") != "shared":
                         reasons.append(
-                            "{} {} not held by this host's virtlockd ({})".format(
+                            "shareable disk {} is locked exclusively, not shared".format(r.get("disk") or r["path"])
+                        )
+                    elif not r.get("held_here"):
+                        reasons.append(
+                            "{}{} {} not held by this host's virtlockd ({})".format(
+                                "shareable " if r.get("shared") else "",
                                 r["kind"],
                                 r.get("key") or r.get("disk"),
-                                "held by pid {}".format(r["holder_pid"]) if r.get("held") else "not held",
+                                "{}held by pid {}".format(
+                                    "shared, " if r.get("lock") == "shared" else "", r["holder_pid"]
+                                )
+                                if r.get("held")
+                                else "not held",
                             )
                         )
             if reasons:
