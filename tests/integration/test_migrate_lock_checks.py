@@ -72,7 +72,7 @@ def shared_pair(lab, guest_name, request):
         key = a + "-lease"
         made += [own_disk, lab.lease_file(key)]
     try:
-        for name, xml in (
+        for _name, xml in (
             (b, guest_xml(b, shared)),
             (a, guest_xml(a, shared, own_disk=own_disk, lease=key, lockspace_dir=lab.lockspace_dir)),
         ):
