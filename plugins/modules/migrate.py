@@ -383,8 +383,8 @@ lock_checkpoints:
         - The probe at this checkpoint - C(resource), C(kind), C(held), C(holder), C(holder_pid), C(holder_process),
           C(lock) (C(exclusive), C(shared) or null) and C(sharers).
         - C(holder) is C(source) (the source's virtlockd holds it for this guest), C(source_shared) (a shareable
-          disk's shared lock the source's virtlockd keeps for the other guests there sharing it, C(sharers): the
-          lock cannot show this guest's own share), C(other) (another process) or null.
+          disk's shared lock the source's virtlockd keeps for the other guests there sharing it, named in
+          C(sharers) - the lock cannot show this guest's own share), C(other) (another process) or null.
       type: list
       elements: dict
     probed_at:
@@ -459,8 +459,9 @@ progress:
   type: dict
 checks:
   description:
-    - Pre-flight checks (destination network and pools, lock manager, leases held by the source) with C(ok)
-      and C(detail).
+    - Pre-flight checks (destination network and pools, lock manager, leases held by the source, the
+      destination's lock manager and lockspace - C(dest_lock_manager), C(dest_lockspace)) with C(ok) and
+      C(detail).
   returned: always
   type: list
   elements: dict
