@@ -209,3 +209,28 @@ def test_a_destination_with_the_same_lockspace_passes_the_check(lab, guest_name)
         assert lab.domain_state("hv1", guest.name) == "running"
     finally:
         guest.remove()
+
+
+def test_a_destination_configured_for_another_lockspace_is_refused(lab, guest_name):
+    """hv2's qemu-lockd.conf names another file_lockspace_dir (its libvirtd is not restarted: the check reads the
+    files, as the source's configuration is read): a guest sent there would be leased where no other host looks."""
+    conf = "/etc/libvirt/qemu-lockd.conf"
+    original = lab.exec("hv2", "cat", conf).stdout
+    assert lab.lockspace_dir in original
+    other = lab.lockspace_dir + "-elsewhere"
+    guest = Guest(lab, guest_name, "hv1")
+    try:
+        lab.exec("hv2", "sh", "-c", "cat > " + conf, input=original.replace(lab.lockspace_dir, other))
+        vl1 = lab.virtlockd_pid("hv1")
+        res = migrate(lab, "hv1", "hv2", guest.name)
+        assert failed(res) and res["changed"] is False, res
+        (bad,) = [c for c in res["checks"] if not c["ok"]]
+        assert bad["name"] == "dest_lockspace", bad
+        assert "file_lockspace_dir {} there, {} here".format(other, lab.lockspace_dir) in bad["detail"], bad
+        assert "lockspace {} is not one hv2's virtlockd knows".format(lab.lockspace_dir) in bad["detail"]
+        assert lab.domain_state("hv1", guest.name) == "running" and lab.domain_state("hv2", guest.name) is None
+        assert guest.holders() == [vl1, vl1]
+    finally:
+        lab.exec("hv2", "sh", "-c", "cat > " + conf, input=original)
+        guest.remove()
+    assert lab.exec("hv2", "cat", conf).stdout == original
