@@ -558,6 +558,17 @@ leases:
     held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
     holder_pid: {description: "Pid of the holder, when visible.", type: int}
     holder_host: {description: "The holder's host name (sanlock), else null.", type: str}
+    lock:
+      description:
+        - C(exclusive) or C(shared) when held (null otherwise). virtlockd locks a C(<shareable/>) disk shared - one
+          lock per host for every guest there sharing it - and every other lease exclusive.
+      type: str
+    sharers:
+      description:
+        - For a shareable disk, the other guests on this host that share it and hold leases (their shared lock is the
+          same one); empty otherwise.
+      type: list
+      elements: str
 removed_storage:
   description: Storage removed with O(remove_storage=true).
   returned: when storage was removed

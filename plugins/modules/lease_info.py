@@ -19,6 +19,10 @@ description:
   - Reports the host's lock manager configuration - plugin, C(auto_disk_leases), C(require_lease_for_disks),
     lockspace directories - and RV(unleased_running), the running guests exposed to a split brain.
   - Run across all hypervisors, it shows which host holds what.
+  - "A shareable disk (C(<shareable/>)) is locked shared: C(lock) is C(shared), C(sharers) names the other guests on
+    this host that share it (this host's virtlockd keeps one lock for all of them), and C(held_here) is read from
+    virtlockd's own open files when F_GETLK names another host's shared lock. A running guest whose host holds no
+    shared lock on such a disk is in RV(unleased_running)."
 extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.info_module

@@ -43,6 +43,18 @@ description:
     storage pools and volumes, its name is free there, the source holds every lease, and the guest has no
     snapshot - libvirt's QEMU driver refuses to migrate a guest with snapshot metadata, internal (kept in the
     images, per host) or external; the check names each one (see M(lockstep.virt.snapshot_info))."
+  - "With O(lock.verify=true) preflight also reads the destination's lock configuration - the same files the
+    source's are read from (the driver profile's C(qemu.conf) and C(qemu-lockd.conf)), over SSH with the user,
+    port and C(keyfile)/C(known_hosts)/C(no_verify) of a C(+ssh) O(dest_uri) - and refuses, changing nothing, a
+    destination with no lock manager (the guest would run there unleased), another lock manager, or one that
+    would lease the guest elsewhere (another C(file_lockspace_dir), automatic disk leases off, a VM lease's
+    lockspace it does not know). A destination whose configuration cannot be read (a C(+tls) or C(+tcp) URI) is
+    refused too, with O(lock.verify=false) as the way past."
+  - "Shareable disks (C(<shareable/>)) are locked shared by virtlockd: one lock per host that stays while any
+    guest there sharing the disk runs. A shared lock is not an exclusive holder. When another guest on the
+    source shares the disk, the lock cannot show whether the migrating guest's own share is still held; the
+    evidence is then libvirt's release of every lease of its QEMU process when its vCPUs stop (the source's
+    SUSPENDED event, or its state read). The checkpoints' C(check) says which evidence was used."
   - Idempotent - a guest already running on the destination and not on the source is C(changed=false).
   - "The lease names come from the source host's lock manager configuration and are probed there with
     F_GETLK: the lockspace is shared, so source and destination must use the same configuration. From the
@@ -372,18 +384,26 @@ lock_checkpoints:
       type: str
     leases:
       description:
-        - The probe at this checkpoint - C(resource), C(kind), C(held), C(holder) (C(source), C(dest) (sanlock,
-          which names the holder's host), C(other), C(unknown) (could not be verified; never taken as released)
-          or null (not held)), C(holder_pid), C(holder_process), C(holder_host).
+        - The probe at this checkpoint - C(resource), C(kind), C(held), C(holder), C(holder_pid), C(holder_process),
+          C(holder_host), C(lock) (C(exclusive), C(shared) or null) and C(sharers).
+        - C(holder) is C(source) (the source holds it for this guest), C(source_shared) (a shareable disk's shared
+          lock the source's virtlockd keeps for the other guests there sharing it, named in C(sharers) - the lock
+          cannot show this guest's own share), C(dest) (sanlock, which names the holder's host), C(other) (another
+          holder), C(unknown) (could not be verified; never taken as released) or null (not held).
       type: list
       elements: dict
+    probed_at:
+      description:
+        - When the lease probe of this checkpoint ran (UTC, like RV(lock_checkpoints[].at)). An event-stamped
+          checkpoint's probe runs after the event, outside libvirt's event thread.
+      type: str
   sample:
     - {name: perform/source_released, host: hv1, at: "2025-01-01T10:00:00.001Z", ok: true, source: event,
        verified: true, check: "lease probe (F_GETLK) from hv1", resources: [], detail: ""}
 leases:
   description:
     - The guest's leases at the end, probed on the source host - C(held), C(held_here) (by the source's virtlockd),
-      C(holder_pid), C(holder).
+      C(holder_pid), C(holder), C(lock), C(sharers).
   returned: when the guest was found
   type: list
   elements: dict
@@ -444,8 +464,9 @@ progress:
   type: dict
 checks:
   description:
-    - Pre-flight checks (destination network and pools, lock manager, leases held by the source) with C(ok)
-      and C(detail).
+    - Pre-flight checks (destination network and pools, lock manager, leases held by the source, the
+      destination's lock manager and lockspace - C(dest_lock_manager), C(dest_lockspace)) with C(ok) and
+      C(detail).
   returned: always
   type: list
   elements: dict

@@ -10,13 +10,24 @@
   block disk (direct: the disk path; indirect: ``file_lockspace_dir/<sha256 hex of the path>``;
   LVM under ``lvm_lockspace_dir``) and of every ``<lease>`` (``<target path>/<lockspace>/<key>``).
 - :func:`probe_lock` tests a lease file with POSIX ``fcntl(F_GETLK)`` on byte 0 and gives the holder's
-  pid; :func:`probe_resources` adds ``held``, ``held_here`` (the holder is this host's virtlockd) and
-  ``holder_pid`` to each resource.
+  pid and the lock's type; :func:`probe_resources` adds ``held``, ``held_here`` (this host's virtlockd
+  holds it), ``holder_pid``, ``lock`` (``exclusive``/``shared``) and ``sharers`` to each resource.
 - With sanlock (``qemu-sanlock.conf``: ``disk_lease_dir``, ``host_id``) a disk lease is the resource
   ``<md5 hex of the path>`` of lockspace ``__LIBVIRT__DISKS__`` in ``disk_lease_dir``, a ``<lease>`` the
   resource ``<key>`` of ``<lockspace>`` at ``<target path>``/offset; :func:`probe_resources` asks
   :class:`.sanlock.SanlockProbe` (this host's daemon, then the lease area on shared storage) and adds
   ``holder_host`` (the holder's host name) and ``holder_host_id``. ``held`` null means unknown.
+- :func:`read_host_lock_config` reads a host's configuration with the same reader: from the files here
+  for a local URI, over SSH (the transport of a ``+ssh`` URI) for a remote one.
+
+Shareable disks (``<shareable/>``): libvirt adds them with VIR_LOCK_MANAGER_RESOURCE_SHARED
+(``domain_lock.c``) and virtlockd takes a *shared* fcntl lock (F_RDLCK) on them; a host's virtlockd holds
+one lock per resource and keeps a list of the QEMU processes that own it (``virlockspace.c``), so the lock
+stays while any guest on that host sharing the disk runs. F_GETLK reports one conflicting lock only.
+Who holds a shared lock is therefore read in two ways: the lock itself (type, and this host's virtlockd's
+own file descriptors in /proc, which show its lock even behind another host's), and the guests on the
+host that share the disk (:func:`share_users`). A share held here can be a given guest's own only when
+no other guest here shares that disk (:func:`own_share`).
 """
 
 from __future__ import annotations
@@ -26,11 +37,14 @@ import fcntl
 import hashlib
 import os
 import re
+import shlex
 import struct
+import subprocess
+from urllib.parse import parse_qs, urlsplit
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.sanlock import SanlockProbe
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.sanlock import disk_lease as sanlock_disk_lease
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml
 
 ENV_LOCK_CONF = "LOCKSTEP_VIRT_LOCK_CONF"
 ENV_LOCKD_CONF = "LOCKSTEP_VIRT_LOCKD_CONF"
@@ -72,16 +86,20 @@ def parse_libvirt_conf(text):
     return out
 
 
-def _read_conf(path):
+def _read_local(path):
+    with open(path) as fh:
+        return fh.read()
+
+
+def _read_conf(path, reader=_read_local):
     if not path:
         return None, None
     try:
-        with open(path) as fh:
-            return parse_libvirt_conf(fh.read()), None
+        return parse_libvirt_conf(reader(path)), None
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None, None
-        return None, "cannot read {}: {}".format(path, exc.strerror)
+        return None, "cannot read {}: {}".format(path, exc.strerror or exc)
 
 
 class LockConfig:
@@ -116,6 +134,7 @@ class LockConfig:
         self.lockd_conf = lockd_conf
         self.local = local
         self.errors = list(errors or [])
+        self.readable = True  # False: the host's files could not be read at all (see errors)
 
     @property
     def enabled(self):
@@ -144,27 +163,34 @@ class LockConfig:
         }
 
 
-def read_lock_config(profile=None, lock_conf=None, lockd_conf=None, local=True):
+def read_lock_config(profile=None, lock_conf=None, lockd_conf=None, local=True, reader=None):
     """Read the lock manager configuration.
 
     ``lock_conf`` / ``lockd_conf`` default to the environment overrides, then to the profile's paths.
-    With ``local=False`` (a remote URI) nothing is read: the files here are not that host's.
+    With ``local=False`` (a remote URI) nothing is read unless ``reader(path)`` (the file's text, or
+    OSError) reads that host's files: the files here are not that host's. The result's ``local`` says
+    whether its lease files can be probed from here.
     """
-    lock_conf = lock_conf or os.environ.get(ENV_LOCK_CONF) or (profile.lock_conf if profile else None)
-    if not local:
+    # the environment overrides name files here: never another host's
+    here = local or reader is None
+    lock_conf = (
+        lock_conf or (os.environ.get(ENV_LOCK_CONF) if here else None) or (profile.lock_conf if profile else None)
+    )
+    if not local and reader is None:
         return LockConfig(manager=None, local=False, lock_conf=lock_conf)
+    reader = reader or _read_local
     errors = []
-    driver_conf, err = _read_conf(lock_conf)
+    driver_conf, err = _read_conf(lock_conf, reader)
     if err:
         errors.append(err)
     manager = (driver_conf or {}).get("lock_manager") or None
     if manager == "nop":
         manager = None
-    if lockd_conf is None:
+    if lockd_conf is None and here:
         lockd_conf = os.environ.get(ENV_LOCKD_CONF)
     if lockd_conf is None and profile is not None:
         lockd_conf = profile.sanlock_conf if manager == "sanlock" else profile.lockd_conf
-    plugin_conf, err = _read_conf(lockd_conf) if manager else (None, None)
+    plugin_conf, err = _read_conf(lockd_conf, reader) if manager else (None, None)
     if err:
         errors.append(err)
     plugin_conf = plugin_conf or {}
@@ -180,9 +206,77 @@ def read_lock_config(profile=None, lock_conf=None, lockd_conf=None, local=True):
         host_id=plugin_conf.get("host_id") if manager == "sanlock" else None,
         lock_conf=lock_conf,
         lockd_conf=lockd_conf,
-        local=True,
+        local=local,
         errors=errors,
     )
+
+
+SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
+SSH_TIMEOUT = 20
+
+
+def ssh_reader(uri, run=subprocess.run, timeout=SSH_TIMEOUT):
+    """A ``reader(path)`` for :func:`read_lock_config` that reads a file on the host of a ``+ssh`` libvirt
+    URI, with the user, port, key file and known-hosts settings libvirt's own SSH transport takes from the
+    URI (``keyfile``, ``known_hosts``, ``no_verify``). None for other transports (tls, tcp): their host's
+    files cannot be read from here."""
+    parts = urlsplit(uri)
+    transport = parts.scheme.split("+", 1)[1] if "+" in parts.scheme else None
+    if transport not in SSH_TRANSPORTS or not parts.hostname:
+        return None
+    query = dict((k, v[-1]) for k, v in parse_qs(parts.query).items())
+    argv = ["ssh", "-T", "-e", "none", "-o", "BatchMode=yes", "-o", "ConnectTimeout={}".format(timeout)]
+    if parts.port:
+        argv += ["-p", str(parts.port)]
+    if parts.username:
+        argv += ["-l", parts.username]
+    if query.get("keyfile"):
+        argv += ["-i", query["keyfile"]]
+    if query.get("known_hosts"):
+        argv += ["-o", "UserKnownHostsFile=" + query["known_hosts"]]
+    if query.get("no_verify") == "1":
+        argv += ["-o", "StrictHostKeyChecking=no"]
+    argv += ["--", parts.hostname]
+
+    def read(path):
+        # exit 2: the file is missing (cat's own errors are not parsed); 255: ssh itself failed
+        cmd = "if [ -e {0} ]; then cat -- {0}; else exit 2; fi".format(shlex.quote(path))
+        try:
+            res = run(argv + [cmd], capture_output=True, text=True, timeout=timeout, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise OSError(errno.EIO, "ssh to {}: {}".format(parts.hostname, exc)) from None
+        if res.returncode == 2:
+            raise OSError(errno.ENOENT, "no such file on {}".format(parts.hostname))
+        if res.returncode != 0:
+            why = (res.stderr or "").strip().splitlines()
+            raise OSError(
+                errno.EIO,
+                "over ssh to {}: {}".format(parts.hostname, why[-1] if why else "exit {}".format(res.returncode)),
+            )
+        return res.stdout
+
+    return read
+
+
+def read_host_lock_config(conn, read_config=None, make_reader=ssh_reader):
+    """The lock configuration of the host behind ``conn`` (a Connection), read by the same reader as
+    :func:`read_lock_config`: the files here for a local URI, over SSH for a ``+ssh`` URI (the way libvirt
+    reaches that host). Files are named by the host's driver profile (``conn.profile``). For a transport
+    whose host cannot be read, the result has ``manager`` None and an error saying so."""
+    read_config = read_config or read_lock_config
+    if conn.local:
+        return read_config(conn.profile, local=True)
+    reader = make_reader(conn.uri)
+    if reader is None:
+        cfg = LockConfig(manager=None, local=False)
+        cfg.errors.append(
+            "the lock configuration of {} cannot be read over {} (only a +ssh URI lets the module read that "
+            "host's files)".format(conn.hostname, conn.uri)
+        )
+        cfg.readable = False
+        return cfg
+    cfg = read_config(conn.profile, local=False, reader=reader)
+    return cfg
 
 
 # --------------------------------------------------------------------------- naming
@@ -454,9 +548,62 @@ def sanlock_probe_for(config, host_name=None, runner=None):
     )
 
 
-def probe_resources(resources, config=None, here_pids=None, sanlock_probe=None):
-    """Copy of ``resources`` with held, held_here, holder_pid, holder_host, holder_host_id (None when not
-    probeable from here; ``held`` None: unknown)."""
+def _fd_lock_type(pid, fd, proc="/proc"):
+    """The POSIX lock type ``pid`` holds through ``fd`` (from /proc/<pid>/fdinfo), or None."""
+    try:
+        with open("{}/{}/fdinfo/{}".format(proc, pid, fd)) as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        # lock:	1: POSIX  ADVISORY  READ 1234 fe:00:2147031 0 0
+        if line.startswith("lock:") and " POSIX " in line:
+            words = line.split()
+            if "READ" in words:
+                return "shared"
+            if "WRITE" in words:
+                return "exclusive"
+    return None
+
+
+def held_by_pids(path, pids, proc="/proc"):
+    """The lock (``shared``/``exclusive``) one of ``pids`` holds on the file ``path``, read from their open
+    files in /proc (their fd for that inode and its fdinfo ``lock:`` line), or None.
+
+    F_GETLK reports one conflicting lock only: behind another host's shared lock this host's virtlockd's
+    own share is invisible to it, but not to /proc (this host's kernel tracks the locks of its processes)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    for pid in pids or ():
+        fd_dir = "{}/{}/fd".format(proc, pid)
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                fst = os.stat(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino):
+                kind = _fd_lock_type(pid, fd, proc)
+                if kind:
+                    return kind
+    return None
+
+
+def probe_resources(resources, config=None, here_pids=None, sanlock_probe=None, sharers=None, fd_lock=held_by_pids):
+    """Copy of ``resources`` with held, held_here, holder_pid, holder_host, holder_host_id, lock and sharers
+    (None when not probeable from here; ``held`` None: unknown).
+
+    ``lock``: ``exclusive`` or ``shared`` (F_RDLCK, what virtlockd takes for a shareable disk), None when not
+    held. ``held_here``: this host's lock manager holds it - for virtlockd the pid F_GETLK reports, or for a
+    shared lock its own file descriptors (another host's share may hide it from F_GETLK). ``sharers``: for a
+    shareable disk, the other guests on this host that share it and hold leases (``sharers(path)`` gives
+    them), else [].
+    """
     is_sanlock = config is not None and config.manager == "sanlock"
     if here_pids is None:
         here_pids = virtlockd_pids() if (config is None or config.probeable) and not is_sanlock else set()
@@ -469,11 +616,12 @@ def probe_resources(resources, config=None, here_pids=None, sanlock_probe=None):
         r = dict(r)
         r.setdefault("holder_host", None)
         r.setdefault("holder_host_id", None)
+        r.setdefault("sharers", [])
         if not r.get("resource") or (config is not None and not config.local):
-            r.update(held=None, held_here=None, holder_pid=None)
+            r.update(held=None, held_here=None, holder_pid=None, lock=None)
         elif is_sanlock:
             if not r.get("sanlock"):
-                r.update(held=None, held_here=None, holder_pid=None)
+                r.update(held=None, held_here=None, holder_pid=None, lock=None)
             else:
                 p = sanlock_probe.probe(*r["sanlock"])
                 r.update(
@@ -482,6 +630,7 @@ def probe_resources(resources, config=None, here_pids=None, sanlock_probe=None):
                     holder_pid=p["holder_pid"],
                     holder_host=p["holder_host"],
                     holder_host_id=p["holder_host_id"],
+                    lock=("shared" if r.get("shared") else "exclusive") if p["held"] else None,
                 )
                 if p.get("error"):
                     r["probe_error"] = p["error"]
@@ -489,14 +638,64 @@ def probe_resources(resources, config=None, here_pids=None, sanlock_probe=None):
             p = probe_lock(r["resource"])
             r["held"] = p["held"]
             r["holder_pid"] = p["holder_pid"]
+            r["lock"] = (
+                (("shared" if p["shared"] else "exclusive") if p["held"] else None) if "error" not in p else None
+            )
             r["held_here"] = bool(p["held"] and p["holder_pid"] in here_pids)
+            if p["held"] and p["shared"] and not r["held_here"] and here_pids:
+                r["held_here"] = fd_lock(r["resource"], here_pids) is not None
+            if r.get("shared") and sharers is not None and r.get("path"):
+                r["sharers"] = sorted(sharers(r["path"]))
         out.append(r)
     return out
+
+
+def own_share(r):
+    """For a shareable disk probed on a guest's host: True when the lock held here can only be that guest's
+    own share (held by this host's virtlockd, and no other guest here shares the disk), False when this
+    host's virtlockd holds no lock on it, None when it holds one that may be another guest's (virtlockd
+    keeps one shared lock for all the guests here sharing the disk: the lock cannot tell them apart)."""
+    if not r.get("held_here"):
+        return False
+    return None if r.get("sharers") else True
+
+
+def share_users(virt, exclude=None, paused_holds=False):
+    """``sharers(path)`` for :func:`probe_resources`: the guests on the host of the libvirt connection ``virt``
+    (other than ``exclude``) that hold a lease on a shareable disk at ``path``: active, and running (a
+    paused QEMU guest released its leases; ``paused_holds`` for drivers whose paused guests keep them).
+    The guests are listed again at each call: they may start or stop between two probes."""
+
+    def sharers(path):
+        names = []
+        try:
+            doms = virt.listAllDomains(0)
+        except Exception:  # libvirtError: no list, no sharers known
+            return names
+        for dom in doms:
+            try:
+                name = dom.name()
+                if name == exclude or not dom.isActive():
+                    continue
+                state = dom.state()[0]
+                if state != 1 and not (paused_holds and state == 3):  # VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED
+                    continue
+                root = parse_xml(dom.XMLDesc(0), "domain", "libvirt's domain XML")
+            except Exception:  # the guest went away meanwhile
+                continue
+            for disk in domain_disks(root):
+                if disk["shareable"] and not disk["readonly"] and disk["path"] == path:
+                    names.append(name)
+                    break
+        return names
+
+    return sharers
 
 
 # The one shape of a lease in every result (domain, domain_info, lease_info): every field always present.
 # ``lockspace`` is always the lockspace *directory* (a disk lease's file_lockspace_dir or lvm_lockspace_dir;
 # a VM lease's <target path>/<lockspace>), never the bare lockspace name.
+# ``lock``: exclusive or shared (a shareable disk) when held; ``sharers``: other guests on the host sharing the disk.
 LEASE_FIELDS = (
     "kind",
     "resource",
@@ -508,6 +707,8 @@ LEASE_FIELDS = (
     "held_here",
     "holder_pid",
     "holder_host",
+    "lock",
+    "sharers",
 )
 
 
@@ -561,8 +762,12 @@ def describe_holder(r):
         return "held by {} (sanlock host_id {})".format(who, r.get("holder_host_id"))
     if not r.get("held"):
         return "not held"
+    shared = "shared " if r.get("lock") == "shared" else ""
     if r.get("held_here"):
-        return "held by this host's virtlockd (pid {})".format(r.get("holder_pid"))
+        text = "{}held by this host's virtlockd (pid {})".format(shared, r.get("holder_pid"))
+        if r.get("lock") == "shared" and r.get("sharers"):
+            text += ", a lock it keeps for every guest here sharing the disk ({})".format(", ".join(r["sharers"]))
+        return text
     if r.get("holder_pid"):
-        return "held by pid {}, not this host's virtlockd".format(r["holder_pid"])
-    return "held by another host"
+        return "{}held by pid {}, not this host's virtlockd".format(shared, r["holder_pid"])
+    return "{}held by another host".format(shared)

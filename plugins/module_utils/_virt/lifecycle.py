@@ -23,8 +23,10 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     describe_holder,
     domain_lease_resources,
     ensure_lease_file,
+    own_share,
     probe_resources,
     rw_disks_without_lease,
+    share_users,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, volume_path
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LEASES_ON_CREATE
@@ -89,9 +91,20 @@ class Lifecycle:
         root = read_xml(dom, DOMAIN, inactive=inactive)
         return domain_lease_resources(root, self.lock_config, self._resolve_volume)
 
+    def _sharers(self, dom):
+        """``sharers(path)``: the other guests here sharing a shareable disk (see leases.share_users)."""
+        try:
+            name = dom.name()
+        except Exception:  # libvirtError: a guest gone meanwhile
+            name = None
+        return share_users(self.conn.virt, exclude=name, paused_holds=self.profile.paused_guest_holds_leases)
+
     def probe(self, dom, inactive=False):
-        """The domain's leases with held / held_here / holder_pid."""
-        return probe_resources(self.expected_leases(dom, inactive), self.lock_config)
+        """The domain's leases with held / held_here / holder_pid / lock / sharers."""
+        return self._probe_resources(dom, self.expected_leases(dom, inactive))
+
+    def _probe_resources(self, dom, resources):
+        return probe_resources(resources, self.lock_config, sharers=self._sharers(dom))
 
     def precheck(self, dom, required):
         """With ``required``: refuse (before anything runs) a start whose leases cannot be held."""
@@ -158,7 +171,9 @@ class Lifecycle:
                 what, ok=False, resources=names, detail="leases cannot be probed from here", source="probe"
             )
             return leases, False
-        missing = [r for r in wanted if not r["held"] or (not r["shared"] and not r["held_here"])]
+        # a shareable disk: this host's virtlockd holds a shared lock on it (F_GETLK, or its own fds in /proc
+        # when another host's share is the one F_GETLK names); other disks and leases: held by it
+        missing = [r for r in wanted if not r["held_here"] or (r["shared"] and r.get("lock") != "shared")]
         unleased = rw_disks_without_lease(leases)
         ok = not missing and not unleased
         detail = None
@@ -206,7 +221,7 @@ class Lifecycle:
     def _busy_error(self, dom, err, resources, waited):
         m = _BUSY_NAME.search(err.libvirt_message or err.msg or "")
         name = m.group(1) if m else None
-        probed = probe_resources(resources, self.lock_config)
+        probed = self._probe_resources(dom, resources)
         culprit = None
         for r in probed:
             if (
@@ -364,13 +379,23 @@ class Lifecycle:
         was = [r for r in before if r.get("held_here")]
         if not was:
             return self.probe(dom, inactive=not is_active(dom))
-        after = probe_resources(was, self.lock_config)
-        still = [r["resource"] for r in after if r.get("held_here")]
+        after = self._probe_resources(dom, was)
+        # a shareable disk's shared lock stays while another guest here shares it: not this guest's
+        still = [r["resource"] for r in after if r.get("held_here") and own_share(r) is not None]
+        kept = [r for r in after if r.get("held_here") and own_share(r) is None]
+        detail = ("still held here: " + ", ".join(still)) if still else None
+        if kept:
+            detail = (detail + "; " if detail else "") + "; ".join(
+                "shareable disk {}: the shared lock stays for {} sharing it here".format(
+                    r.get("disk") or r["resource"], ", ".join(r["sharers"])
+                )
+                for r in kept
+            )
         self.recorder.record(
             "leases_released",
             ok=not still,
             resources=[r["resource"] for r in was],
-            detail=("still held here: " + ", ".join(still)) if still else None,
+            detail=detail,
         )
         return self.probe(dom, inactive=not is_active(dom))
 

@@ -14,6 +14,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     probe_resources,
     public_lease,
     read_lock_config,
+    share_users,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
@@ -104,7 +105,8 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
     def resolve(pool, volume):
         return volume_path(conn, pool, volume)
 
-    leases = probe_resources(domain_lease_resources(root, lock_config, resolve), lock_config)
+    sharers = share_users(conn.virt, exclude=dom.name(), paused_holds=conn.profile.paused_guest_holds_leases)
+    leases = probe_resources(domain_lease_resources(root, lock_config, resolve), lock_config, sharers=sharers)
     by_disk = dict((r["disk"], r) for r in leases if r["kind"] == "disk")
     disks = []
     for d in domain_disks(root, resolve):

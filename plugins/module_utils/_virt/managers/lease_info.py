@@ -5,7 +5,9 @@
 ``unleased_running`` lists running guests exposed to a split brain: a read-write disk no lease covers, or a
 lease the guest should hold that this host's lock manager (virtlockd, or sanlock) does not hold. With sanlock
 each lease's holder is named by host (``holder_host``), and ``lock_manager.sanlock`` shows this host's daemon:
-its host_id and the hosts of its lockspaces.
+its host_id and the hosts of its lockspaces. A shareable disk is locked shared (``lock: shared``): this host's
+virtlockd must hold a shared lock on it, which it keeps for every guest here sharing the disk (``sharers``);
+another holder's shared lock is no conflict.
 """
 
 from __future__ import annotations
@@ -103,12 +105,23 @@ class LeaseInfoManager:
                         )
             elif cfg.probeable:
                 for r in probed:
-                    if r.get("resource") and not r.get("held_here") and not r.get("shared"):
+                    if not r.get("resource"):
+                        continue
+                    if r.get("shared") and r.get("held_here") and r.get("lock") != "shared":
                         reasons.append(
-                            "{} {} not held by this host's virtlockd ({})".format(
+                            "shareable disk {} is locked exclusively, not shared".format(r.get("disk") or r["path"])
+                        )
+                    elif not r.get("held_here"):
+                        reasons.append(
+                            "{}{} {} not held by this host's virtlockd ({})".format(
+                                "shareable " if r.get("shared") else "",
                                 r["kind"],
                                 r.get("key") or r.get("disk"),
-                                "held by pid {}".format(r["holder_pid"]) if r.get("held") else "not held",
+                                "{}held by pid {}".format(
+                                    "shared, " if r.get("lock") == "shared" else "", r["holder_pid"]
+                                )
+                                if r.get("held")
+                                else "not held",
                             )
                         )
             if reasons:

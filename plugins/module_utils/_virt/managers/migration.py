@@ -32,7 +32,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     VirtError,
     libvirt_errors,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import read_lock_config
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
+    read_host_lock_config,
+    read_lock_config,
+    share_users,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
     LifecycleEvents,
@@ -44,6 +48,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
     LeaseView,
     describe,
     not_released,
+    source_keeps,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import (
     new_marker,
@@ -80,10 +85,12 @@ class MigrationManager:
     (the destination takes the leases and runs; the source is confirmed stopped). This class opens the
     connections, builds the plan and runs the phases in order.
 
-    ``open_conn(uri)`` opens a Connection; ``lease_view(lock_config)`` gives the LeaseView;
-    ``events(name, clock, on_event)`` watches lifecycle events (None: no events); ``source_log(name, since)``
-    reads what the source's QEMU log says happened to the guest since the handoff began; all injectable for
-    tests, as are ``sleep``/``clock``.
+    ``open_conn(uri)`` opens a Connection; ``lease_view(lock_config, resolve_volume, sharers)`` gives the
+    LeaseView; ``events(name, clock, on_event)`` watches lifecycle events (None: no events);
+    ``read_config(profile, local)`` reads the source's lock configuration and ``read_dest_config(conn)`` the
+    destination's (the same reader, over SSH for a remote URI); ``source_log(name, since)`` reads what the
+    source's QEMU log says happened to the guest since the handoff began; all injectable for tests, as are
+    ``sleep``/``clock``.
     """
 
     def __init__(
@@ -96,6 +103,7 @@ class MigrationManager:
         sleep=time.sleep,
         clock=time.monotonic,
         read_config=read_lock_config,
+        read_dest_config=None,
         source_log=last_stop_in_log,
     ):
         self.params = params
@@ -106,7 +114,9 @@ class MigrationManager:
         self.name = params["name"]
         self.run_state = MigrationRun(params, check_mode, open_conn, clock, sleep)
         self.reconcile = Reconcile(self.run_state, source_log)
-        self.preflight = Preflight(self.run_state)
+        self.preflight = Preflight(
+            self.run_state, read_dest_config or (lambda conn: read_host_lock_config(conn, read_config))
+        )
         self.transfer = Transfer(self.run_state)
         self.handoff = Handoff(self.run_state)
 
@@ -118,6 +128,7 @@ class MigrationManager:
         finally:
             run.send_over.set()
             self.handoff.join_resumer()
+            self.handoff.stop_prober()
             if run.events is not None:
                 run.events.close()
             for conn in (run.dest, run.src):
@@ -162,7 +173,11 @@ class MigrationManager:
                 cls=ValidationError,
             )
         run.lock_config = self.read_config(profile, local=run.src.local)
-        run.view = self.lease_view_factory(run.lock_config, resolve_volume=run.resolve_volume)
+        run.view = self.lease_view_factory(
+            run.lock_config,
+            resolve_volume=run.resolve_volume,
+            sharers=share_users(run.src.virt, exclude=self.name, paused_holds=profile.paused_guest_holds_leases),
+        )
         # a lock manager that names the holder's host (sanlock) tells the destination from any other
         run.view.source_host, run.view.dest_host = run.src_name, run.dest_name
         run.recorder = CheckpointRecorder(host=run.src_name)
@@ -296,7 +311,7 @@ class MigrationManager:
     def _migrate(self, src_dom, leases):
         run = self.run_state
         plan = run.plan
-        held = [r for r in leases if r.get("holder") == "source"]
+        held = [r for r in leases if source_keeps(r)]
         run.record(
             "begin/inquire",
             leases=leases,
@@ -313,6 +328,7 @@ class MigrationManager:
         )
         self._mark(src_dom)
         if self.events_factory is not None:
+            self.handoff.start_prober()  # the event probes run there, never in libvirt's event thread
             run.events = self.events_factory(self.name, clock=run.clock, on_event=self.handoff.on_event)
             run.events.watch(run.src, "source")
             run.events.watch(run.dest, "dest")
@@ -337,6 +353,7 @@ class MigrationManager:
         except VirtError as err:
             run.send_over.set()
             self.handoff.join_resumer()
+            self.handoff.drain_probes()
             if self.handoff.resumed_dom is not None:
                 # libvirt failed after the guest had arrived and been resumed: it runs on the destination
                 return self.handoff.complete(src_dom, send_error=err)

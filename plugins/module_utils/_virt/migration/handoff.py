@@ -11,10 +11,15 @@ takes the leases then) while libvirt confirms the source, exactly where libvirt'
 would resume it. Without events, or when the probe still sees a lease held by the source, it resumes only
 after the migration call returned. Then it checks that the source stopped and that the leases are held by
 a process other than the source's virtlockd (part of the migration manager).
+
+No lease probe runs in libvirt's event thread: a probe reads the shared lockspace, and a hung shared
+filesystem must not stall the delivery of events. The event callback only records the event (its time is the
+checkpoint's ``at``) and hands the probe to the prober thread, which stamps its own time (``probed_at``).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
@@ -25,10 +30,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.even
     SUSPENDED_PAUSED,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    blocks_dest,
     describe,
-    held_by_dest,
-    holders,
+    dest_holds,
     not_released,
+    shared_unattributed,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.timing import (
@@ -59,14 +65,16 @@ class Handoff:
     def __init__(self, run):
         self.run = run
         self._arrived = threading.Event()
-        self.run.send_over = threading.Event()
         self._resumer = None
         self.resumed_dom = None  # the destination's domain, once resumed by the handoff
         self._resume_error = None
         self._verify_error = None
+        self._probe_jobs = queue.Queue()
+        self._prober = None
 
     # ------------------------------------------------------------------ events (event thread: quick)
     def on_event(self, role, event, detail, item):
+        """libvirt's event thread: record the event and signal; never probe or call libvirt here."""
         if role == "dest" and event == "resumed" and detail == RESUMED_POSTCOPY:
             self._postcopy_running(item)
         elif role == "dest" and event == "started" and detail == STARTED_MIGRATED:
@@ -74,7 +82,9 @@ class Handoff:
                 "prepare",
                 item,
                 "prepare/register",
-                lambda leases: self.run.src.profile.paused_guest_holds_leases or "other" not in holders(leases),
+                lambda leases: (
+                    self.run.src.profile.paused_guest_holds_leases or not any(blocks_dest(r) for r in leases)
+                ),
                 "incoming guest created paused on {}".format(self.run.dest_name),
             )
         elif role == "source" and event == "suspended":
@@ -93,17 +103,46 @@ class Handoff:
             "postcopy_running",
             item,
             "perform/postcopy_dest_running",
-            lambda leases: "source" not in holders(leases),
+            lambda leases: not any(not_released(r) for r in leases),
             "post-copy: {} runs on {} while its memory follows".format(self.run.name, self.run.dest_name),
         )
 
     def _record_first_event(self, mark, item, name, ok_of, what):
-        """Record checkpoint ``name`` for the first such event of the send (stamped by it), with a lease probe;
-        ``ok_of(leases)`` judges the probe."""
+        """Mark the first such event of the send and queue checkpoint ``name`` (stamped by the event) for the
+        prober thread, which probes the leases; ``ok_of(leases)`` judges the probe. Runs in the event thread."""
         with self.run.marks.locked() as marks:
             if self.run.send_over.is_set() or mark in marks:
                 return
             marks[mark] = item["t"]
+        self._probe_jobs.put((item, name, ok_of, what))
+
+    # ------------------------------------------------------------------ the prober (its own thread)
+    def start_prober(self):
+        if self._prober is None:
+            self._prober = threading.Thread(target=self._prober_loop, name="lease-probe", daemon=True)
+            self._prober.start()
+
+    def _prober_loop(self):
+        while True:
+            job = self._probe_jobs.get()
+            try:
+                if job is None:
+                    return
+                self._probe_for_event(*job)
+            except Exception as exc:  # a probe that broke: said in the checkpoint, never lost
+                item, name = job[0], job[1]
+                self.run.record(
+                    name,
+                    ok=False,
+                    host=self.run.dest_name,
+                    at=item["at"],
+                    source="event",
+                    detail="the lease probe after this event failed: {}".format(exc),
+                )
+            finally:
+                self._probe_jobs.task_done()
+
+    def _probe_for_event(self, item, name, ok_of, what):
         leases = self.run.probe()
         self.run.record(
             name,
@@ -115,6 +154,17 @@ class Handoff:
             check=self.run.probe_check(),
             detail="{}; {}".format(what, describe(leases, self.run.src_name, self.run.dest_name)),
         )
+
+    def drain_probes(self):
+        """Wait until every queued event probe was recorded."""
+        if self._prober is not None:
+            self._probe_jobs.join()
+
+    def stop_prober(self):
+        if self._prober is not None:
+            self._probe_jobs.put(None)
+            self._prober.join()
+            self._prober = None
 
     # ------------------------------------------------------------------ the early resume (its own thread)
     def _can_resume_early(self):
@@ -146,12 +196,13 @@ class Handoff:
         while not self._arrived.wait(0.01):
             if self.run.send_over.is_set():
                 return  # no arrival seen while the call ran: the after-send path takes over
+        self.drain_probes()  # the events' checkpoints first: they saw earlier things
         try:
             dest_dom = lookup(self.run.dest, DOMAIN, self.run.name)
             if dest_dom is None or state_name(dest_dom) != "paused":
                 return
             leases = self._wait_released()
-            if any(not_released(r) for r in leases):
+            if self._still_held(leases):
                 return  # the after-send path reports it
             self._record_arrived(dest_dom)
             self._resume_dest(dest_dom)
@@ -167,13 +218,34 @@ class Handoff:
             self._resume_error = VirtError("finish: {}".format(exc))
 
     # ------------------------------------------------------------------ steps
+    def _source_stopped(self):
+        """Evidence that libvirt ran its lock release for the source's QEMU process: the source's SUSPENDED
+        event (libvirt releases before it queues that event), or its state read as not running. Returns a
+        text naming the evidence, or None."""
+        if self.run.marks.get("source_suspended"):
+            return "{}'s SUSPENDED event".format(self.run.src_name)
+        try:
+            dom = lookup(self.run.src, DOMAIN, self.run.name)
+            state = "absent" if dom is None else state_name(dom)
+        except Exception:  # VirtError or libvirtError: no evidence
+            return None
+        return None if state == "running" else "{}'s state read: {}".format(self.run.src_name, state)
+
+    def _still_held(self, leases):
+        """The leases the source still holds for the guest: held by its virtlockd for it, or a shareable disk's
+        share kept there for other guests too while nothing shows that the guest's own QEMU let go."""
+        still = [r for r in leases if not_released(r)]
+        if shared_unattributed(leases) and self._source_stopped() is None:
+            still += shared_unattributed(leases)
+        return still
+
     def _wait_released(self, wait=RELEASE_WAIT):
-        """Probe until the source's virtlockd holds none of the guest's leases (or ``wait`` passed); record
+        """Probe until the source holds none of the guest's leases (or ``wait`` passed); record
         perform/source_released, stamped by the source's SUSPENDED (migrated) event when there is one."""
         deadline = self.run.clock() + wait
         while True:
             leases = self.run.probe()
-            still = [r for r in leases if not_released(r)]
+            still = self._still_held(leases)
             if not still or self.run.clock() >= deadline:
                 break
             self.run.sleep(RELEASE_POLL)
@@ -189,13 +261,21 @@ class Handoff:
         else:
             at, source = None, "probe"
             how = "seen by the probe: " if not still else "still held after {:.0f}s: ".format(wait)
+        check = self.run.probe_check()
+        if shared_unattributed(leases):
+            evidence = self._source_stopped()
+            check += "; the guest's own shares: {}".format(
+                "released with its other leases at the vCPU stop ({})".format(evidence)
+                if evidence
+                else "no evidence that its vCPUs stopped"
+            )
         self.run.record(
             "perform/source_released",
             ok=not still,
             leases=leases,
             at=at,
             source=source,
-            check=self.run.probe_check(),
+            check=check,
             detail=how + describe(leases, self.run.src_name, self.run.dest_name),
         )
         return leases
@@ -252,15 +332,22 @@ class Handoff:
 
     def _verify_dest(self, dest_dom, paused_ok=False):
         leases = self.run.probe()
-        bad = [r for r in leases if not held_by_dest(r)]
+        bad = [r for r in leases if not dest_holds(r)]
         if paused_ok:
             bad = [r for r in leases if not_released(r)]
         detail = describe(leases, self.run.src_name, self.run.dest_name)
-        if not bad and leases:
-            # from the source host the probe sees a holder that is not the source's virtlockd; it cannot
-            # name the destination's
+        if not bad and leases and not any(r.get("holder") == "dest" for r in leases):
+            # from the source host virtlockd's lock shows a holder that is not the source's virtlockd; it
+            # cannot name the destination's (sanlock's lease area does: holder "dest")
             detail = "held, not by {}'s virtlockd (the destination's lock manager took them as it resumed): {}".format(
                 self.run.src_name, detail
+            )
+        check = self.run.probe_check()
+        if any(r.get("shared") for r in leases) and not bad:
+            check += (
+                "; a shareable disk's share on {} is not visible behind another holder's shared lock: the "
+                "resume succeeding is the evidence (libvirt takes every lease before the vCPUs run, and a "
+                "refused one fails the resume)".format(self.run.dest_name)
             )
         self.run.record(
             "finish/dest_acquired",
@@ -268,7 +355,7 @@ class Handoff:
             leases=leases,
             host=self.run.dest_name,
             source="probe",
-            check=self.run.probe_check(),
+            check=check,
             detail=detail,
         )
         if bad and self.run.plan.verify:
@@ -330,6 +417,7 @@ class Handoff:
     def _finish(self, src_dom, send_error):
         plan = self.run.plan
         self.join_resumer()
+        self.drain_probes()
         if not self.run.recorder.find("prepare/register"):
             self.run.record(
                 "prepare/register",
@@ -354,7 +442,7 @@ class Handoff:
             leases = (
                 self._wait_released() if not self.run.recorder.find("perform/source_released") else self.run.probe()
             )
-            still = [r for r in leases if not_released(r)]
+            still = self._still_held(leases)
             if still and plan.verify:
                 raise self.run.failure(
                     "perform: {} still holds {} after the send; {} is left paused on {}, not resumed, and runs "

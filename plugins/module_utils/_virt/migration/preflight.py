@@ -3,10 +3,14 @@
 """Preflight: what must hold before anything moves.
 
 The destination has the guest's networks, pools and volumes; its name is free there; the source holds
-every lease it should; the convergence ramp fits the guest's size. Nothing is changed here.
+every lease it should; the destination's lock manager would lease the guest exactly as the source does (the
+same lock manager, and the same lease files in the same lockspaces); the convergence ramp fits the guest's
+size. Nothing is changed here.
 """
 
 from __future__ import annotations
+
+import os
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import plan_convergence
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
@@ -14,7 +18,10 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     domain_lease_resources,
     rw_disks_without_lease,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import describe
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    describe,
+    source_keeps,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.snapshot import migration_blockers
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import to_bytes
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml
@@ -23,8 +30,9 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import ele
 class Preflight:
     """The checks of a migration, recorded in ``run.checks``; reads the run's connections, plan and leases."""
 
-    def __init__(self, run):
+    def __init__(self, run, read_dest_config):
         self.run = run
+        self.read_dest_config = read_dest_config  # (destination Connection) -> LockConfig
 
     def plan_convergence(self, src_dom, xml):
         """The downtime ramp and timeouts for this guest's size (memory, plus the disks a copy moves)."""
@@ -126,8 +134,9 @@ class Preflight:
                     run.name, ", ".join(r["disk"] or "?" for r in unleased)
                 )
             )
+        self._check_dest_locking(root)
         if run.src_state == "running" or run.src.profile.paused_guest_holds_leases:
-            missing = [r for r in leases if r.get("holder") != "source"]
+            missing = [r for r in leases if not source_keeps(r)]
             self._check(
                 "source_holds_leases",
                 not missing,
@@ -135,6 +144,214 @@ class Preflight:
                 if not missing
                 else describe(missing, run.src_name, run.dest_name),
             )
+
+    def _check_dest_locking(self, root):
+        """The destination must lease the guest as the source does: read its lock configuration with the same
+        reader (over SSH for a remote URI) and compare the lock manager and every lease the guest would take
+        there. A destination without a lock manager would run the guest unleased; another lockspace would
+        let a second copy elsewhere run beside it."""
+        src_cfg = self.lock_config
+        try:
+            dest_cfg = self.read_dest_config(self.dest)
+        except Exception as exc:  # a reader that broke: nothing is known about the destination
+            dest_cfg = None
+            why = str(exc)
+        self.dest_lock_config = dest_cfg
+        src, dest = self.src_name, self.dest_name
+        if dest_cfg is None or not dest_cfg.readable or dest_cfg.errors:
+            reason = why if dest_cfg is None else "; ".join(dest_cfg.errors)
+            self._check(
+                "dest_lock_manager",
+                False,
+                "cannot read the lock configuration of {} ({}): it may run {} unleased; set lock.verify: false to "
+                "migrate without verification".format(dest, reason, self.name),
+            )
+            return
+        where = dest_cfg.lock_conf or "its driver config"
+        if not dest_cfg.enabled:
+            self._check(
+                "dest_lock_manager",
+                False,
+                "{} has no lock manager ({} sets no lock_manager) while {} uses {}: {} would run there unleased, "
+                "and nothing would stop a second copy of it".format(dest, where, src, src_cfg.manager, self.name),
+            )
+            return
+        if dest_cfg.manager != src_cfg.manager:
+            self._check(
+                "dest_lock_manager",
+                False,
+                "{} uses lock manager {} and {} uses {}: their leases do not exclude each other".format(
+                    dest, dest_cfg.manager, src, src_cfg.manager
+                ),
+            )
+            return
+        mine = self._all_resources(root)
+        theirs = domain_lease_resources(root, dest_cfg, self._resolve_volume)
+        problems = []
+        for a, b in zip(mine, theirs):
+            name = "{} {}".format(a["kind"], a.get("key") or a.get("disk") or a.get("path"))
+            if a["kind"] == "lease":
+                known = [d for d in (dest_cfg.file_lockspace_dir, dest_cfg.lvm_lockspace_dir) if d]
+                if a["lockspace"] and os.path.normpath(a["lockspace"]) not in [os.path.normpath(d) for d in known]:
+                    problems.append(
+                        "{}: its lockspace {} is not one {}'s virtlockd knows ({})".format(
+                            name, a["lockspace"], dest, ", ".join(known) or "no file_lockspace_dir"
+                        )
+                    )
+            elif a["resource"] and not b["resource"]:
+                problems.append("{}: not leased on {} (auto_disk_leases is off there)".format(name, dest))
+            elif a["resource"] != b["resource"]:
+                problems.append(
+                    "{}: leased as {} on {} but as {} on {}".format(name, a["resource"], src, b["resource"], dest)
+                )
+        if problems:
+            self._check(
+                "dest_lockspace",
+                False,
+                "{} would lease {} in another lockspace than {} (file_lockspace_dir {} there, {} here): {}".format(
+                    dest,
+                    self.name,
+                    src,
+                    dest_cfg.file_lockspace_dir or "unset",
+                    src_cfg.file_lockspace_dir or "unset",
+                    "; ".join(problems),
+                ),
+            )
+            return
+        self._check(
+            "dest_lock_manager",
+            True,
+            "{} uses {} with the same lockspace as {} ({}; read from {})".format(
+                dest, dest_cfg.manager, src, dest_cfg.file_lockspace_dir or "direct locks on the images", where
+            ),
+        )
+
+    def _check_dest_locking(self, root):
+        """The destination must lease the guest as the source does: read its lock configuration with the same
+        reader (over SSH for a remote URI) and compare the lock manager and every lease the guest would take
+        there. A destination without a lock manager would run the guest unleased; another lockspace would
+        let a second copy elsewhere run beside it."""
+        run = self.run
+        src_cfg = run.lock_config
+        why = None
+        try:
+            dest_cfg = self.read_dest_config(run.dest)
+        except Exception as exc:  # a reader that broke: nothing is known about the destination
+            dest_cfg = None
+            why = str(exc)
+        run.dest_lock_config = dest_cfg
+        src, dest = run.src_name, run.dest_name
+        if dest_cfg is None or not dest_cfg.readable or dest_cfg.errors:
+            reason = why if dest_cfg is None else "; ".join(dest_cfg.errors)
+            self._check(
+                "dest_lock_manager",
+                False,
+                "cannot read the lock configuration of {} ({}): it may run {} unleased; set lock.verify: false to "
+                "migrate without verification".format(dest, reason, run.name),
+            )
+            return
+        where = dest_cfg.lock_conf or "its driver config"
+        if not dest_cfg.enabled:
+            self._check(
+                "dest_lock_manager",
+                False,
+                "{} has no lock manager ({} sets no lock_manager) while {} uses {}: {} would run there unleased, "
+                "and nothing would stop a second copy of it".format(dest, where, src, src_cfg.manager, run.name),
+            )
+            return
+        if dest_cfg.manager != src_cfg.manager:
+            self._check(
+                "dest_lock_manager",
+                False,
+                "{} uses lock manager {} and {} uses {}: their leases do not exclude each other".format(
+                    dest, dest_cfg.manager, src, src_cfg.manager
+                ),
+            )
+            return
+        if dest_cfg.manager == "sanlock":
+            self._check_dest_sanlock(root, src_cfg, dest_cfg, where)
+            return
+        mine = self._all_resources(root)
+        theirs = domain_lease_resources(root, dest_cfg, run.resolve_volume)
+        problems = []
+        for a, b in zip(mine, theirs):
+            name = "{} {}".format(a["kind"], a.get("key") or a.get("disk") or a.get("path"))
+            if a["kind"] == "lease":
+                known = [d for d in (dest_cfg.file_lockspace_dir, dest_cfg.lvm_lockspace_dir) if d]
+                if a["lockspace"] and os.path.normpath(a["lockspace"]) not in [os.path.normpath(d) for d in known]:
+                    problems.append(
+                        "{}: its lockspace {} is not one {}'s virtlockd knows ({})".format(
+                            name, a["lockspace"], dest, ", ".join(known) or "no file_lockspace_dir"
+                        )
+                    )
+            elif a["resource"] and not b["resource"]:
+                problems.append("{}: not leased on {} (auto_disk_leases is off there)".format(name, dest))
+            elif a["resource"] != b["resource"]:
+                problems.append(
+                    "{}: leased as {} on {} but as {} on {}".format(name, a["resource"], src, b["resource"], dest)
+                )
+        if problems:
+            self._check(
+                "dest_lockspace",
+                False,
+                "{} would lease {} in another lockspace than {} (file_lockspace_dir {} there, {} here): {}".format(
+                    dest,
+                    run.name,
+                    src,
+                    dest_cfg.file_lockspace_dir or "unset",
+                    src_cfg.file_lockspace_dir or "unset",
+                    "; ".join(problems),
+                ),
+            )
+            return
+        self._check(
+            "dest_lock_manager",
+            True,
+            "{} uses {} with the same lockspace as {} ({}; read from {})".format(
+                dest, dest_cfg.manager, src, dest_cfg.file_lockspace_dir or "direct locks on the images", where
+            ),
+        )
+
+    def _check_dest_sanlock(self, root, src_cfg, dest_cfg, where):
+        """sanlock on both: the disk leases must be the same lease files (``disk_lease_dir``), and the two
+        hosts must have different host_ids (the same host_id on two hosts lets both hold one lease)."""
+        run = self.run
+        src, dest = run.src_name, run.dest_name
+        problems = []
+        if dest_cfg.host_id is None or dest_cfg.host_id == src_cfg.host_id:
+            problems.append(
+                "host_id {} there and {} here: every host needs its own".format(dest_cfg.host_id, src_cfg.host_id)
+            )
+        mine = self._all_resources(root)
+        theirs = domain_lease_resources(root, dest_cfg, run.resolve_volume)
+        for a, b in zip(mine, theirs):
+            if a["kind"] != "lease" and a["resource"] != b["resource"]:
+                problems.append(
+                    "disk {}: leased as {} on {} but as {} on {}".format(
+                        a.get("disk") or a.get("path"), a["resource"], src, b["resource"] or "nothing", dest
+                    )
+                )
+        if problems:
+            self._check(
+                "dest_lockspace",
+                False,
+                "{} would lease {} apart from {} (sanlock, disk_lease_dir {} there, {} here): {}".format(
+                    dest,
+                    run.name,
+                    src,
+                    dest_cfg.disk_lease_dir or "unset",
+                    src_cfg.disk_lease_dir or "unset",
+                    "; ".join(problems),
+                ),
+            )
+            return
+        self._check(
+            "dest_lock_manager",
+            True,
+            "{} uses sanlock with the same disk lease directory as {} ({}; host_id {}; read from {})".format(
+                dest, src, dest_cfg.disk_lease_dir, dest_cfg.host_id, where
+            ),
+        )
 
     def _all_resources(self, root):
         return domain_lease_resources(root, self.run.lock_config, self.run.resolve_volume)

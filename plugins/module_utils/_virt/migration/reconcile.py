@@ -32,8 +32,9 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration impo
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     describe,
-    held_by_dest,
+    dest_holds,
     not_released,
+    source_keeps,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
 
@@ -226,7 +227,7 @@ class Reconcile:
                 ) from None
         leases = self.run.probe()
         state = state_name(dest_dom)
-        bad = [r for r in leases if not held_by_dest(r)] if state == "running" else []
+        bad = [r for r in leases if not dest_holds(r)] if state == "running" else []
         self.run.record(
             "reconcile/dest_acquired",
             ok=not bad,
@@ -261,7 +262,7 @@ class Reconcile:
         with libvirt_errors("cannot read the XML of {}".format(self.run.name)):
             self.run.resources = self.run.view.expected(dest_dom.XMLDesc(0))
         leases = self.run.probe()
-        if not leases or any(not held_by_dest(r) for r in leases):
+        if not leases or any(not dest_holds(r) for r in leases):
             raise self.run.failure(
                 "reconcile: {} runs on {} and is paused on {}, and the leases are not all held away from {} ({}); "
                 "refusing to touch either copy".format(
@@ -322,7 +323,7 @@ class Reconcile:
 
     def _stop_stale_dest(self, dest_dom):
         leases = self.run.probe()
-        if any(r.get("holder") != "source" for r in leases):
+        if any(not source_keeps(r) for r in leases):
             return  # the preflight's source_holds_leases check reports it
         self._found(
             "{} runs on {} holding its leases; a paused copy left by an earlier handoff stays on {}".format(

@@ -15,12 +15,13 @@ from __future__ import annotations
 import threading
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder, utc_now
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     lease_summary,
     public_leases,
+    shared_check,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import clear_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.timing import event_timing
@@ -96,6 +97,7 @@ class MigrationRun:
         self.src = self.dest = None
         self.src_name = self.dest_name = None
         self.lock_config = None
+        self.dest_lock_config = None  # read by the preflight
         self.view = None
         self.recorder = None
         self.events = None
@@ -112,6 +114,8 @@ class MigrationRun:
 
     # ------------------------------------------------------------------ checkpoints and leases
     def record(self, name, ok=True, leases=None, detail=None, host=None, at=None, source="api", check=None):
+        if check is not None and leases:
+            check += shared_check(leases, self.src_name)
         item = self.recorder.record(
             name,
             ok=ok,
@@ -124,10 +128,16 @@ class MigrationRun:
         )
         if leases is not None:
             item["leases"] = lease_summary(leases)
+            # the probe's own time: an event-stamped checkpoint's probe ran after the event
+            item["probed_at"] = leases[0].get("probed_at") if leases else None
         return item
 
     def probe(self):
-        return self.view.probe(self.resources)
+        at = utc_now()
+        leases = self.view.probe(self.resources)
+        for r in leases:
+            r["probed_at"] = at
+        return leases
 
     def probe_check(self):
         if self.lock_config.manager == "sanlock":

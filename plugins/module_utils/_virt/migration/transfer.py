@@ -23,9 +23,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    blocks_dest,
     describe,
     held_elsewhere,
     not_released,
+    source_keeps,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import RELEASE_BEFORE_SEND
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
@@ -83,7 +85,7 @@ def classify_failed_send(plan, was, forced_pause, lock_enabled, state_now, lease
     # QEMU restarts the vCPUs itself when a job is cancelled after it stopped them for the final copy, and
     # libvirt then marks the guest running without taking its leases back: the module pauses and resumes it
     # through libvirt to take them again
-    if state_now == "running" and lock_enabled and any(r.get("holder") != "source" for r in leases):
+    if state_now == "running" and lock_enabled and any(not source_keeps(r) for r in leases):
         return SendFailure.RESUMED_UNLEASED
     # libvirt may also leave it paused: its vCPUs stopped for the final copy and the job failed after that (the
     # destination's libvirtd gone, a lease taken in the gap); it runs nowhere then
@@ -335,7 +337,8 @@ class Transfer:
             # shared lockspace still shows whether anything there holds a lease
             dest_dom, gone, unreachable = None, True, exc.msg
         leases = self.run.probe()
-        other = [r for r in leases if held_elsewhere(r)]
+        # a shareable disk's shared lock held elsewhere (other guests sharing it) is no copy of this guest
+        other = [r for r in leases if held_elsewhere(r) and (r.get("holder") != "other" or blocks_dest(r))]
         dest_ok = gone and not other
         if unreachable:
             dest_seen = "a libvirtd that cannot be reached ({}), so no copy that can run".format(unreachable)
@@ -353,7 +356,7 @@ class Transfer:
             ),
         )
         src_state = state_name(src_dom)
-        held_src = [r for r in leases if r.get("holder") == "source"]
+        held_src = [r for r in leases if source_keeps(r)]
         kept = src_state == "running" and len(held_src) == len(leases)
         if plan.release != RELEASE_BEFORE_SEND:
             self.run.record(
@@ -373,7 +376,7 @@ class Transfer:
                     err.msg,
                     self.run.src_name,
                     describe(
-                        [r for r in leases if r.get("holder") != "source"] or leases,
+                        [r for r in leases if not source_keeps(r)] or leases,
                         self.run.src_name,
                         self.run.dest_name,
                     ),

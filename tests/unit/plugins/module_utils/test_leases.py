@@ -1,5 +1,6 @@
 """Lock config reading, lease naming and the F_GETLK probe against real locks held by another process."""
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -16,12 +17,24 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     disk_lease_resource,
     domain_lease_resources,
     ensure_lease_file,
+    held_by_pids,
     lease_name,
+    own_share,
     parse_libvirt_conf,
     probe_lock,
     probe_resources,
+    read_host_lock_config,
     read_lock_config,
+    share_users,
+    ssh_reader,
     virtlockd_pids,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
+    blocks_dest,
+    classify,
+    dest_holds,
+    not_released,
+    source_keeps,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import QEMU
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
@@ -242,3 +255,184 @@ def test_describe_holder():
     assert leases.describe_holder({"held": False}) == "not held"
     assert "this host" in leases.describe_holder({"held": True, "held_here": True, "holder_pid": 5})
     assert "pid 7" in leases.describe_holder({"held": True, "held_here": False, "holder_pid": 7})
+
+
+# --------------------------------------------------------------------------- shareable disks: shared locks
+def shared_resource(path):
+    return {"kind": "disk", "resource": str(path), "disk": "vdb", "path": "/img/quorum.raw", "shared": True}
+
+
+def test_a_shared_lock_is_reported_as_shared_and_held_here_by_its_holder(tmp_path, holder):
+    """virtlockd takes F_RDLCK for a shareable disk (virlockspace.c: virFileLock(fd, shared, 0, 1))."""
+    f = tmp_path / "quorum"
+    proc = holder(f, "read")
+    cfg = LockConfig(manager="lockd", file_lockspace_dir=str(tmp_path))
+    (r,) = probe_resources([shared_resource(f)], cfg, here_pids={proc.pid}, sharers=lambda path: ["g2"])
+    assert r["held"] is True and r["lock"] == "shared" and r["held_here"] is True and r["sharers"] == ["g2"]
+    assert own_share(r) is None  # held here, but also for g2: the lock cannot tell whose share it is
+    (alone,) = probe_resources([shared_resource(f)], cfg, here_pids={proc.pid}, sharers=lambda path: [])
+    assert own_share(alone) is True
+    (excl,) = probe_resources([dict(shared_resource(f), shared=False)], cfg, here_pids={os.getpid()})
+    assert excl["lock"] == "shared" and excl["sharers"] == [] and excl["held_here"] is False
+
+
+def test_this_hosts_share_is_seen_behind_another_holders_shared_lock(tmp_path, holder):
+    """F_GETLK names one conflicting lock only; the other holder's own share is read from its /proc files."""
+    f = tmp_path / "quorum"
+    first, second = holder(f, "read"), holder(f, "read")
+    named = probe_lock(str(f))["holder_pid"]
+    assert named in (first.pid, second.pid)
+    hidden = second if named == first.pid else first
+    assert held_by_pids(str(f), {hidden.pid}) == "shared"
+    assert held_by_pids(str(f), {os.getpid()}) is None
+    cfg = LockConfig(manager="lockd", file_lockspace_dir=str(tmp_path))
+    (r,) = probe_resources([shared_resource(f)], cfg, here_pids={hidden.pid})
+    assert r["holder_pid"] == named and r["held_here"] is True and r["lock"] == "shared"
+    (gone,) = probe_resources([shared_resource(f)], cfg, here_pids={os.getpid()})
+    assert gone["held"] is True and gone["held_here"] is False and own_share(gone) is False
+
+
+def test_held_by_pids_reads_an_exclusive_lock_too(tmp_path, holder):
+    f = tmp_path / "lease"
+    proc = holder(f)
+    assert held_by_pids(str(f), {proc.pid}) == "exclusive"
+    assert held_by_pids(str(tmp_path / "none"), {proc.pid}) is None
+
+
+@pytest.mark.parametrize(
+    "probe, holder_is",
+    [
+        ({"shared": False, "held": True, "held_here": True, "lock": "exclusive"}, "source"),
+        ({"shared": False, "held": True, "held_here": False, "lock": "exclusive"}, "other"),
+        ({"shared": False, "held": True, "held_here": False, "lock": "shared"}, "other"),
+        ({"shared": False, "held": False, "held_here": False, "lock": None}, None),
+        ({"shared": True, "held": True, "held_here": True, "lock": "shared", "sharers": []}, "source"),
+        ({"shared": True, "held": True, "held_here": True, "lock": "shared", "sharers": ["g2"]}, "source_shared"),
+        ({"shared": True, "held": True, "held_here": False, "lock": "shared", "sharers": []}, "other"),
+        ({"shared": True, "held": True, "held_here": False, "lock": "exclusive"}, "other"),
+        ({"shared": True, "held": False, "held_here": False, "lock": None}, None),
+    ],
+)
+def test_classify_tells_a_shared_lock_from_an_exclusive_holder(probe, holder_is):
+    assert classify(probe) == holder_is
+
+
+def test_what_each_holder_means_for_the_handoff():
+    shared_kept = {"shared": True, "lock": "shared", "holder": "source_shared"}
+    shared_other = {"shared": True, "lock": "shared", "holder": "other"}
+    excl_other = {"shared": True, "lock": "exclusive", "holder": "other"}
+    lease_other = {"shared": False, "lock": "exclusive", "holder": "other"}
+    assert not not_released(shared_kept) and source_keeps(shared_kept) and dest_holds(shared_kept)
+    assert dest_holds(shared_other) and not blocks_dest(shared_other)
+    assert not dest_holds(excl_other) and blocks_dest(excl_other)
+    assert dest_holds(lease_other) and blocks_dest(lease_other)
+    assert not dest_holds({"shared": True, "lock": None, "holder": None})
+
+
+class FakeDom:
+    def __init__(self, name, state, disks):
+        self._name, self._state, self._disks = name, state, disks
+
+    def name(self):
+        return self._name
+
+    def isActive(self):
+        return self._state != 5
+
+    def state(self):
+        return [self._state, 1]
+
+    def XMLDesc(self, _flags=0):
+        devices = "".join(
+            "<disk type='file' device='disk'><source file='{}'/><target dev='vd{}'/>{}</disk>".format(
+                path, "abcdef"[i], "<shareable/>" if shared else ""
+            )
+            for i, (path, shared) in enumerate(self._disks)
+        )
+        return "<domain><name>{}</name><devices>{}</devices></domain>".format(self._name, devices)
+
+
+class FakeVirtConn:
+    def __init__(self, doms):
+        self.doms = doms
+
+    def listAllDomains(self, _flags=0):
+        return list(self.doms)
+
+
+def test_share_users_are_the_other_running_guests_sharing_the_disk():
+    q = "/img/quorum.raw"
+    virt = FakeVirtConn(
+        [
+            FakeDom("me", 1, [(q, True)]),
+            FakeDom("b", 1, [("/img/b.qcow2", False), (q, True)]),
+            FakeDom("paused", 3, [(q, True)]),  # a paused QEMU guest released its leases
+            FakeDom("off", 5, [(q, True)]),
+            FakeDom("not-shared", 1, [(q, False)]),
+            FakeDom("other-disk", 1, [("/img/x.raw", True)]),
+        ]
+    )
+    assert share_users(virt, exclude="me")(q) == ["b"]
+    assert share_users(virt, exclude="me", paused_holds=True)(q) == ["b", "paused"]  # libxl keeps them
+
+
+# --------------------------------------------------------------------------- the destination's configuration
+class Run:
+    def __init__(self, answers):
+        self.answers, self.argvs = dict(answers), []
+
+    def __call__(self, argv, **_kw):
+        self.argvs.append(argv)
+        for path, (rc, out, err) in self.answers.items():
+            if path in argv[-1]:
+                return subprocess.CompletedProcess(argv, rc, out, err)
+        return subprocess.CompletedProcess(argv, 2, "", "")
+
+
+def test_ssh_reader_uses_the_uris_ssh_settings_and_tells_missing_from_unreachable():
+    run = Run({"/etc/a.conf": (0, "x = 1\n", ""), "/etc/b.conf": (255, "", "ssh: connect: refused\n")})
+    read = ssh_reader("qemu+ssh://root@hv2:2222/system?keyfile=/k/id&known_hosts=/k/kh&no_verify=1", run=run)
+    assert read("/etc/a.conf") == "x = 1\n"
+    argv = run.argvs[0]
+    assert argv[:2] == ["ssh", "-T"] and "BatchMode=yes" in argv
+    assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-l") + 1] == "root"
+    assert argv[argv.index("-i") + 1] == "/k/id" and "UserKnownHostsFile=/k/kh" in argv
+    assert "StrictHostKeyChecking=no" in argv and argv[-2] == "hv2"
+    with pytest.raises(OSError) as missing:
+        read("/etc/none.conf")
+    assert missing.value.errno == errno.ENOENT
+    with pytest.raises(OSError, match="ssh: connect: refused") as broken:
+        read("/etc/b.conf")
+    assert broken.value.errno == errno.EIO
+    assert ssh_reader("qemu+tls://hv2/system") is None and ssh_reader("qemu:///system") is None
+
+
+class Conn:
+    def __init__(self, uri, local=False):
+        self.uri, self.local, self.hostname, self.profile = uri, local, "hv2", QEMU
+
+
+def test_read_host_lock_config_reads_a_remote_hosts_files_with_the_same_reader(tmp_path, monkeypatch):
+    qemu, lockd, ls = write_confs(tmp_path)
+    # the environment overrides name files here, never the destination's
+    monkeypatch.setenv("LOCKSTEP_VIRT_LOCK_CONF", str(tmp_path / "here.conf"))
+    files = {QEMU.lock_conf: open(qemu).read(), QEMU.lockd_conf: open(lockd).read()}
+
+    def reader(path):
+        if path not in files:
+            raise OSError(errno.ENOENT, "missing")
+        return files[path]
+
+    cfg = read_host_lock_config(Conn("qemu+ssh://hv2/system"), make_reader=lambda uri: reader)
+    assert cfg.manager == "lockd" and cfg.file_lockspace_dir == ls and cfg.errors == []
+    assert cfg.local is False and not cfg.probeable and cfg.lock_conf == QEMU.lock_conf
+    files[QEMU.lock_conf] = "# nothing\n"
+    assert read_host_lock_config(Conn("qemu+ssh://hv2/system"), make_reader=lambda uri: reader).enabled is False
+
+    def broken(path):
+        raise OSError(errno.EIO, "over ssh to hv2: Permission denied")
+
+    cfg = read_host_lock_config(Conn("qemu+ssh://hv2/system"), make_reader=lambda uri: broken)
+    assert cfg.manager is None and "Permission denied" in cfg.errors[0]
+    cfg = read_host_lock_config(Conn("qemu+tls://hv2/system"))
+    assert cfg.readable is False and "cannot be read over qemu+tls://hv2/system" in cfg.errors[0]

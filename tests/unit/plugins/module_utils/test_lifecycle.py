@@ -99,6 +99,7 @@ def test_one_lease_shape_and_one_lockspace_meaning_across_results(hv, run_module
     the lockspace directory in all three (a VM lease's <target path>/<lockspace>, a disk's file_lockspace_dir)."""
     proc = hold(lockd_host / "lockd" / "vm-key")
     fields = {"kind", "resource", "lockspace", "disk", "path", "key", "held", "held_here", "holder_pid", "holder_host"}
+    fields |= {"lock", "sharers"}
     domain = run_module(domain_module.main, {"uri": URI, "name": "lk", "spec": LEASED, "state": "running"})["leases"]
     (info,) = run_module(domain_info_module.main, {"uri": URI, "name": "lk"})["domains"]
     (guest,) = run_module(lease_info_module.main, {"uri": URI, "names": ["lk"]})["guests"]
@@ -299,3 +300,59 @@ def test_paused_start_holds_no_lease_and_stays_paused(hv):
         lc.resume(dom)
         assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         assert rec.names()[-3:] == ["resumed", "leases_verified", "running"]
+
+
+def shared_guest(conn, name, path, lockdir=None):
+    lease = (
+        "<lease><lockspace>lockd</lockspace><key>{}-key</key><target path='{}'/></lease>".format(
+            name, os.path.dirname(lockdir)
+        )
+        if lockdir
+        else ""
+    )
+    xml = (
+        "<domain type='qemu'><name>{}</name><memory unit='MiB'>32</memory><os><type>hvm</type></os><devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>"
+        "<target dev='vdb' bus='virtio'/><shareable/></disk>{}</devices></domain>"
+    ).format(name, path, lease)
+    return conn.virt.defineXML(xml)
+
+
+def test_stopping_one_of_two_guests_sharing_a_disk_leaves_the_shared_lock_to_the_other(hv, tmp_path, monkeypatch):
+    """virtlockd keeps one shared lock per host for every guest there sharing a shareable disk: after one of
+    them stops, the lock stays for the other, and that is no lease left behind."""
+    lockdir = tmp_path / "shared" / "lockd"
+    lockdir.mkdir(parents=True)
+    disk = str(tmp_path / "quorum.raw")
+    resource = lockdir / leases_mod.lease_name(disk)
+    # stands in for this host's virtlockd: one shared lock on the disk's lease file
+    virtlockd = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(resource), "read"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert virtlockd.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(leases_mod, "virtlockd_pids", lambda *a, **kw: {virtlockd.pid})
+        with Connection(URI) as conn:
+            cfg = LockConfig(manager="lockd", file_lockspace_dir=str(lockdir))
+            a, b = shared_guest(conn, "shr-a", disk), shared_guest(conn, "shr-b", disk)
+            a.create()
+            b.create()
+            rec = CheckpointRecorder(host="hv1")
+            lc = Lifecycle(conn, rec, cfg, clock=FakeClock())
+            (before,) = lc.probe(a)
+            assert before["lock"] == "shared" and before["held_here"] is True and before["sharers"] == ["shr-b"]
+            leases, ok = lc.verify(a, required=False)
+            assert ok is True, rec.last()
+            lc.destroy(a)
+            released = rec.find("leases_released")
+            assert released["ok"] is True, released
+            assert "the shared lock stays for shr-b sharing it here" in released["detail"]
+            # shr-b alone: the lock held here can now only be its own share
+            (alone,) = lc.probe(b)
+            assert alone["held_here"] is True and alone["sharers"] == []
+            # nobody else shares it any more and the lock is still held after shr-b stopped: left behind
+            lc.destroy(b)
+            assert rec.find("leases_released")["ok"] is False
+    finally:
+        virtlockd.kill()
+        virtlockd.wait()

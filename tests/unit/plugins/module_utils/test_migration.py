@@ -7,11 +7,15 @@ The fake follows what each libvirt driver does, with the lifecycle events libvir
   vCPUs in QEMU without taking a lease back; Finish with VIR_MIGRATE_PAUSED leaves the destination paused
   holding no lease (SUSPENDED/paused); Confirm stops the source (STOPPED/migrated) some time later; a paused
   guest takes its leases when resumed (RESUMED).
+- virtlockd and a shareable disk: libvirt adds it with VIR_LOCK_MANAGER_RESOURCE_SHARED and virtlockd takes
+  a shared fcntl lock, one per host, kept while any guest on that host owns it (virlockspace.c keeps the
+  owners); its release at the vCPU stop drops only the releasing guest's ownership; F_GETLK names one holder.
 - libxl (after libvirt's "Fix lock manager lock ordering"): Prepare creates the guest without leases,
   Perform releases on the source only after a successful send, Finish acquires on the destination before
   unpausing (and keeps them while it stays paused); a failed send never reacquires.
 """
 
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -26,6 +30,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints im
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import classify
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import (
     MIGRATE_ARGUMENT_SPEC,
     build_plan,
@@ -34,6 +39,8 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LIBXL, QEMU
 
 RESOURCES = ["/ls/disk-hash", "/ls/g1-lease"]
+SHARED = "/ls/quorum-hash"  # the lease file of a shareable disk
+VIRTLOCKD = {"hv1": 101, "hv2": 202}
 XML = (
     "<domain type='{type}'><name>g1</name><uuid>11111111-2222-3333-4444-555555555555</uuid>"
     "<devices><disk type='file' device='disk'><source file='/shared/g1.qcow2'/><target dev='vda'/></disk>"
@@ -160,23 +167,40 @@ class World:
         self.stale_attempts = 0  # resumes on the destination refused before the stale holder goes
         self.stale_resource = RESOURCES[1]
         self.watchers = []
+        # a shareable disk: {host: owners} of each host's virtlockd's one shared lock (None: no such disk)
+        self.shares = None
+        self.shared_only = False  # the guest's only lease is the shareable disk
+        self.getlk_first = "hv1"  # whose shared lock F_GETLK names when both hosts hold one
+        self.arrive_before_stop = False  # the destination reports arrival before the source's vCPUs stop
+        self.in_callback = threading.local()
+        self.probe_threads = []
+        self.probes_in_callback = 0
+        self.callback_seconds = []
+        self.probe_delay = 0
+
+    def exclusive(self):
+        return [] if self.shared_only else RESOURCES
 
     def emit(self, host, event, detail):
         for w in self.watchers:
             w.deliver(host, event, detail)
 
     def acquire(self, host):
-        for r in RESOURCES:
+        for r in self.exclusive():
             if self.locks.get(r) not in (None, host):
                 raise busy(r)
-        for r in RESOURCES:
+        for r in self.exclusive():
             self.locks[r] = host
+        if self.shares is not None:  # a shared lock never conflicts with another shared one
+            self.shares.setdefault(host, set()).add("g1")
         self.log.append("acquire@" + host)
 
     def release(self, host):
-        for r in RESOURCES:
+        for r in self.exclusive():
             if self.locks.get(r) == host:
                 self.locks[r] = None
+        if self.shares is not None:  # only g1's ownership goes: the lock stays for the host's other owners
+            self.shares.get(host, set()).discard("g1")
         self.log.append("release@" + host)
 
 
@@ -200,7 +224,14 @@ class FakeEvents:
         item = {"role": role, "event": event, "detail": detail, "t": self.clock(), "at": utc_now()}
         self.items.append(item)
         if self.on_event is not None:
-            self.on_event(role, event, detail, item)
+            # libvirt's event thread: the callback runs here and must return quickly
+            self.world.in_callback.active = True
+            started = time.monotonic()
+            try:
+                self.on_event(role, event, detail, item)
+            finally:
+                self.world.callback_seconds.append(time.monotonic() - started)
+                self.world.in_callback.active = False
 
     def first(self, role, event, detail=None, after=None):
         for i in self.items:
@@ -303,6 +334,9 @@ class FakeDomain:
             del dst.domains["g1"]  # finish(cancelled) kills the half-received guest: it held nothing
             w.log.append("perform_failed")
             raise libvirt.libvirtError("operation failed: migration out job: unexpectedly failed")
+        if w.arrive_before_stop:
+            w.emit("hv2", "suspended", 0)  # an arrival reported before the source stopped
+            time.sleep(0.15)
         if w.driver == "qemu":
             # the vCPUs stop for the final part of the copy: libvirt releases the source's leases now
             self.set("paused", 2)  # VIR_DOMAIN_PAUSED_MIGRATION
@@ -379,10 +413,21 @@ class FakeView:
     def __init__(self, world):
         self.world = world
 
-    def __call__(self, lock_config, resolve_volume=None):
+    def __call__(self, lock_config, resolve_volume=None, sharers=None):
         return self
 
     def expected(self, _xml):
+        shared = {
+            "kind": "disk",
+            "resource": SHARED,
+            "lockspace": "/ls",
+            "disk": "vdb",
+            "key": None,
+            "path": "/shared/quorum.raw",
+            "shared": True,
+        }
+        if self.world.shared_only:
+            return [shared]
         return [
             {
                 "kind": "disk",
@@ -402,14 +447,42 @@ class FakeView:
                 "path": None,
                 "shared": False,
             },
-        ]
+        ] + ([shared] if self.world.shares is not None else [])
 
     def probe(self, resources):
+        w = self.world
+        w.probe_threads.append(threading.current_thread().name)
+        if getattr(w.in_callback, "active", False):
+            w.probes_in_callback += 1
+        if w.probe_delay:
+            time.sleep(w.probe_delay)  # a slow shared filesystem
         out = []
         for r in resources:
-            holder = self.world.locks.get(r["resource"])
-            r = dict(r, held=holder is not None, held_here=holder == "hv1", holder_pid=None)
-            r["holder"] = "source" if holder == "hv1" else ("other" if holder else None)
+            if r["resource"] == SHARED:
+                # what probe_resources reads: F_GETLK names one host's shared lock; hv1's virtlockd's own
+                # files show whether it holds one; the guests on hv1 sharing the disk besides g1
+                holding = [h for h in ("hv1", "hv2") if w.shares.get(h)]
+                named = w.getlk_first if w.getlk_first in holding else (holding[0] if holding else None)
+                others = sorted(n for n in w.shares.get("hv1", ()) if n != "g1")
+                r = dict(
+                    r,
+                    held=bool(holding),
+                    held_here="hv1" in holding,
+                    holder_pid=VIRTLOCKD.get(named),
+                    lock="shared" if holding else None,
+                    sharers=others,
+                )
+            else:
+                holder = w.locks.get(r["resource"])
+                r = dict(
+                    r,
+                    held=holder is not None,
+                    held_here=holder == "hv1",
+                    holder_pid=VIRTLOCKD.get(holder),
+                    lock="exclusive" if holder else None,
+                    sharers=[],
+                )
+            r["holder"] = classify(r)
             out.append(r)
         return out
 
@@ -424,12 +497,16 @@ def make_world(driver="libxl", where="hv1", same_uuid=False):
     return w, hv1, hv2
 
 
-def manager(w, check_mode=False, events=True, source_log=None, **kw):
+def manager(w, check_mode=False, events=True, source_log=None, dest_config=None, **kw):
     def open_conn(uri):
         return w.hosts["hv2"] if uri and "hv2" in uri else w.hosts["hv1"]
 
     def read_config(profile, local=True):
         return LockConfig(manager="lockd", file_lockspace_dir="/ls", local=True)
+
+    def read_dest_config(conn):
+        assert conn is w.hosts["hv2"]
+        return dest_config if dest_config is not None else LockConfig(manager="lockd", file_lockspace_dir="/ls")
 
     return MigrationManager(
         params(**kw),
@@ -440,6 +517,7 @@ def manager(w, check_mode=False, events=True, source_log=None, **kw):
         sleep=lambda _s: time.sleep(0.001),
         read_config=read_config,
         source_log=source_log or (lambda name, since: None),
+        read_dest_config=read_dest_config,
     )
 
 
@@ -869,3 +947,141 @@ def test_a_source_libvirt_left_paused_after_a_failed_send_is_resumed_with_its_le
     assert "confirm/source_left_paused" in names and "confirm/source_reacquired" in names
     assert "resumed after libvirt left it paused" in info.value.msg
     assert w.locks == {r: "hv1" for r in RESOURCES} and hv1.domains["g1"]._state == "running"
+
+
+# --------------------------------------------------------------------------- shareable disks
+def shared_world(others=("g2",), shared_only=False, getlk_first="hv1"):
+    """g1 on hv1 with a shareable disk that ``others`` (running guests on hv1) share: hv1's virtlockd holds one
+    shared lock for all of them."""
+    w, hv1, hv2 = make_world("qemu")
+    w.shares = {"hv1": set(("g1",) + tuple(others))}
+    w.shared_only = shared_only
+    w.getlk_first = getlk_first
+    if shared_only:
+        w.locks = {}
+    return w, hv1, hv2
+
+
+def leases_at(result, name, resource=SHARED):
+    cp = dict((c["name"], c) for c in result["lock_checkpoints"])[name]
+    return [x for x in cp["leases"] if x["resource"] == resource]
+
+
+@pytest.mark.parametrize("getlk_first", ["hv1", "hv2"])
+@pytest.mark.parametrize("shared_only", [False, True])
+def test_a_disk_shared_with_a_guest_left_on_the_source_is_handed_off(shared_only, getlk_first):
+    w, hv1, hv2 = shared_world(shared_only=shared_only, getlk_first=getlk_first)
+    result = manager(w).run()
+    assert result["changed"] is True and result["state"] == "running"
+    assert names_of(result) == checkpoint_order(driver="qemu")
+    assert all(c["ok"] for c in result["lock_checkpoints"]), result["lock_checkpoints"]
+    (begin,) = leases_at(result, "begin/inquire")
+    assert begin["holder"] == "source_shared" and begin["lock"] == "shared" and begin["sharers"] == ["g2"]
+    by_name = dict((c["name"], c) for c in result["lock_checkpoints"])
+    released = by_name["perform/source_released"]
+    assert "shareable disk vdb" in released["check"] and "hv1's SUSPENDED event" in released["check"]
+    assert leases_at(result, "perform/source_released")[0]["holder"] == "source_shared"
+    (acquired,) = leases_at(result, "finish/dest_acquired")
+    assert acquired["holder"] in ("source_shared", "other") and acquired["lock"] == "shared"
+    assert "the resume succeeding is the evidence" in by_name["finish/dest_acquired"]["check"]
+    # released at the vCPU stop, resumed before libvirt confirmed the source; g2 keeps hv1's shared lock
+    assert w.log.index("release@hv1") < w.log.index("resume@hv2") < w.log.index("confirm")
+    assert w.shares == {"hv1": {"g2"}, "hv2": {"g1"}}
+    assert hv2.domains["g1"]._state == "running" and "g1" not in hv1.domains
+
+
+def test_a_shareable_disk_nobody_else_shares_is_the_guests_own_until_it_stops():
+    w, hv1, hv2 = shared_world(others=())
+    result = manager(w).run()
+    assert all(c["ok"] for c in result["lock_checkpoints"])
+    assert leases_at(result, "begin/inquire")[0]["holder"] == "source"  # nobody else shares it: its own share
+    assert leases_at(result, "perform/source_released")[0]["held"] is False
+    assert w.shares == {"hv1": set(), "hv2": {"g1"}}
+
+
+def test_a_shared_lock_kept_for_another_guest_is_no_evidence_that_the_source_let_go():
+    """The destination reports its arrival while the source still runs: the lock cannot show whether g1's own
+    share is still held (hv1 keeps it for g2), so only the source's vCPU stop lets the destination resume."""
+    w, hv1, hv2 = shared_world(shared_only=True)
+    w.arrive_before_stop = True
+    result = manager(w).run()
+    assert w.log.index("release@hv1") < w.log.index("resume@hv2")
+    assert hv2.domains["g1"]._state == "running"
+    by_name = dict((c["name"], c) for c in result["lock_checkpoints"])
+    assert by_name["perform/source_released"]["ok"] is True
+
+
+def test_a_failed_send_keeps_the_guest_on_the_source_with_its_share():
+    w, hv1, hv2 = shared_world()
+    w.fail_send = "before_stop"
+    with pytest.raises(VirtError) as info:
+        manager(w).run()
+    assert "keeps running on hv1 holding its leases (verified)" in info.value.msg
+    assert w.shares == {"hv1": {"g1", "g2"}}
+
+
+# --------------------------------------------------------------------------- the destination's lock configuration
+@pytest.mark.parametrize("check_mode", [False, True])
+@pytest.mark.parametrize(
+    "dest, check, text",
+    [
+        (LockConfig(manager=None, lock_conf="/etc/libvirt/qemu.conf"), "dest_lock_manager", "hv2 has no lock manager"),
+        (LockConfig(manager="sanlock", disk_lease_dir="/ls"), "dest_lock_manager", "hv2 uses lock manager sanlock"),
+        (LockConfig(manager="lockd", file_lockspace_dir="/other"), "dest_lockspace", "another lockspace than hv1"),
+        (LockConfig(manager="lockd", file_lockspace_dir="/ls", auto_disk_leases=0), "dest_lockspace", "not leased"),
+        (
+            LockConfig(manager=None, errors=["cannot read /etc/libvirt/qemu.conf: over ssh to hv2: denied"]),
+            "dest_lock_manager",
+            "cannot read the lock configuration of hv2",
+        ),
+    ],
+    ids=["no-lock-manager", "other-manager", "other-lockspace", "no-disk-leases", "unreadable"],
+)
+def test_a_destination_that_would_lease_the_guest_otherwise_is_refused_before_anything_moves(
+    dest, check, text, check_mode
+):
+    w, hv1, hv2 = make_world("qemu")
+    with pytest.raises(VirtError) as info:
+        manager(w, check_mode=check_mode, dest_config=dest).run()
+    err = info.value
+    assert err.msg.startswith(
+        ("check mode: " if check_mode else "") + "begin: migration of g1 from hv1 to hv2 would fail"
+    )
+    assert text in err.msg
+    assert [c["name"] for c in err.result["checks"] if not c["ok"]] == [check]
+    assert err.result["changed"] is False and err.result["lock_checkpoints"] == []
+    assert w.log == [] and hv1.domains["g1"]._state == "running" and "g1" not in hv2.domains
+    assert w.locks == {r: "hv1" for r in RESOURCES} and hv1.domains["g1"].metadata_xml is None
+
+
+def test_a_destination_with_the_same_lockspace_passes_and_says_so():
+    w, hv1, hv2 = make_world("qemu")
+    result = manager(w, check_mode=True).run()
+    (ok,) = [c for c in result["checks"] if c["name"] == "dest_lock_manager"]
+    assert ok["ok"] is True and "same lockspace as hv1 (/ls" in ok["detail"]
+
+
+def test_without_verification_the_destination_is_not_read():
+    w, hv1, hv2 = make_world("qemu")
+    result = manager(w, dest_config=LockConfig(manager=None), lock={"verify": False}).run()
+    assert result["state"] == "running" and not [c for c in result["checks"] if c["name"].startswith("dest_lock")]
+
+
+# --------------------------------------------------------------------------- no probe in libvirt's event thread
+def test_no_lease_probe_runs_in_the_event_thread_and_checkpoints_keep_both_times():
+    w, hv1, hv2 = make_world("qemu")
+    w.probe_delay = 0.05  # a slow shared filesystem: the callback must not wait for it
+    result = manager(w).run()
+    assert w.probes_in_callback == 0
+    assert "lease-probe" in w.probe_threads  # the event's probe ran in the prober thread
+    assert max(w.callback_seconds) < w.probe_delay, w.callback_seconds
+    by_name = dict((c["name"], c) for c in result["lock_checkpoints"])
+    prepare = by_name["prepare/register"]
+    assert prepare["source"] == "event" and prepare["ok"]
+    events = [e for e in result["events"] if e["role"] == "dest" and e["event"] == "started"]
+    assert prepare["at"] == events[0]["at"]  # the event's time for the event
+    assert prepare["probed_at"] >= prepare["at"]  # the probe's own time for the probe, never before it
+    assert [c["at"] for c in result["lock_checkpoints"]] == sorted(c["at"] for c in result["lock_checkpoints"])
+    # the early-resume rule: resumed only after the probe showed the source released
+    assert w.log.index("release@hv1") < w.log.index("resume@hv2")
+    assert by_name["perform/source_released"]["probed_at"] <= by_name["finish/resumed"]["at"]

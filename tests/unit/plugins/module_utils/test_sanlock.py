@@ -13,7 +13,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     LeaseView,
-    held_by_dest,
+    dest_holds,
     not_released,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.sanlock import (
@@ -315,11 +315,11 @@ def test_lease_view_holders_source_dest_none_unknown():
         )
     ).probe(resources)
     assert [(r["holder"], r["held"], r["holder_host"]) for r in after] == [(None, False, None), ("dest", True, "hv2")]
-    assert held_by_dest(after[1]) and not not_released(after[0])
+    assert dest_holds(after[1]) and not not_released(after[0])
     # nothing readable: unknown, never taken as released
     lost = view(Runner({})).probe(resources)
     assert [r["holder"] for r in lost] == ["unknown", "unknown"]
-    assert all(not_released(r) and not held_by_dest(r) for r in lost)
+    assert all(not_released(r) and not dest_holds(r) for r in lost)
 
 
 def test_lease_view_a_third_host_is_other_and_not_the_destination():
@@ -337,9 +337,9 @@ def test_lease_view_a_third_host_is_other_and_not_the_destination():
     v.dest_host = "hv3"
     probed = v.probe(resources)
     assert [(r["holder"], r["holder_host"]) for r in probed] == [(None, None), ("other", "hv2")]
-    assert not held_by_dest(probed[1])
+    assert not dest_holds(probed[1])
 
 
 def test_lockd_view_keeps_other_as_the_destinations_evidence():
-    assert held_by_dest({"holder": "other"}) is True
-    assert held_by_dest({"holder": "other", "sanlock": ("ls", "k", "/p", 0)}) is False
+    assert dest_holds({"holder": "other"}) is True
+    assert dest_holds({"holder": "other", "sanlock": ("ls", "k", "/p", 0)}) is False
