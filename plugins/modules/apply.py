@@ -156,15 +156,15 @@ EXAMPLES = r"""
     prune: true
   register: host
 
-- name: The same, pruning only the guests whose names are this team's (web-*); other marked guests stay
+- name: What changed
+  ansible.builtin.debug:
+    msg: "{{ host.summary }}"
+
+- name: This team's guests from a list; only its own unlisted ones (web-*) are pruned, other marked guests stay
   lockstep.virt.apply:
     domains: "{{ web_guests }}"
     prune: true
     prune_pattern: web-*
-
-- name: What changed
-  ansible.builtin.debug:
-    msg: "{{ host.summary }}"
 """
 
 RETURN = r"""
