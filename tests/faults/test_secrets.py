@@ -162,7 +162,7 @@ def test_guest_agent_hypervisor_password_never_shown(lab, tmp_path):
 # -vvv --diff output must not contain SECRET, for example
 #   {"name": "store", "lockstep.virt.secret": {"usage": "...", "value": SECRET}}, then the same again,
 #   then with a changed value, then state: absent.
-_SECRET_ID = {"usage": "ceph", "usage_id": "lockstep-fault-secret"}
+_SECRET_ID = {"usage": "ceph", "usage_id": "lockstep-fault-secret-" + uuid.uuid4().hex[:8]}
 SECRET_MODULE_TASKS = [
     {"name": "store", "lockstep.virt.secret": dict(_SECRET_ID, value=SECRET)},
     {"name": "again", "lockstep.virt.secret": dict(_SECRET_ID, value=SECRET)},
