@@ -7,6 +7,9 @@ VENV := $(CURDIR)/.venv
 COLLECTIONS := $(CURDIR)/.build/collections
 LAB := $(CURDIR)/tests/lab/lab
 HOSTS ?= 2
+# hosts without a lock manager (inventory group unlocked_hypervisors): tests/run-all brings the lab up with one,
+# and a lab brought up with other hosts is taken down and made anew - so every target brings up the same lab
+UNLOCKED ?= 1
 
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -39,7 +42,7 @@ collection:
 	@ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/lockstep/virt
 
 lab: deps
-	$(LAB) up --hosts $(HOSTS)
+	$(LAB) up --hosts $(HOSTS) --unlocked $(UNLOCKED)
 
 lab-down:
 	$(LAB) down
@@ -56,6 +59,7 @@ test: venv collection
 unit: venv collection
 	pytest -q tests/unit
 
+# the lab as tests/run-all brings it up, with the host that has no lock manager (two tests need it)
 integration: venv collection lab
 	pytest -q tests/integration
 

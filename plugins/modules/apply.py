@@ -79,8 +79,17 @@ options:
       - Remove the objects of each kind given (O(networks), O(domains)) that carry the collection's managed
         mark (every object defined from a C(spec), or from C(xml), by this collection) and are not listed.
       - An object without the mark is never touched.
+      - Every marked object of those kinds counts, whoever defined it (another play, another team, the
+        collection's demo); O(prune_pattern) limits the prune to the names that are yours.
     type: bool
     default: false
+  prune_pattern:
+    description:
+      - With O(prune=true), only the unlisted marked objects whose name matches this shell-style pattern
+        (C(fnmatch), case-sensitive - for example C(web-*)) are removed; the others are left untouched.
+      - Not given - every unlisted marked object of a kind given is pruned.
+      - Has no effect without O(prune=true).
+    type: str
   lock:
     description:
       - The lock options of every domain item that gives none, as the O(lockstep.virt.domain#module:lock)
@@ -150,6 +159,12 @@ EXAMPLES = r"""
 - name: What changed
   ansible.builtin.debug:
     msg: "{{ host.summary }}"
+
+- name: This team's guests from a list; only its own unlisted ones (web-*) are pruned, other marked guests stay
+  lockstep.virt.apply:
+    domains: "{{ web_guests }}"
+    prune: true
+    prune_pattern: web-*
 """
 
 RETURN = r"""

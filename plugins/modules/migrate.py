@@ -476,21 +476,18 @@ libvirt_error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import MIGRATE_ARGUMENT_SPEC
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import (
-    check_libvirt,
-    merge_argument_spec,
-    run_module,
-)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
+
+
+def _migrate(_conn, module):
+    return MigrationManager(module.params, module.check_mode).run()
 
 
 def main():
-    module = AnsibleModule(argument_spec=merge_argument_spec(MIGRATE_ARGUMENT_SPEC), supports_check_mode=True)
-    check_libvirt(module)
-    run_module(module, lambda: MigrationManager(module.params, module.check_mode).run())
+    # the migration opens its own connections, to the source and the destination (readonly=None)
+    run_libvirt_module(MIGRATE_ARGUMENT_SPEC, work=_migrate, readonly=None)
 
 
 if __name__ == "__main__":

@@ -581,17 +581,7 @@ def catalog(lab, setting):
     return out
 
 
-# Cases a module fails today where the fix is outside this catalog's reach: {case id: why}
-KNOWN_BUGS = {
-    "migrate-name-nul": "lockstep.virt.migrate builds its own AnsibleModule, outside the shared runner that refuses "
-    "a NUL in a text option: the module dies in libvirt's C binding (embedded null character)",
-}
-PARAMS = [
-    pytest.param(
-        *case, id=case[0], marks=[pytest.mark.xfail(reason=KNOWN_BUGS[case[0]])] if case[0] in KNOWN_BUGS else []
-    )
-    for case in CASES
-]
+PARAMS = [pytest.param(*case, id=case[0]) for case in CASES]
 
 
 @pytest.mark.parametrize("case_id,module,args,message,check", PARAMS)

@@ -27,11 +27,16 @@ def world(lab):
         "pool": "ita-" + suffix,
         "pool_path": os.path.join(lab.shared_dir, "pools", "ita-" + suffix),
         "guests": ["ita-{}-{}".format(suffix, i) for i in range(3)],
+        # this test run's own objects: what its prunes may remove (others' marked objects never match)
+        "pattern": "ita-{}*".format(suffix),
+        # marked by the collection, but not this test's: stand-ins for a user's (or the demo's) objects
+        "foreign": "itf-" + suffix,
     }
     yield w
     hv1 = lab.hosts[0]
-    for name in w["guests"] + ["ita-{}-x".format(suffix)]:
+    for name in w["guests"] + ["ita-{}-x".format(suffix), w["foreign"]]:
         lab.cleanup_domain(name)
+    lab.virsh(hv1, "net-undefine", w["foreign"], check=False)
     for vol in lab.virsh(hv1, "vol-list", w["pool"], check=False).stdout.split("\n"):
         if vol.strip():
             lab.virsh(hv1, "vol-delete", vol.split()[0], "--pool", w["pool"], check=False)
@@ -125,6 +130,23 @@ def test_creates_the_host_then_changes_nothing_in_every_mode(lab, world):
                 assert "diff" not in e, (mode, e)
 
 
+def others_on(lab, host, w):
+    """Every guest and network on ``host`` that is not this test's (a user's, the demo's), with its state and
+    definition: prune must leave each exactly as it was."""
+    ours = set(w["guests"]) | {w["net"]}
+    out = {}
+    for name in lab.virsh(host, "list", "--all", "--name").stdout.split():
+        if name not in ours:
+            xml = lab.virsh(host, "dumpxml", "--inactive", name).stdout
+            out["domain " + name] = (lab.domain_state(host, name), hashlib.sha256(xml.encode()).hexdigest())
+    for name in lab.virsh(host, "net-list", "--all", "--name").stdout.split():
+        if name not in ours:
+            info = lab.virsh(host, "net-info", name).stdout
+            xml = lab.virsh(host, "net-dumpxml", "--inactive", name).stdout
+            out["network " + name] = (info, hashlib.sha256(xml.encode()).hexdigest())
+    return out
+
+
 def test_prune_removes_only_marked_guests(lab, world):
     hv1 = lab.hosts[0]
     r = lab.module(hv1, MODULE, host_args(world))
@@ -136,19 +158,43 @@ def test_prune_removes_only_marked_guests(lab, world):
         "<os><type arch='x86_64'>hvm</type></os></domain>".format(unmarked)
     )
     lab.exec(hv1, "sh", "-c", "cat > /tmp/{0}.xml && virsh -q define /tmp/{0}.xml".format(unmarked), input=xml)
+    # a guest and a network the collection defined (marked) under names that are not this test's
+    foreign = world["foreign"]
+    made = lab.module(hv1, "lockstep.virt.domain", {"name": foreign, "state": "present", "spec": {"memory": 32}})
+    assert made["changed"] and not made.get("failed"), made
+    made = lab.module(
+        hv1,
+        "lockstep.virt.network",
+        {"name": foreign, "state": "present", "spec": {"forward": "isolated", "bridge": "itfb" + foreign[4:]}},
+    )
+    assert made["changed"] and not made.get("failed"), made
+    others = others_on(lab, hv1, world)
+    assert "domain " + foreign in others and "network " + foreign in others, others
+
     keep = world["guests"][:1]
     args = host_args(world, guests=keep, prune=True)
     args["volumes"] = []  # the volumes of the pruned guests stay (volumes are never pruned)
+    # unscoped, prune would take every marked object nobody listed - the foreign ones too (check mode only)
+    r = lab.module(hv1, MODULE, args, check=True)
+    unscoped = set(e["name"] for e in r["results"] if e.get("pruned"))
+    assert set(world["guests"][1:]) | {foreign} <= unscoped, r["results"]
+    assert unmarked not in unscoped
+
+    args["prune_pattern"] = world["pattern"]
     r = lab.module(hv1, MODULE, args, check=True)
     assert sorted(e["name"] for e in r["results"] if e.get("pruned")) == sorted(world["guests"][1:]), r["results"]
     assert lab.domain_state(hv1, world["guests"][1]) == "shut off"
+    assert others_on(lab, hv1, world) == others
 
     r = lab.module(hv1, MODULE, args)
     assert not r.get("failed"), r.get("msg")
     assert r["summary"]["removed"] == 2 and r["summary"]["unchanged"] == 3, r["summary"]
+    assert sorted(e["name"] for e in r["results"] if e.get("pruned")) == sorted(world["guests"][1:]), r["results"]
     assert lab.domain_state(hv1, world["guests"][0]) == "running"
     assert lab.domain_state(hv1, world["guests"][1]) is None and lab.domain_state(hv1, world["guests"][2]) is None
     assert lab.domain_state(hv1, unmarked) == "shut off"
+    # prune's effect on every object that is not this test's: none (the foreign marked ones included)
+    assert others_on(lab, hv1, world) == others
     assert (
         lab.virsh(hv1, "vol-info", world["guests"][1] + ".qcow2", "--pool", world["pool"], check=False).returncode == 0
     )

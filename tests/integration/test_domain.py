@@ -517,6 +517,19 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(lab, guest_name, case):
 
 
 # --------------------------------------------------------------------------- EXAMPLES, as pasted
+def rename(value, names):
+    """``value`` (the EXAMPLES, a task name) with each of ``names`` {as written: own name} replaced."""
+    if isinstance(value, str):
+        for old, new in names.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, dict):
+        return dict((rename(k, names), rename(v, names)) for k, v in value.items())
+    if isinstance(value, list):
+        return [rename(v, names) for v in value]
+    return value
+
+
 def load_examples():
     """The module's EXAMPLES, read from the module file itself."""
     if COLLECTIONS not in sys.path:
@@ -529,58 +542,67 @@ def load_examples():
 
 
 def test_examples_run_as_pasted_on_hv1(lab):
-    if lab.shared_dir != "/var/lib/lockstep-lab/shared":
-        pytest.skip("the EXAMPLES name the default lab's paths (LOCKSTEP_LAB_ID unset)")
-    tasks = load_examples()
-    images = [os.path.join(lab.images_dir, n + ".qcow2") for n in ("web1", "db1")]
+    """The EXAMPLES as pasted, but for their names: guests web1 and db1 are this run's own (a user's web1 on
+    the lab is left alone), and the default lab's shared directory is this lab's."""
+    tag = "ex" + os.urandom(3).hex().translate(str.maketrans("0123456789abcdef", "ghijklmnopqrstuv"))  # no b, d, 1
+    renames = {"/var/lib/lockstep-lab/shared": lab.shared_dir, "web1": tag + "web1", "db1": tag + "db1"}
+    web1, db1 = renames["web1"], renames["db1"]
+    tasks = rename(load_examples(), renames)
+    images = [os.path.join(lab.images_dir, n + ".qcow2") for n in (web1, db1)]
     leftovers = []
 
+    def task(name):
+        return run.task(rename(name, renames), HV1)
+
     def clean():
-        for name in ("web1", "db1"):
+        for name in (web1, db1):
             lab.virsh(HV1, "destroy", name, check=False)
             lab.virsh(HV1, "undefine", "--nvram", name, check=False)
         for path in images + [disk_lease(lab, p) for p in images] + leftovers:
             if os.path.exists(path) and lock_holder(path) is None:
                 os.unlink(path)
 
-    for name in ("web1", "db1"):
+    for name in (web1, db1):
         assert lab.domain_state(HV1, name) is None, "{} already exists on {}".format(name, HV1)
     assert not any(os.path.exists(p) for p in images), images
     try:
         run = lab.playbook(play(HV1, *tasks))
-        web1 = run.task("Define a small BIOS guest from a spec, with a VM lease, and start it", HV1)
-        if web1.get("domain"):
-            leftovers.append(os.path.join(lab.lockspace_dir, web1["domain"]["uuid"]))
+        started = task("Define a small BIOS guest from a spec, with a VM lease, and start it")
+        if started.get("domain"):
+            leftovers.append(os.path.join(lab.lockspace_dir, started["domain"]["uuid"]))
         assert run.rc == 0, run.stdout[-4000:]
         assert [r["task"] for r in run.results] == [t["name"] for t in tasks]
         assert all(r["status"] == "ok" for r in run.results), [(r["task"], r["status"]) for r in run.results]
 
-        assert web1["changed"] is True and web1["actions"] == ["define", "start"]
-        assert names(web1)[-len(START_ORDER) :] == START_ORDER and all(c["ok"] for c in web1["lock_checkpoints"])
+        assert started["changed"] is True and started["actions"] == ["define", "start"]
+        assert names(started)[-len(START_ORDER) :] == START_ORDER
+        assert all(c["ok"] for c in started["lock_checkpoints"])
         # held when the task ended (web1 is shut down later in the play)
-        assert sorted(x["resource"] for x in web1["leases"]) == sorted([disk_lease(lab, images[0]), leftovers[0]])
-        assert all(x["held_here"] and x["holder_pid"] == lab.virtlockd_pid(HV1) for x in web1["leases"])
-        shown = run.task("Show when each lease was taken", HV1)
-        assert shown["web1.lock_checkpoints"] == web1["lock_checkpoints"]
+        resources = sorted(x["resource"] for x in started["leases"])
+        assert resources == sorted([disk_lease(lab, images[0]), leftovers[0]])
+        assert all(x["held_here"] and x["holder_pid"] == lab.virtlockd_pid(HV1) for x in started["leases"])
+        shown = task("Show when each lease was taken")
+        assert shown[web1 + ".lock_checkpoints"] == started["lock_checkpoints"]
 
-        db1 = run.task("Define a guest from libvirt XML without starting it", HV1)
-        assert db1["changed"] is True and db1["actions"] == ["define"] and db1["domain"]["state"] == "shutoff"
+        defined = task("Define a guest from libvirt XML without starting it")
+        assert defined["changed"] is True and defined["actions"] == ["define"]
+        assert defined["domain"]["state"] == "shutoff"
 
-        grown = run.task("Give web1 more memory; it applies at the next boot unless restart_on_change is set", HV1)
+        grown = task("Give web1 more memory; it applies at the next boot unless restart_on_change is set")
         assert grown["changed"] is True and grown["actions"] == ["redefine"] and grown["pending_restart"] is True
 
-        stopped = run.task("Shut down gracefully, destroying it after 30 seconds if it ignores ACPI", HV1)
+        stopped = task("Shut down gracefully, destroying it after 30 seconds if it ignores ACPI")
         assert stopped["changed"] is True
         assert names(stopped) == ["shutdown_requested", "stop_timeout", "destroyed", "leases_released"]
 
-        removed = run.task("Remove the guest with its nvram and snapshot metadata, keeping its disks", HV1)
+        removed = task("Remove the guest with its nvram and snapshot metadata, keeping its disks")
         assert removed["changed"] is True and removed["actions"] == ["undefine"]
 
-        assert lab.domain_state(HV1, "web1") == "shut off"
-        assert inactive_memory_kib(lab, HV1, "web1") == 64 * 1024
-        assert lab.domain_state(HV1, "db1") is None
+        assert lab.domain_state(HV1, web1) == "shut off"
+        assert inactive_memory_kib(lab, HV1, web1) == 64 * 1024
+        assert lab.domain_state(HV1, db1) is None
         assert os.path.exists(images[0])
         assert lock_holder(disk_lease(lab, images[0])) is None and lock_holder(leftovers[0]) is None
     finally:
         clean()
-    assert lab.domain_state(HV1, "web1") is None and not os.path.exists(images[0])
+    assert lab.domain_state(HV1, web1) is None and not os.path.exists(images[0])

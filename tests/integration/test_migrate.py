@@ -10,6 +10,7 @@ race deterministically, within a few milliseconds of the source releasing.
 """
 
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -206,6 +207,10 @@ def test_a_volume_the_destination_pool_does_not_see_is_named_before_anything_mov
         lab.module("hv1", "lockstep.virt.volume", dict(vol, state="absent"))
         for host in ("hv1", "hv2"):
             lab.module(host, "lockstep.virt.pool", {"name": pool, "state": "deleted"})
+            # hv2's delete finds the directory gone (hv1 removed it) and leaves its definition: undefined here
+            lab.virsh(host, "pool-destroy", pool, check=False)
+            lab.virsh(host, "pool-undefine", pool, check=False)
+        shutil.rmtree(pool_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- send failure

@@ -1,7 +1,10 @@
 """The playbooks the collection ships, run as a user runs them: normal and check mode."""
 
+import hashlib
 import os
+import random
 import shutil
+import uuid
 
 import pytest
 import yaml
@@ -37,8 +40,59 @@ def changed(run):
     return [r["task"] for r in run.results if r["result"].get("changed")]
 
 
-def test_demo_migrates_evacuates_and_converges_again_without_change_and_check_mode_changes_nothing(lab):
-    first = lab.playbook(DEMO)
+@pytest.fixture
+def demo_names(lab):
+    """The demo's objects under this run's own names (the user's demo, if any, is left alone); removed
+    afterwards from every host, with the guest's lease files."""
+    suffix = uuid.uuid4().hex[:6]
+    names = {
+        "demo_guest": "itd-" + suffix,
+        "demo_pool": "itd-" + suffix,
+        "demo_network": "itd-" + suffix,
+        "demo_bridge": "itdb" + suffix,
+        "demo_subnet": "10.80.{}".format(random.randint(20, 249)),
+    }
+    yield names
+    guest, pool = names["demo_guest"], names["demo_pool"]
+    leases = []
+    for host in lab.hosts:
+        dom_uuid = lab.virsh(host, "domuuid", guest, check=False).stdout.strip()
+        if dom_uuid:
+            leases.append(os.path.join(lab.lockspace_dir, dom_uuid))
+    lab.cleanup_domain(guest)
+    pool_dir = os.path.join(lab.shared_dir, "pools", pool)
+    leases.append(
+        os.path.join(lab.lockspace_dir, hashlib.sha256(os.path.join(pool_dir, guest + ".qcow2").encode()).hexdigest())
+    )
+    for host in lab.hosts:
+        lab.virsh(host, "pool-destroy", pool, check=False)
+        lab.virsh(host, "pool-undefine", pool, check=False)
+        lab.virsh(host, "net-destroy", names["demo_network"], check=False)
+        lab.virsh(host, "net-undefine", names["demo_network"], check=False)
+    shutil.rmtree(pool_dir, ignore_errors=True)
+    for path in leases:
+        if os.path.exists(path) and lock_holder(path) is None:
+            os.unlink(path)
+
+
+def others_on(lab, names):
+    """Every guest, network and pool of the lab's hosts that is not this run's demo: the demo run leaves
+    each as it was (a user's own demo among them)."""
+    ours = {names["demo_guest"], names["demo_pool"], names["demo_network"]}
+    out = {}
+    for host in lab.hosts:
+        for kind, listing in (("domain", "list"), ("network", "net-list"), ("pool", "pool-list")):
+            for name in lab.virsh(host, listing, "--all", "--name").stdout.split():
+                if name not in ours:
+                    state = lab.domain_state(host, name) if kind == "domain" else None
+                    out["{} {} {}".format(host, kind, name)] = state
+    return out
+
+
+def test_demo_migrates_evacuates_and_converges_again_without_change_and_check_mode_changes_nothing(lab, demo_names):
+    name = demo_names["demo_guest"]
+    others = others_on(lab, demo_names)
+    first = lab.playbook(DEMO, extra_vars=demo_names)
     assert first.rc == 0, first.stdout[-4000:]
     home, moved = migration(first)
     assert moved["changed"] is True
@@ -46,8 +100,8 @@ def test_demo_migrates_evacuates_and_converges_again_without_change_and_check_mo
     drained, report = evacuation(first)
     assert drained == dest
     [guest] = report["guests"]
-    assert guest["name"] == "demo1" and guest["state"] == "moved" and guest["dest"] != dest
-    assert running_on(lab, "demo1") == [guest["dest"]] == guest["runs_on"]
+    assert guest["name"] == name and guest["state"] == "moved" and guest["dest"] != dest
+    assert running_on(lab, name) == [guest["dest"]] == guest["runs_on"]
     if len(lab.hosts) == 2:
         assert guest["dest"] == home
     resources = [lease["resource"] for lease in moved["leases"]]
@@ -56,13 +110,14 @@ def test_demo_migrates_evacuates_and_converges_again_without_change_and_check_mo
     assert len(second) == len(lab.hosts) and all(r["status"] == "ok" for r in second)
     assert all(r["result"]["msg"].endswith("changed=0") for r in second)
 
-    check_run = lab.playbook(DEMO, check=True, diff=True)
+    check_run = lab.playbook(DEMO, check=True, diff=True, extra_vars=demo_names)
     assert check_run.rc == 0, check_run.stdout[-4000:]
-    assert running_on(lab, "demo1") == [guest["dest"]]
+    assert running_on(lab, name) == [guest["dest"]]
     assert all(lock_holder(r) == lab.virtlockd_pid(guest["dest"]) for r in resources)
     # only the migration would change anything: pool, network, volume and guest are in place, and the
     # host it would go to runs no demo guest to evacuate
     assert changed(check_run) == [MIGRATE_TASK]
+    assert others_on(lab, demo_names) == others
 
 
 @pytest.fixture

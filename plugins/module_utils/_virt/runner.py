@@ -1,7 +1,13 @@
 # Copyright: lockstep.virt contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one ``main()`` every lockstep.virt module runs: build the module, open one connection,
-hand it to a manager, report the result (or the manager's VirtError) the Ansible way."""
+hand it to a manager, report the result (or the manager's VirtError) the Ansible way.
+
+The module is a :class:`LibvirtModule`: the secrets its options carry inside their values (a console
+password in XML, a cloud-init password, a password in a URI: see nolog) are registered as
+``no_log_values`` as soon as the options are read - before AnsibleModule validates them or logs the
+invocation to the managed host's journal or syslog - so they are masked there, in failures, in the
+result, the diff and ``-vvv``."""
 
 from __future__ import annotations
 
@@ -15,12 +21,23 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import xml_secrets
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import param_secrets
 
 # Options every module that talks to libvirt accepts (documented in the lockstep.virt.connection fragment).
 CONNECTION_ARGUMENT_SPEC = {
     "uri": {"type": "str", "fallback": (env_fallback, ["LIBVIRT_DEFAULT_URI"])},
 }
+
+
+class LibvirtModule(AnsibleModule):
+    """AnsibleModule that registers the secrets inside option values (nolog.param_secrets) the moment the
+    options are read: AnsibleModule.__init__ reads them (``_load_params``), validates them (a failure is
+    reported through fail_json, which masks ``no_log_values``) and then logs the invocation
+    (``_log_invocation``, to syslog or journald on the managed host), all before it returns."""
+
+    def _load_params(self):
+        super()._load_params()
+        self.no_log_values.update(param_secrets(self.params))
 
 
 def merge_argument_spec(spec):
@@ -54,15 +71,13 @@ def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusiv
     returns the result; ``work``: a function ``work(conn, module)`` returning it, for modules that
     are not a manager. ``conn`` is None when ``work`` opens its own connections (``readonly=None``).
     """
-    module = AnsibleModule(
+    module = LibvirtModule(
         argument_spec=merge_argument_spec(argument_spec),
         mutually_exclusive=mutually_exclusive or [],
         supports_check_mode=True,
     )
     check_libvirt(module)
     refuse_nul(module)
-    for value in _strings(module.params):  # a password in user XML is masked in the result, diff and -vvv
-        module.no_log_values.update(xml_secrets(value))
     if manager is not None:
 
         def work(conn, module):

@@ -43,14 +43,6 @@ _DOCTYPE_RE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
 _ENTITY_RE = re.compile(r"<!ENTITY\s+%?\s*\S+\s+(SYSTEM|PUBLIC)\b", re.IGNORECASE)
 
 
-_PASSWD_RE = re.compile(r"""\bpasswd\s*=\s*(?:"([^"]*)"|'([^']*)')""")
-
-
-def xml_secrets(text):
-    """The passwords an XML text carries (``passwd`` attributes: graphics consoles), to keep out of output."""
-    return set(a or b for a, b in _PASSWD_RE.findall(text or "") if a or b)
-
-
 def parse_xml(text, root_tag=None, what="XML"):
     """Parse ``text`` safely and return its root element.
 

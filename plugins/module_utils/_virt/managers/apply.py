@@ -14,6 +14,8 @@ reach its state.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
@@ -68,6 +70,7 @@ APPLY_ARGUMENT_SPEC = {
     "volumes": {"type": "list", "elements": "dict"},
     "domains": {"type": "list", "elements": "dict"},
     "prune": {"type": "bool", "default": False},
+    "prune_pattern": {"type": "str"},
     "lock": {"type": "dict", "options": LOCK_OPTIONS, "default": {}, "apply_defaults": True},
 }
 
@@ -185,8 +188,10 @@ class ApplyManager:
         self.results.append(entry)
 
     def _prunable(self, planned):
-        """Removal managers for every marked object of a listed kind that no item names (pools and volumes
-        carry no mark - libvirt keeps no metadata for them - so they are never pruned)."""
+        """Removal managers for every marked object of a listed kind that no item names and whose name matches
+        ``prune_pattern`` when one is given (pools and volumes carry no mark - libvirt keeps no metadata for
+        them - so they are never pruned)."""
+        pattern = self.params.get("prune_pattern")
         out = []
         for option, kind, cls, spec, exclusive in KINDS:
             if self.params.get(option) is None or kind in (POOL, VOLUME):
@@ -194,7 +199,9 @@ class ApplyManager:
             listed = set(m.name for k, m in planned if k is kind)
             for name in self.host.names(kind):
                 obj = self.host.lookup(kind, name)
-                if name in listed or obj is None or not is_managed(self.host.read_xml(obj, kind)):
+                if name in listed or (pattern is not None and not fnmatchcase(name, pattern)):
+                    continue
+                if obj is None or not is_managed(self.host.read_xml(obj, kind)):
                     continue
                 raw = {"name": name, "state": "absent"}
                 if kind is DOMAIN:

@@ -124,6 +124,23 @@ def test_prune_removes_only_marked_objects_of_the_kinds_given(hv, run_module):
     assert "p1" in [d.name() for d in hv.listAllDomains()]
 
 
+def test_prune_pattern_leaves_other_marked_objects_alone(hv, run_module):
+    # marked: the team's t-1, t-2 and another's o-1 (a guest and a network each kind)
+    run(run_module, domains=[dom("t-1"), dom("t-2", state="present"), dom("o-1", state="present")], networks=[net()])
+    args = {"domains": [dom("t-1")], "networks": [], "prune": True, "prune_pattern": "t-*"}
+    r = run(run_module, check_mode=True, **args)
+    assert [(e["name"], e["outcome"]) for e in r["results"] if e.get("pruned")] == [("t-2", "removed")], r
+    r = run(run_module, **args)
+    assert not r.get("failed"), r
+    assert [e["name"] for e in r["results"] if e.get("pruned")] == ["t-2"]
+    names = [d.name() for d in hv.listAllDomains()]
+    assert "t-2" not in names and "t-1" in names and "o-1" in names
+    assert "an1" in hv.listNetworks()  # marked, listed kind, name not matching: left alone
+    # without the pattern the same run would take o-1 and an1 too
+    r = run(run_module, check_mode=True, domains=[dom("t-1")], networks=[], prune=True)
+    assert sorted(e["name"] for e in r["results"] if e.get("pruned")) == ["an1", "o-1"]
+
+
 def test_one_failure_does_not_hide_the_others(hv, run_module):
     # the test driver refuses a volume larger than its pool's free space
     args = {
