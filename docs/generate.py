@@ -1,4 +1,4 @@
-"""Generate docs/plugins/*.md from the plugins' own documentation.
+"""Generate docs/plugins/*.md from the plugins' own documentation, and docs/docsite/rst/ from the guides.
 
     python docs/generate.py           write the pages
     python docs/generate.py --check   fail when a page differs from what the docs say now
@@ -12,6 +12,10 @@ E(), L(), U(), I(), B(), HORIZONTALLINE - is parsed and rendered to Markdown by
 antsibull-docs-parser, the ecosystem's parser. Options and return values have anchors, so
 O(...) and RV(...) link to them, across pages too; references to other collections link to
 the Ansible documentation. Markup the parser cannot read fails the run.
+
+The guides (docs/guides/*.md) are converted to reStructuredText in docs/docsite/rst/ (see
+guides_rst.py), the form antsibull-docs ships as the collection's extra documentation; each must be
+listed in docs/docsite/extra-docs.yml.
 """
 
 import argparse
@@ -20,14 +24,22 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 from antsibull_docs_parser import dom
 from antsibull_docs_parser.format import LinkProvider
 from antsibull_docs_parser.md import md_escape, to_md
 from antsibull_docs_parser.parser import Context, Whitespace, parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import guides_rst  # noqa: E402
+
 REPO = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "plugins")
+GUIDES = os.path.join(HERE, "guides")
+RST_OUT = os.path.join(HERE, "docsite", "rst")
+EXTRA_DOCS = os.path.join(HERE, "docsite", "extra-docs.yml")
 NAMESPACE, NAME = "lockstep", "virt"
 COLLECTION = "{}.{}".format(NAMESPACE, NAME)
 KINDS = (("module", "Modules"), ("connection", "Connection plugins"), ("inventory", "Inventory plugins"))
@@ -263,35 +275,66 @@ def render():
     return pages
 
 
+def docsite_label(filename):
+    """The antsibull-docs docsite label of a docs/plugins page: domain.md -> ...domain_module."""
+    stem = filename[:-3]
+    if stem.endswith(("_connection", "_inventory", "_role")):
+        return "ansible_collections.{}.{}".format(COLLECTION, stem)
+    return "ansible_collections.{}.{}_module".format(COLLECTION, stem)
+
+
+def render_guides(plugin_pages):
+    """docs/docsite/rst/guide_*.rst from docs/guides/*.md; every guide listed in extra-docs.yml."""
+    labels = {name: docsite_label(name) for name in plugin_pages if name != "README.md"}
+    pages = {}
+    for name in sorted(os.listdir(GUIDES)):
+        if name.endswith(".md"):
+            with open(os.path.join(GUIDES, name)) as fh:
+                pages[guides_rst.guide_key(name) + ".rst"] = guides_rst.convert(name, fh.read(), labels)
+    with open(EXTRA_DOCS) as fh:
+        extra = yaml.safe_load(fh) or {}
+    listed = set()
+    for section in extra.get("sections") or []:
+        for entry in section.get("toctree") or []:
+            listed.add(entry["ref"] if isinstance(entry, dict) else entry)
+    missing = sorted(set(p[:-4] for p in pages) - listed)
+    if missing:
+        raise MarkupError("docs/docsite/extra-docs.yml does not list: " + ", ".join(missing))
+    return pages
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     try:
-        pages = render()
-    except MarkupError as exc:
-        print("documentation markup error: {}".format(exc), file=sys.stderr)
+        plugin_pages = render()
+        outputs = ((OUT, plugin_pages), (RST_OUT, render_guides(plugin_pages)))
+    except (MarkupError, ValueError) as exc:
+        print("documentation error: {}".format(exc), file=sys.stderr)
         return 1
     if args.check:
         stale = []
-        for filename, content in pages.items():
-            path = os.path.join(OUT, filename)
-            if not os.path.exists(path) or open(path).read() != content:
-                stale.append(filename)
-        existing = set(os.listdir(OUT)) if os.path.isdir(OUT) else set()
-        stale += sorted(existing - set(pages))
+        for directory, pages in outputs:
+            for filename, content in pages.items():
+                path = os.path.join(directory, filename)
+                if not os.path.exists(path) or open(path).read() != content:
+                    stale.append(os.path.relpath(path, HERE))
+            existing = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+            stale += [os.path.relpath(os.path.join(directory, f), HERE) for f in existing - set(pages)]
         if stale:
             print("docs out of date (run `make docs`): " + ", ".join(sorted(stale)), file=sys.stderr)
             return 1
-        print("docs up to date ({} pages)".format(len(pages)))
+        print("docs up to date ({} pages)".format(sum(len(pages) for _d, pages in outputs)))
         return 0
-    os.makedirs(OUT, exist_ok=True)
-    for filename in set(os.listdir(OUT)) - set(pages):
-        os.unlink(os.path.join(OUT, filename))
-    for filename, content in pages.items():
-        with open(os.path.join(OUT, filename), "w") as fh:
-            fh.write(content)
-    print("wrote {} pages to {}".format(len(pages), os.path.relpath(OUT, REPO)))
+    for directory, pages in outputs:
+        os.makedirs(directory, exist_ok=True)
+        for filename in set(os.listdir(directory)) - set(pages):
+            os.unlink(os.path.join(directory, filename))
+        for filename, content in pages.items():
+            with open(os.path.join(directory, filename), "w") as fh:
+                fh.write(content)
+        print("wrote {} pages to {}".format(len(pages), os.path.relpath(directory, REPO)))
     return 0
 
 
