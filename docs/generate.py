@@ -25,7 +25,6 @@ import subprocess
 import sys
 
 import yaml
-
 from antsibull_docs_parser import dom
 from antsibull_docs_parser.format import LinkProvider
 from antsibull_docs_parser.md import md_escape, to_md

@@ -541,7 +541,10 @@ lock_checkpoints:
       version_added: 0.2.0
       description: What saw it - C(event) (a libvirt event), C(probe) (a lease or state probe), C(api) (a call).
       type: str
-    verified: {description: "Whether the claim was checked (a probe, a read back); C(check) says how.", type: bool, version_added: 0.2.0}
+    verified:
+      description: Whether the claim was checked (a probe, a read back); C(check) says how.
+      type: bool
+      version_added: 0.2.0
     check: {description: "What checked the claim, null when nothing did.", type: str, version_added: 0.2.0}
     detail: {description: "Explanation.", type: str}
 leases:
