@@ -51,7 +51,7 @@ def agent_exec(lab, host, name, command):
         json.dumps({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", command]}}),
     )
     pid = json.loads(res.stdout)["return"]["pid"]
-    for _ in range(50):
+    for _attempt in range(50):
         res = lab.virsh(host, "qemu-agent-command", name, json.dumps({"execute": "guest-exec-status",
                                                                      "arguments": {"pid": pid}}))  # fmt: skip
         status = json.loads(res.stdout)["return"]
