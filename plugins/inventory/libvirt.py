@@ -6,10 +6,17 @@ name: libvirt
 short_description: libvirt guests of hypervisors reached over SSH, managed through their guest agent
 description:
   - Lists the guests (domains) of the given hypervisors. The controller reaches each hypervisor over SSH with
-    paramiko and runs C(virsh) there; no libvirt bindings are needed on the controller.
-  - Every guest gets C(ansible_connection=lockstep.virt.guest_agent) and the variables of that connection
-    (hypervisor address, port, user, key, known_hosts, libvirt URI, domain name), so a play reaches it through its
-    QEMU guest agent with no further setup.
+    paramiko and runs C(virsh) there; no libvirt bindings are needed on the controller. The hypervisors are read
+    in parallel (O(concurrency)).
+  - A guest that has a guest agent channel (C(org.qemu.guest_agent.0)) gets
+    C(ansible_connection=lockstep.virt.guest_agent) and the variables of that connection (hypervisor address, port,
+    user, key, known_hosts, libvirt URI, domain name), so a play reaches it through its QEMU guest agent with no
+    further setup (O(agent_connection)). A guest without the channel (listed when O(require_agent_channel=false))
+    gets no connection variables; with O(ansible_host_from) it is reached at its address with Ansible's default
+    connection.
+  - O(ansible_host_from) sets C(ansible_host) from the guest's addresses, as its guest agent reports them or as the
+    DHCP leases of libvirt's networks on the hypervisor have them.
+  - The result can be cached with Ansible's inventory cache (O(cache)); a cached inventory makes no SSH connection.
   - Groups C(libvirt_state_<state>) (for example C(libvirt_state_running), C(libvirt_state_shut_off)) and
     C(libvirt_hypervisor_<name>), plus the groups of O(groups) and O(keyed_groups).
   - The configuration file name must end in C(libvirt.yml) or C(libvirt.yaml).
@@ -21,6 +28,7 @@ requirements:
   - virsh on the hypervisors
 extends_documentation_fragment:
   - constructed
+  - inventory_cache
 options:
   plugin:
     description: The name of this plugin; it makes the file a configuration of this plugin.
@@ -76,6 +84,40 @@ options:
         ones the guest_agent connection can manage.
     type: bool
     default: true
+  agent_connection:
+    description:
+      - If V(true), a guest with a guest agent channel gets C(ansible_connection=lockstep.virt.guest_agent) and the
+        C(guest_agent_*) variables of that connection; a guest without the channel never does.
+      - If V(false), no guest gets them; use O(ansible_host_from) (or O(compose)) to reach the guests in another way.
+    type: bool
+    default: true
+    version_added: 0.2.0
+  ansible_host_from:
+    description:
+      - Where to read a running guest's addresses, in order of preference, to set C(ansible_host) to the first
+        that fits O(address_family). V(agent) - the guest agent (C(virsh domifaddr --source agent)); V(lease) -
+        the DHCP leases of libvirt's networks on the hypervisor (C(virsh domifaddr --source lease)).
+      - Loopback, link-local and unspecified addresses are never chosen. A guest with no such address gets no
+        C(ansible_host). The addresses read are in C(libvirt_addresses).
+      - An empty list (the default) reads no address and sets no C(ansible_host).
+    type: list
+    elements: str
+    choices: [agent, lease]
+    default: []
+    version_added: 0.2.0
+  address_family:
+    description:
+      - Which addresses O(ansible_host_from) may choose. V(any) prefers IPv4 and takes IPv6 when there is no IPv4
+        address.
+    type: str
+    choices: [ipv4, ipv6, any]
+    default: ipv4
+    version_added: 0.2.0
+  concurrency:
+    description: At most this many hypervisors are read at the same time (one thread and one SSH connection each).
+    type: int
+    default: 8
+    version_added: 0.2.0
   name_patterns:
     description:
       - Only guests whose name matches one of these regular expressions (matched from the start of the name) are
@@ -94,7 +136,12 @@ notes:
     once, from the hypervisor where it is running if there is one, else from the first hypervisor listed.
   - Host variables set for every guest - C(libvirt_hypervisor), C(libvirt_state), C(libvirt_uuid),
     C(libvirt_memory_mib), C(libvirt_vcpus), C(libvirt_agent_state) (C(connected) or C(disconnected) as libvirt
-    sees the channel, for running guests), and the C(guest_agent_*) variables of the connection.
+    sees the channel, for running guests), C(libvirt_agent_channel) (whether the guest has one), and, for a guest
+    with the channel (O(agent_connection)), the C(guest_agent_*) variables of the connection.
+  - With O(ansible_host_from), a running guest's addresses are in C(libvirt_addresses), a list of C(interface),
+    C(mac), C(family) (C(ipv4) or C(ipv6)), C(address), C(prefix) and C(source) (C(agent) or C(lease)).
+  - With O(cache), the guests and their addresses are read from the cache while it is valid; C(--flush-cache)
+    (or O(cache_timeout)) makes the next run read the hypervisors again.
 """
 
 EXAMPLES = r"""
@@ -120,12 +167,26 @@ plugin: lockstep.virt.libvirt
 hypervisors: [hv1.example.org, hv2.example.org]
 states: []
 name_patterns: ["web"]
+---
+# guests with and without an agent channel, reached at their addresses where they have no channel,
+# the listing cached for ten minutes in a JSON file
+plugin: lockstep.virt.libvirt
+hypervisors: [hv1.example.org, hv2.example.org, hv3.example.org]
+require_agent_channel: false
+ansible_host_from: [agent, lease]
+cache: true
+cache_plugin: ansible.builtin.jsonfile
+cache_connection: ~/.cache/lockstep-virt-inventory
+cache_timeout: 600
 """
 
+import ipaddress
 import re
+import shlex
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleParserError
-from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 
 from ansible_collections.lockstep.virt.plugins.plugin_utils._agent_ssh import (
     close_all,
@@ -134,8 +195,77 @@ from ansible_collections.lockstep.virt.plugins.plugin_utils._agent_ssh import (
     parse_domain_listing,
 )
 
+_ADDR_MARK = "@@lockstep-virt-addresses@@"
+ADDRESS_SOURCES = ("agent", "lease")
 
-class InventoryModule(BaseInventoryPlugin, Constructable):
+
+def addresses_command(uri, names, sources):
+    """One shell command printing, per guest and source, a marker line and `virsh domifaddr --full`'s table."""
+    quri = shlex.quote(uri or "qemu:///system")
+    parts = []
+    for name in names:
+        for source in sources:
+            if source not in ADDRESS_SOURCES:
+                raise ValueError("unknown address source {!r}".format(source))
+            parts.append(
+                "printf '%s %s %s\\n' '{mark}' {source} {qname}; "
+                "virsh -q -c {uri} domifaddr --full --source {source} {qname} 2>/dev/null || true".format(
+                    mark=_ADDR_MARK, source=source, qname=shlex.quote(name), uri=quri
+                )
+            )
+    return "; ".join(parts)
+
+
+def parse_addresses(text):
+    """{guest name: [address, ...]} from addresses_command()'s output, in the order virsh printed them."""
+    found = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith(_ADDR_MARK + " "):
+            _mark, source, name = line.split(" ", 2)
+            current = (name, source)
+            found.setdefault(name, [])
+            continue
+        fields = line.split()
+        if current is None or len(fields) != 4 or fields[0] == "Name" or set(line.strip()) <= {"-"}:
+            continue
+        interface, mac, family, cidr = fields
+        if family not in ("ipv4", "ipv6"):
+            continue
+        address, _sep, prefix = cidr.partition("/")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            continue
+        found[current[0]].append(
+            {
+                "interface": interface,
+                "mac": None if mac == "-" else mac,
+                "family": family,
+                "address": address,
+                "prefix": int(prefix) if prefix.isdigit() else None,
+                "source": current[1],
+            }
+        )
+    return found
+
+
+def choose_address(addresses, sources, family="ipv4"):
+    """The address for ansible_host: by source in the order given, then IPv4 before IPv6 (family=any)."""
+    families = {"ipv4": ["ipv4"], "ipv6": ["ipv6"], "any": ["ipv4", "ipv6"]}[family]
+    for source in sources:
+        for fam in families:
+            for entry in addresses:
+                if entry["source"] != source or entry["family"] != fam:
+                    continue
+                ip = ipaddress.ip_address(entry["address"])
+                if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+                    continue
+                return entry["address"]
+    return None
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     NAME = "lockstep.virt.libvirt"
 
     def verify_file(self, path):
@@ -147,31 +277,61 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         hypervisors = [self._hypervisor(item) for item in self.get_option("hypervisors") or []]
         if not hypervisors:
             raise AnsibleParserError("{}: no hypervisors given".format(path))
-        wanted_states = {s.replace(" ", "_") for s in self.get_option("states") or []}
-        patterns = [re.compile(p) for p in self.get_option("name_patterns") or []]
+        names = [hv["name"] for hv in hypervisors]
+        if len(set(names)) != len(names):
+            raise AnsibleParserError("{}: two hypervisors have the same name".format(path))
+        self._sources = list(self.get_option("ansible_host_from") or [])
+        self._wanted_states = {s.replace(" ", "_") for s in self.get_option("states") or []}
+        self._patterns = [re.compile(p) for p in self.get_option("name_patterns") or []]
+
+        cache_key = self.get_cache_key(path)
+        use_cache = self.get_option("cache")
+        read_cache = use_cache and cache
+        update_cache = use_cache and not cache
+        listing = None
+        if read_cache:
+            try:
+                listing = self._cache[cache_key]
+            except KeyError:
+                update_cache = True
+        if not isinstance(listing, dict):
+            listing = self._read_hypervisors(hypervisors)
+        if update_cache:
+            self._cache[cache_key] = listing
+
         seen = {}
         for hv in hypervisors:
-            try:
-                guests = self._guests(hv)
-            except (AnsibleConnectionFailure, AnsibleError) as exc:
-                if self.get_option("strict_hypervisors"):
-                    raise AnsibleParserError("hypervisor {}: {}".format(hv["name"], exc)) from exc
-                self.display.warning("lockstep.virt.libvirt: skipping hypervisor {}: {}".format(hv["name"], exc))
-                continue
-            for guest in guests:
-                if wanted_states and guest["state"] not in wanted_states:
-                    continue
-                if patterns and not any(p.match(guest["name"]) for p in patterns):
-                    continue
-                if self.get_option("require_agent_channel") and not guest["agent_channel"]:
-                    continue
+            for guest in listing.get(hv["name"]) or []:
                 previous = seen.get(guest["name"])
                 if previous and (previous["state"] == "running" or guest["state"] != "running"):
                     continue
                 seen[guest["name"]] = dict(guest, hypervisor=hv)
-        close_all()  # Ansible's workers are forked: they open connections of their own
         for name, guest in seen.items():
             self._add(name, guest)
+
+    def _read_hypervisors(self, hypervisors):
+        """{hypervisor name: [guest, ...]} read from every hypervisor, several at once."""
+        workers = max(1, min(int(self.get_option("concurrency") or 1), len(hypervisors)))
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="libvirt-inventory") as pool:
+                futures = [(hv, pool.submit(self._guests, hv)) for hv in hypervisors]
+                outcomes = []
+                for hv, future in futures:
+                    try:
+                        outcomes.append((hv, future.result(), None))
+                    except (AnsibleConnectionFailure, AnsibleError) as exc:
+                        outcomes.append((hv, None, exc))
+        finally:
+            close_all()  # Ansible's workers are forked: they open connections of their own
+        listing = {}
+        for hv, guests, exc in outcomes:  # in the order the hypervisors are listed
+            if exc is not None:
+                if self.get_option("strict_hypervisors"):
+                    raise AnsibleParserError("hypervisor {}: {}".format(hv["name"], exc)) from exc
+                self.display.warning("lockstep.virt.libvirt: skipping hypervisor {}: {}".format(hv["name"], exc))
+                continue
+            listing[hv["name"]] = guests
+        return listing
 
     def _hypervisor(self, item):
         if isinstance(item, str):
@@ -190,7 +350,15 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             "uri": item.get("uri") or self.get_option("uri"),
         }
 
+    def _wanted(self, guest):
+        if self._wanted_states and guest["state"] not in self._wanted_states:
+            return False
+        if self._patterns and not any(p.match(guest["name"]) for p in self._patterns):
+            return False
+        return bool(guest["agent_channel"] or not self.get_option("require_agent_channel"))
+
     def _guests(self, hv):
+        """The wanted guests of one hypervisor, with their addresses when asked (runs in a worker thread)."""
         ssh = hypervisor(
             hv["host"],
             port=hv["port"],
@@ -203,7 +371,19 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         rc, out, err = ssh.run(list_domains_command(hv["uri"]), timeout=120)
         if rc != 0:
             raise AnsibleError("virsh on {} failed ({}): {}".format(ssh.label, rc, err.decode("utf-8", "replace")))
-        return parse_domain_listing(out.decode("utf-8", "replace"))
+        guests = [g for g in parse_domain_listing(out.decode("utf-8", "replace")) if self._wanted(g)]
+        running = [g["name"] for g in guests if g["state"] == "running"]
+        if self._sources and running:
+            rc, out, err = ssh.run(addresses_command(hv["uri"], running, self._sources), timeout=120)
+            if rc != 0:
+                raise AnsibleError(
+                    "virsh domifaddr on {} failed ({}): {}".format(ssh.label, rc, err.decode("utf-8", "replace"))
+                )
+            addresses = parse_addresses(out.decode("utf-8", "replace"))
+            for guest in guests:
+                if guest["name"] in addresses:
+                    guest["addresses"] = addresses[guest["name"]]
+        return guests
 
     def _add(self, name, guest):
         hv = guest["hypervisor"]
@@ -213,24 +393,36 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         self.inventory.add_child(state_group, host)
         self.inventory.add_child(hv_group, host)
         hostvars = {
-            "ansible_connection": "lockstep.virt.guest_agent",
-            "guest_agent_hypervisor_host": hv["host"],
-            "guest_agent_hypervisor_port": hv["port"],
-            "guest_agent_hypervisor_user": hv["user"],
-            "guest_agent_libvirt_uri": hv["uri"],
-            "guest_agent_domain": guest["name"],
-            "guest_agent_host_key_checking": self.get_option("host_key_checking"),
             "libvirt_hypervisor": hv["name"],
             "libvirt_state": guest["state"],
             "libvirt_uuid": guest["uuid"],
             "libvirt_memory_mib": guest["memory_mib"],
             "libvirt_vcpus": guest["vcpus"],
             "libvirt_agent_state": guest["agent_state"],
+            "libvirt_agent_channel": guest["agent_channel"],
         }
-        if hv["private_key_file"]:
-            hostvars["guest_agent_hypervisor_private_key_file"] = hv["private_key_file"]
-        if self.get_option("known_hosts_file"):
-            hostvars["guest_agent_known_hosts_file"] = self.get_option("known_hosts_file")
+        if guest["agent_channel"] and self.get_option("agent_connection"):
+            hostvars.update(
+                {
+                    "ansible_connection": "lockstep.virt.guest_agent",
+                    "guest_agent_hypervisor_host": hv["host"],
+                    "guest_agent_hypervisor_port": hv["port"],
+                    "guest_agent_hypervisor_user": hv["user"],
+                    "guest_agent_libvirt_uri": hv["uri"],
+                    "guest_agent_domain": guest["name"],
+                    "guest_agent_host_key_checking": self.get_option("host_key_checking"),
+                }
+            )
+            if hv["private_key_file"]:
+                hostvars["guest_agent_hypervisor_private_key_file"] = hv["private_key_file"]
+            if self.get_option("known_hosts_file"):
+                hostvars["guest_agent_known_hosts_file"] = self.get_option("known_hosts_file")
+        if self._sources:
+            addresses = guest.get("addresses") or []
+            hostvars["libvirt_addresses"] = addresses
+            address = choose_address(addresses, self._sources, self.get_option("address_family"))
+            if address:
+                hostvars["ansible_host"] = address
         for key, value in hostvars.items():
             self.inventory.set_variable(host, key, value)
         strict = self.get_option("strict")

@@ -90,6 +90,7 @@ options:
       - Not given - every unlisted marked object of a kind given is pruned.
       - Has no effect without O(prune=true).
     type: str
+    version_added: 0.2.0
   lock:
     description:
       - The lock options of every domain item that gives none, as the O(lockstep.virt.domain#module:lock)

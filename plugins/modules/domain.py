@@ -194,6 +194,7 @@ options:
             description: Per-device boot order (instead of O(spec.boot)).
             type: int
           size:
+            version_added: 0.2.0
             description:
               - Size the guest sees (V(2G), V(512MiB), bytes). While the guest runs, a disk smaller than this is
                 grown online (block resize; its image grows too); a disk is never shrunk. A shut-off guest's
@@ -279,6 +280,7 @@ options:
         type: dict
         default: {}
       cloud_init:
+        version_added: 0.2.0
         description:
           - A cloud-init NoCloud seed for the guest - an ISO 9660 image labelled C(cidata) holding C(user-data),
             C(meta-data) and C(network-config), built on the hypervisor with xorriso, uploaded as a raw volume
@@ -481,6 +483,7 @@ actions:
   elements: str
   sample: [build_seed, define, start]
 cloud_init_seed:
+  version_added: 0.2.0
   description: The cloud-init seed built by this task - its pool, volume, path on the host and content hash.
   returned: when the seed was built
   type: dict
@@ -494,12 +497,14 @@ pending_restart:
   returned: always
   type: bool
 pending_differences:
+  version_added: 0.2.0
   description: Where what the guest runs differs from its definition after the live changes.
   returned: when RV(pending_restart) is true or the guest was restarted for it
   type: list
   elements: str
   sample: ["/domain/memory/text()"]
 live_changes:
+  version_added: 0.2.0
   description: >-
     The changes made to the running guest without a restart (or that would be, in check mode) -
     hotplug and unplug of disks and interfaces, resize, memory, vcpus.
@@ -533,10 +538,14 @@ lock_checkpoints:
     ok: {description: "Whether the step succeeded as expected.", type: bool}
     resources: {description: "Lease files concerned.", type: list, elements: str}
     source:
+      version_added: 0.2.0
       description: What saw it - C(event) (a libvirt event), C(probe) (a lease or state probe), C(api) (a call).
       type: str
-    verified: {description: "Whether the claim was checked (a probe, a read back); C(check) says how.", type: bool}
-    check: {description: "What checked the claim, null when nothing did.", type: str}
+    verified:
+      description: Whether the claim was checked (a probe, a read back); C(check) says how.
+      type: bool
+      version_added: 0.2.0
+    check: {description: "What checked the claim, null when nothing did.", type: str, version_added: 0.2.0}
     detail: {description: "Explanation.", type: str}
 leases:
   description: Leases of the domain (disk leases and VM leases) and who holds them.
@@ -557,18 +566,20 @@ leases:
     held: {description: "Whether the lease file is locked (null when it cannot be probed from here).", type: bool}
     held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
     holder_pid: {description: "Pid of the holder, when visible.", type: int}
-    holder_host: {description: "The holder's host name (sanlock), else null.", type: str}
+    holder_host: {description: "The holder's host name (sanlock), else null.", type: str, version_added: 0.2.0}
     lock:
       description:
         - C(exclusive) or C(shared) when held (null otherwise). virtlockd locks a C(<shareable/>) disk shared - one
           lock per host for every guest there sharing it - and every other lease exclusive.
       type: str
+      version_added: 0.2.0
     sharers:
       description:
         - For a shareable disk, the other guests on this host that share it and hold leases (their shared lock is the
           same one); empty otherwise.
       type: list
       elements: str
+      version_added: 0.2.0
 removed_storage:
   description: Storage removed with O(remove_storage=true).
   returned: when storage was removed

@@ -116,7 +116,7 @@ domains:
         held: {description: "Whether the lease is held (null when it cannot be probed).", type: bool}
         held_here: {description: "Whether this host's virtlockd holds it.", type: bool}
         holder_pid: {description: "Holder's pid.", type: int}
-        holder_host: {description: "The holder's host name (sanlock), else null.", type: str}
+        holder_host: {description: "The holder's host name (sanlock), else null.", type: str, version_added: 0.2.0}
     leases:
       description:
         - Leases of the domain (disk leases and VM leases) and who holds them, each with the fields of
@@ -140,6 +140,7 @@ domains:
           elements: dict
     metadata: {description: "Key/values set with the domain module's spec.metadata.", type: dict}
     handoff:
+      version_added: 0.2.0
       description:
         - The handoff marker of lockstep.virt.migrate (C(source), C(dest), C(was), C(started), ...) and a C(note)
           saying what it means - a paused guest carrying it was left by a migration whose handoff did not
@@ -154,6 +155,7 @@ lock_config:
            file_lockspace_dir: /var/lib/lockstep-lab/shared/lockd, lvm_lockspace_dir: null, scsi_lockspace_dir: null,
            lock_conf: /etc/libvirt/qemu.conf, lockd_conf: /etc/libvirt/qemu-lockd.conf, local: true}
 libvirt_error:
+  version_added: 0.2.0
   description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict

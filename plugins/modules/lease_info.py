@@ -85,9 +85,11 @@ lock_manager:
       description: Directory of indirect disk leases.
       type: str
     disk_lease_dir:
+      version_added: 0.2.0
       description: sanlock's directory of automatic disk leases (C(qemu-sanlock.conf)); null for lockd.
       type: str
     host_id:
+      version_added: 0.2.0
       description: This host's sanlock host_id (C(qemu-sanlock.conf)); null for lockd.
       type: int
     lockspace_dirs:
@@ -102,6 +104,7 @@ lock_manager:
       type: list
       elements: int
     sanlock:
+      version_added: 0.2.0
       description:
         - This host's sanlock daemon (sanlock only, else null) - C(daemon) (its name, C(<uuid>.<host name>)),
           C(answers), C(host_id), C(errors), and C(lockspaces), each with C(name), C(host_id) (this host's),
@@ -131,6 +134,7 @@ guests:
       type: list
       elements: dict
     handoff:
+      version_added: 0.2.0
       description:
         - The migrate module's handoff marker with a C(note), as in
           RV(lockstep.virt.domain_info#module:domains[].handoff) - a paused guest carrying it was left by a
@@ -150,6 +154,7 @@ missing:
   type: list
   elements: str
 libvirt_error:
+  version_added: 0.2.0
   description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict

@@ -365,14 +365,17 @@ lock_checkpoints:
       description: Whether the step succeeded or its verification passed.
       type: bool
     source:
+      version_added: 0.2.0
       description:
         - What saw it - C(event) (a libvirt lifecycle event, stamped as it arrived), C(probe) (a lease or
           state probe, stamped when it ran) or C(api) (a libvirt call, stamped when it returned).
       type: str
     verified:
+      version_added: 0.2.0
       description: Whether the claim was checked; RV(lock_checkpoints[].check) says with what.
       type: bool
     check:
+      version_added: 0.2.0
       description: What checked the claim (a lease probe, a state read), null when nothing did.
       type: str
     resources:
@@ -471,6 +474,7 @@ checks:
   type: list
   elements: dict
 libvirt_error:
+  version_added: 0.2.0
   description: libvirt's C(code), C(domain) and C(message), when a libvirt call failed.
   returned: failure
   type: dict

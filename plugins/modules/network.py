@@ -228,6 +228,7 @@ pending_restart:
   returned: always
   type: bool
 pending_differences:
+  version_added: 0.2.0
   description: Where what the network runs differs from its definition (predicted from the redefinition in check mode).
   returned: when RV(pending_restart) is true or the network was restarted for it
   type: list

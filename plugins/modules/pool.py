@@ -218,6 +218,7 @@ pending_restart:
   returned: always
   type: bool
 pending_differences:
+  version_added: 0.2.0
   description: Where what the pool runs differs from its definition (predicted from the redefinition in check mode).
   returned: when RV(pending_restart) is true or the pool was restarted for it
   type: list

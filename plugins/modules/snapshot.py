@@ -52,7 +52,7 @@ options:
     description:
       - V(present) - the snapshot exists; created when missing (it becomes the current one).
       - V(absent) - deleted; its children are kept, re-parented to its parent as libvirt does.
-      - V(reverted) - the guest is reverted to it, every time (an action: always C(changed=true)).
+      - "V(reverted) - the guest is reverted to it, every time (an action: always C(changed=true))."
     type: str
     choices: [present, absent, reverted]
     default: present

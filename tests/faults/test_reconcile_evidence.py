@@ -75,7 +75,7 @@ def test_a_paused_copy_is_never_resumed_once_the_guest_ran_elsewhere(lab, matrix
     outcome = {"fault": "stale copy: " + fault, "phase": "finish", "injected": False, "problems": [], "notes": []}
     guest = None
     try:
-        for _ in range(ATTEMPTS):
+        for _attempt in range(ATTEMPTS):
             if guest is not None:
                 guest.remove()
             guest = Guest(lab, "rc-" + uuid.uuid4().hex[:8], "hv1")

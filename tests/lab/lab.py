@@ -891,10 +891,10 @@ def join_vm_lockspace(state, names):
     failed = []
     for n, proc in procs.items():
         try:
-            out, _ = proc.communicate(timeout=180)
+            out, _err = proc.communicate(timeout=180)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
+            out, _err = proc.communicate()
         if proc.returncode != 0:
             failed.append("{}: {}".format(n, out.strip()))
     if failed:

@@ -178,7 +178,7 @@ def parse_host_status(text):
                 current["flags"] = words[3:]
             out[int(words[0])] = current
         elif current is not None and "=" in line and line.startswith((" ", "\t")):
-            key, _, value = line.strip().partition("=")
+            key, _sep, value = line.strip().partition("=")
             current[key] = int(value) if value.isdigit() else value
     return out
 

@@ -1,6 +1,7 @@
 """lockstep.virt.libvirt inventory: listing parsing, filters, groups and the connection variables (no lab)."""
 
 import shlex
+import threading
 
 import pytest
 from ansible import constants as C
@@ -41,15 +42,62 @@ LISTINGS = {
 }
 
 
+# `virsh -q domifaddr --full --source agent|lease NAME` as virsh 9 prints it (captured on the lab)
+AGENT_ADDRESSES = {
+    "web1": " lo         00:00:00:00:00:00    ipv4         127.0.0.1/8\n"
+    " lo         00:00:00:00:00:00    ipv6         ::1/128\n"
+    " eth0       52:54:00:aa:00:01    ipv6         fe80::5054:ff:feaa:1/64\n"
+    " eth0       52:54:00:aa:00:01    ipv6         2001:db8::10/64\n"
+    " eth0       52:54:00:aa:00:01    ipv4         192.0.2.10/24\n",
+    "moved": " lo         00:00:00:00:00:00    ipv4         127.0.0.1/8\n",
+}
+LEASE_ADDRESSES = {
+    "web1": " vnet0      52:54:00:aa:00:01    ipv4         192.0.2.99/24\n",
+    "moved": " vnet3      52:54:00:aa:00:02    ipv4         198.51.100.7/24\n",
+}
+SEEN = []  # commands the fake hypervisors ran
+FAILING = set()  # hosts whose SSH breaks
+BARRIER = {}  # a threading.Barrier every listing waits at, when a test sets one
+
+
 class FakeSSH:
     def __init__(self, host):
         self.host = host
         self.label = "root@{}:22".format(host)
 
     def run(self, command, stdin=None, timeout=None):
+        SEEN.append((self.host, command))
+        if self.host in FAILING:
+            raise plugin.AnsibleConnectionFailure("SSH to hypervisor {} broke".format(self.label))
+        if "domifaddr" in command:
+            return 0, self._addresses(command).encode(), b""
         assert "list --all --name" in command and "dumpxml" in command
         assert shlex.split(command)[3] == "qemu:///system"
+        if BARRIER.get("listing"):
+            BARRIER["listing"].wait()  # threading.BrokenBarrierError when the hypervisors are read one by one
         return 0, LISTINGS[self.host].encode(), b""
+
+    @staticmethod
+    def _addresses(command):
+        out = []
+        for part in command.split("; "):
+            words = shlex.split(part)
+            if words[0] == "printf":
+                out.append("{} {} {}\n".format(words[2], words[3], words[4]))
+            elif words[0] == "virsh":
+                i = words.index("--source")
+                source, name = words[i + 1], words[i + 2]
+                out.append((AGENT_ADDRESSES if source == "agent" else LEASE_ADDRESSES).get(name, ""))
+        return "".join(out)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fakes():
+    SEEN.clear()
+    FAILING.clear()
+    BARRIER.clear()
+    yield
+    BARRIER.clear()
 
 
 @pytest.fixture
@@ -64,14 +112,16 @@ def inventory(monkeypatch, tmp_path):
 
     monkeypatch.setattr(plugin, "hypervisor", fake_hypervisor)
 
-    def run(config):
+    def run(config, cache=False):
         path = tmp_path / "lab.libvirt.yml"
         path.write_text(config)
         inv = plugin.InventoryModule()
         inv._load_name = NAME
         data = InventoryData()
         assert inv.verify_file(str(path))
-        inv.parse(data, DataLoader(), str(path), cache=False)
+        inv.parse(data, DataLoader(), str(path), cache=cache)
+        if getattr(inv, "_cache", None) is not None and inv.get_option("cache"):
+            inv.update_cache_if_changed()  # what ansible-core's InventoryManager does after a parse
         return data, opened
 
     return run
@@ -160,3 +210,121 @@ def test_guest_memory_in_the_inventory_listing(unit, factor):
     xml = "<domain><name>g</name><memory unit='{}'>{}</memory></domain>".format(unit, 4 * 1048576 * 1000)
     (guest,) = ga.parse_domain_listing(ga._MARK + " running\n" + xml + "\n")
     assert guest["memory_mib"] == 4 * 1000 * factor
+
+
+def test_agent_connection_only_where_the_guest_has_a_channel(inventory):
+    data, _opened = inventory(BASE + "states: []\nrequire_agent_channel: false\n")
+    bios = data.hosts["bios"].get_vars()
+    assert "ansible_connection" not in bios
+    assert not any(key.startswith("guest_agent_") for key in bios)
+    assert bios["libvirt_agent_channel"] is False
+    web1 = data.hosts["web1"].get_vars()
+    assert web1["ansible_connection"] == "lockstep.virt.guest_agent" and web1["libvirt_agent_channel"] is True
+    data, _opened = inventory(BASE + "agent_connection: false\n")
+    assert "ansible_connection" not in data.hosts["web1"].get_vars()
+    assert "guest_agent_domain" not in data.hosts["web1"].get_vars()
+
+
+def test_no_address_read_unless_asked(inventory):
+    data, _opened = inventory(BASE)
+    assert not any("domifaddr" in command for _host, command in SEEN)
+    assert "ansible_host" not in data.hosts["web1"].get_vars()
+    assert "libvirt_addresses" not in data.hosts["web1"].get_vars()
+
+
+def test_ansible_host_from_the_agent_then_the_lease(inventory):
+    data, _opened = inventory(BASE + "states: []\nansible_host_from: [agent, lease]\n")
+    web1 = data.hosts["web1"].get_vars()
+    assert web1["ansible_host"] == "192.0.2.10"  # the agent's, not loopback, not the lease
+    assert {"interface": "eth0", "mac": "52:54:00:aa:00:01", "family": "ipv4", "address": "192.0.2.10",
+            "prefix": 24, "source": "agent"} in web1["libvirt_addresses"]  # fmt: skip
+    assert {a["source"] for a in web1["libvirt_addresses"]} == {"agent", "lease"}
+    # the agent knows only loopback: the lease is next
+    assert data.hosts["moved"].get_vars()["ansible_host"] == "198.51.100.7"
+    # addresses are read only for running guests, in one command per hypervisor
+    asked = [command for _host, command in SEEN if "domifaddr" in command]
+    assert len(asked) == 2
+    assert all("db1" not in command and "paused1" not in command for command in asked)
+    assert "ansible_host" not in data.hosts["paused1"].get_vars()
+
+
+def test_ansible_host_lease_first_and_families(inventory):
+    data, _opened = inventory(BASE + "ansible_host_from: [lease, agent]\n")
+    assert data.hosts["web1"].get_vars()["ansible_host"] == "192.0.2.99"
+    data, _opened = inventory(BASE + "ansible_host_from: [agent]\naddress_family: ipv6\n")
+    assert data.hosts["web1"].get_vars()["ansible_host"] == "2001:db8::10"  # not link-local fe80::
+    assert "ansible_host" not in data.hosts["moved"].get_vars()  # only loopback from its agent
+    data, _opened = inventory(BASE + "ansible_host_from: [agent]\naddress_family: any\n")
+    assert data.hosts["web1"].get_vars()["ansible_host"] == "192.0.2.10"
+
+
+def test_parse_addresses_and_choice():
+    text = (
+        plugin._ADDR_MARK + " agent g1\n" + AGENT_ADDRESSES["web1"] + plugin._ADDR_MARK + " lease g1\n"
+        " Name       MAC address          Protocol     Address\n"
+        "-------------------------------------------------------------------------------\n"
+        + LEASE_ADDRESSES["web1"]
+        + plugin._ADDR_MARK + " agent g2\n"
+    )  # fmt: skip
+    found = plugin.parse_addresses(text)
+    assert sorted(found) == ["g1", "g2"] and found["g2"] == []
+    assert [a["address"] for a in found["g1"]] == ["127.0.0.1", "::1", "fe80::5054:ff:feaa:1", "2001:db8::10",
+                                                   "192.0.2.10", "192.0.2.99"]  # fmt: skip
+    assert plugin.choose_address(found["g1"], ["lease", "agent"]) == "192.0.2.99"
+    assert plugin.choose_address(found["g1"][:3], ["agent"], "any") is None
+
+
+def test_hypervisors_are_read_in_parallel(inventory):
+    BARRIER["listing"] = threading.Barrier(2, timeout=5)
+    data, _opened = inventory(BASE)
+    assert sorted(data.hosts) == ["moved", "web1"]
+
+
+def test_concurrency_one_reads_one_hypervisor_at_a_time(inventory):
+    BARRIER["listing"] = threading.Barrier(2, timeout=1)
+    with pytest.raises(threading.BrokenBarrierError):
+        inventory(BASE + "concurrency: 1\n")
+
+
+def test_unreachable_hypervisor_in_parallel(inventory):
+    FAILING.add("10.0.0.1")
+    with pytest.raises(AnsibleParserError, match="hypervisor hv1: SSH to hypervisor root@10.0.0.1:22 broke"):
+        inventory(BASE)
+    data, _opened = inventory(BASE + "strict_hypervisors: false\n")
+    assert sorted(data.hosts) == ["moved", "paused1"][:1]  # hv2's running guest with an agent channel
+    assert data.hosts["moved"].get_vars()["libvirt_hypervisor"] == "hv2"
+
+
+CACHED = (
+    BASE
+    + """
+ansible_host_from: [agent]
+cache: true
+cache_plugin: jsonfile
+cache_connection: CACHE_DIR
+cache_timeout: 600
+"""
+)
+
+
+def test_cache(inventory, tmp_path):
+    config = CACHED.replace("CACHE_DIR", str(tmp_path / "cache"))
+    data, _opened = inventory(config, cache=False)  # --flush-cache: read and store
+    assert len(SEEN) == 4 and data.hosts["web1"].get_vars()["ansible_host"] == "192.0.2.10"
+    assert list((tmp_path / "cache").iterdir())
+    SEEN.clear()
+    FAILING.update({"10.0.0.1", "10.0.0.2"})  # the hypervisors are not needed while the cache is valid
+    data, _opened = inventory(config, cache=True)
+    assert SEEN == []
+    assert sorted(data.hosts) == ["moved", "web1"]
+    web1 = data.hosts["web1"].get_vars()
+    assert web1["ansible_host"] == "192.0.2.10" and web1["ansible_connection"] == "lockstep.virt.guest_agent"
+    assert web1["libvirt_hypervisor"] == "hv1"
+    # without the cache option nothing is read from it
+    with pytest.raises(AnsibleParserError, match="broke"):
+        inventory(config.replace("cache: true", "cache: false"), cache=True)
+
+
+def test_cache_miss_reads_the_hypervisors(inventory, tmp_path):
+    data, _opened = inventory(CACHED.replace("CACHE_DIR", str(tmp_path / "empty")), cache=True)
+    assert len(SEEN) == 4 and sorted(data.hosts) == ["moved", "web1"]

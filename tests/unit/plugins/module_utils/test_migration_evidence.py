@@ -35,14 +35,14 @@ def test_the_last_event_since_the_handoff_began_counts(tmp_path):
     d = write_log(tmp_path)
     what, reason, at = last_stop_in_log("demo1", "2026-12-04T22:37:40.000Z", log_dir=d)
     assert (what, reason) == ("stopped", "destroyed") and at.second == 48
-    what, reason, _ = last_stop_in_log("demo1", "2026-12-04T22:37:43.000Z", log_dir=d)
+    what, reason, _at = last_stop_in_log("demo1", "2026-12-04T22:37:43.000Z", log_dir=d)
     assert (what, reason) == ("stopped", "destroyed")
 
 
 def test_a_migrated_stop_is_evidence_only_when_nothing_came_after(tmp_path):
-    d = write_log(tmp_path, LOG.split("2026-12-04 22:37:47.859")[0])
+    d = write_log(tmp_path, LOG.split("2026-12-04 22:37:47.859", maxsplit=1)[0])
     assert last_stop_in_log("demo1", "2026-12-04T22:37:43.000Z", log_dir=d)[:2] == ("stopped", "migrated")
-    d = write_log(tmp_path, LOG.split("2026-12-04 22:37:48.457")[0])
+    d = write_log(tmp_path, LOG.split("2026-12-04 22:37:48.457", maxsplit=1)[0])
     assert last_stop_in_log("demo1", "2026-12-04T22:37:43.000Z", log_dir=d)[:2] == ("started", None)
 
 
