@@ -162,7 +162,7 @@ libvirt_error:
 """
 
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain_info import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.domain_info import (
     DOMAIN_INFO_ARGUMENT_SPEC,
     DOMAIN_INFO_MUTUALLY_EXCLUSIVE,
     DomainInfoManager,

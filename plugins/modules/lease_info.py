@@ -161,7 +161,7 @@ libvirt_error:
 """
 
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.lease_info import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.lease_info import (
     LEASE_INFO_ARGUMENT_SPEC,
     LeaseInfoManager,
 )

@@ -159,8 +159,11 @@ libvirt_error:
 """
 
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.secret import (
+    SECRET_ARGUMENT_SPEC,
+    SecretManager,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.secret import SECRET_ARGUMENT_SPEC, SecretManager
 
 
 def main():

@@ -63,8 +63,11 @@ libvirt_error:
 """
 
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.secret_info import (
+    SECRET_INFO_ARGUMENT_SPEC,
+    list_secrets,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.secret import SECRET_INFO_ARGUMENT_SPEC, list_secrets
 
 
 def main():

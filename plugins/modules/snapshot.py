@@ -199,11 +199,11 @@ libvirt_error:
 """
 
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.snapshot import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.snapshot import (
     SNAPSHOT_ARGUMENT_SPEC,
     SnapshotManager,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():

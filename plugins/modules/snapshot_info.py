@@ -93,11 +93,11 @@ libvirt_error:
 """
 
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.snapshot import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.snapshot_info import (
     SNAPSHOT_INFO_ARGUMENT_SPEC,
     snapshot_info,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():

@@ -5,7 +5,7 @@
 Usage::
 
     with Connection(module.params["uri"]) as conn:
-        ...  # conn.virt is the libvirt.virConnect; conn.call(fn, *args) wraps libvirtError
+        ...  # conn.virt is the libvirt.virConnect
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
-from ansible.module_utils.basic import missing_required_lib
+from ansible.module_utils.basic import env_fallback, missing_required_lib
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import HAS_LIBVIRT, libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
@@ -85,12 +85,6 @@ class Connection:
         self.close()
         return False
 
-    def call(self, fn, *args, **kwargs):
-        """Call a libvirt function, translating libvirtError."""
-        context = kwargs.pop("context", None)
-        with libvirt_errors(context):
-            return fn(*args, **kwargs)
-
     @property
     def driver(self):
         with libvirt_errors():
@@ -105,8 +99,10 @@ class Connection:
         if self._hostname is None:
             try:
                 self._hostname = self.virt.getHostname()
-            except Exception:
-                self._hostname = socket.gethostname()
+            except Exception:  # libvirtError: the driver has no hostname call
+                # the host is the URI's; only a local URI's host is this machine
+                remote = urlsplit(self.uri or "").hostname
+                self._hostname = socket.gethostname() if self.local or not remote else remote
         return self._hostname
 
     @property
@@ -114,3 +110,16 @@ class Connection:
         if self._profile is None:
             self._profile = profile_for_connection(self)
         return self._profile
+
+
+# Options every module that talks to libvirt accepts (documented in the lockstep.virt.connection fragment).
+CONNECTION_ARGUMENT_SPEC = {
+    "uri": {"type": "str", "fallback": (env_fallback, ["LIBVIRT_DEFAULT_URI"])},
+}
+
+
+def merge_argument_spec(spec):
+    """Return ``spec`` plus the shared connection options."""
+    out = dict((k, dict(v)) for k, v in CONNECTION_ARGUMENT_SPEC.items())
+    out.update(spec)
+    return out

@@ -299,7 +299,13 @@ class Lifecycle:
             except VirtError as err:
                 busy = err.is_busy
                 self.recorder.record("acquire_failed" if busy else "start_failed", ok=False, detail=err.msg)
-                self._destroy_quietly(dom, "destroyed_paused", "no lease was taken: nothing to release")
+                self._destroy_quietly(
+                    dom,
+                    "destroyed_paused",
+                    "its leases, taken at creation by the {} driver, go with it".format(self.profile.name)
+                    if self.profile.leases_taken == LEASES_ON_CREATE
+                    else "no lease was taken: nothing to release",
+                )
                 now = self.clock()
                 if busy and now < deadline:
                     self.sleep(min(1.0, max(0.05, deadline - now)))
@@ -353,7 +359,6 @@ class Lifecycle:
                 if err.is_busy:
                     raise self._busy_error(dom, err, resources, now - started_at) from None
                 raise
-        leases = self.probe(dom)
         if verify:
             leases, ok = self.verify(dom, required)
             if not ok and required:
@@ -363,6 +368,8 @@ class Lifecycle:
                 raise LeaseError(
                     "lock.required: {} resumed without holding its leases; paused again".format(dom.name())
                 )
+        else:
+            leases = self.probe(dom)
         self.record_running(dom)
         return leases
 

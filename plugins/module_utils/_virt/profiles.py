@@ -97,9 +97,6 @@ class DriverProfile:
         """True when a guest created paused already holds its leases (libxl), False for qemu."""
         return self.leases_taken == LEASES_ON_CREATE
 
-    def accepts_migration_flag(self, flag):
-        return flag.upper() in self.migration_flags
-
     def migration_flags_value(self, names):
         """OR of libvirt.VIR_MIGRATE_<name> for ``names``; ValidationError naming any illegal flag."""
         names = [n.upper() for n in names]

@@ -11,7 +11,7 @@ result, the diff and ``-vvv``."""
 
 from __future__ import annotations
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import (
     HAS_LIBVIRT,
@@ -19,14 +19,9 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
     LIBVIRT_IMPORT_ERROR,
     LXML_IMPORT_ERROR,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection, merge_argument_spec
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import param_secrets
-
-# Options every module that talks to libvirt accepts (documented in the lockstep.virt.connection fragment).
-CONNECTION_ARGUMENT_SPEC = {
-    "uri": {"type": "str", "fallback": (env_fallback, ["LIBVIRT_DEFAULT_URI"])},
-}
 
 
 class LibvirtModule(AnsibleModule):
@@ -38,13 +33,6 @@ class LibvirtModule(AnsibleModule):
     def _load_params(self):
         super()._load_params()
         self.no_log_values.update(param_secrets(self.params))
-
-
-def merge_argument_spec(spec):
-    """Return ``spec`` plus the shared connection options."""
-    out = dict((k, dict(v)) for k, v in CONNECTION_ARGUMENT_SPEC.items())
-    out.update(spec)
-    return out
 
 
 def check_libvirt(module):
@@ -109,10 +97,3 @@ def refuse_nul(module):
     for key, value in sorted(module.params.items()):
         if any("\0" in v for v in _strings(value)):
             module.fail_json(msg="{} must not contain a NUL character".format(key))
-
-
-def _manager_work(manager):
-    def work(conn, module):
-        return manager(conn, module.params, module.check_mode, module._diff).run()
-
-    return work

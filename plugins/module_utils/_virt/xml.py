@@ -369,14 +369,6 @@ class Drift:
         self.after = after
         self.differences = differences
 
-    def as_diff(self, before_header="before", after_header="after"):
-        return {
-            "before": self.before,
-            "after": self.after,
-            "before_header": before_header,
-            "after_header": after_header,
-        }
-
 
 def compare(desired, actual, ignore=(), texts=True):
     """Intent-based drift between a desired and an actual element (either may be None). ``texts``: also
@@ -440,7 +432,3 @@ def differences(desired, projected, path=""):
             for j in range(len(pgroup)):
                 out.append("{}/{}[{}] (not in the definition)".format(here, local(tag), j + 1))
     return out
-
-
-def ansible_diff(before, after, before_header="before", after_header="after"):
-    return {"before": before, "after": after, "before_header": before_header, "after_header": after_header}

@@ -42,6 +42,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.references import check_domain_references
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.domain_info import domain_summary
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain import (
     DOMAIN_SPEC_OPTIONS,
     build_domain_xml,
@@ -73,21 +74,6 @@ DOMAIN_MUTUALLY_EXCLUSIVE = DEFINITION_MUTUALLY_EXCLUSIVE
 ACTIVE_STATES = ("running", "blocked", "paused", "shutdown", "crashed", "pmsuspended")
 # Parts of a live XML that differ from the definition without a pending change.
 LIVE_IGNORE = ("cpu",)
-
-
-def domain_summary(dom, state=None):
-    """{name, uuid, id, state, persistent, autostart} of a libvirt domain."""
-    with libvirt_errors("cannot read domain {}".format(dom.name())):
-        dom_id = dom.ID()
-        persistent = bool(dom.isPersistent())
-        return {
-            "name": dom.name(),
-            "uuid": dom.UUIDString(),
-            "id": dom_id if dom_id >= 0 else None,
-            "state": state or state_name(dom),
-            "persistent": persistent,
-            "autostart": bool(dom.autostart()) if persistent else False,
-        }
 
 
 def desired_from_xml(name, text):
@@ -413,7 +399,6 @@ __all__ = [
     "DomainManager",
     "DOMAIN_ARGUMENT_SPEC",
     "DOMAIN_MUTUALLY_EXCLUSIVE",
-    "domain_summary",
     "desired_from_xml",
     "prepare_for_define",
 ]

@@ -28,7 +28,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import utc_now
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection, merge_argument_spec
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     ValidationError,
     VirtError,
@@ -36,7 +36,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.migration import MigrationManager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import MIGRATE_ARGUMENT_SPEC
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import merge_argument_spec
 
 # Options of every migration that the evacuation sets itself.
 _OWN_MIGRATE_OPTIONS = ("name", "dest_uri", "uri")

@@ -26,11 +26,16 @@ import time
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import describe_plan
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     ValidationError,
     VirtError,
     libvirt_errors,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.handoff_marker import (
+    new_marker,
+    owner_alive,
+    read_marker,
+    write_marker,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     read_host_lock_config,
@@ -38,6 +43,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     share_users,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import describe_plan
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
     LifecycleEvents,
     start_event_loop,
@@ -49,12 +55,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
     describe,
     not_released,
     source_keeps,
-)
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import (
-    new_marker,
-    owner_alive,
-    read_marker,
-    write_marker,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import (
     RELEASE_BEFORE_SEND,

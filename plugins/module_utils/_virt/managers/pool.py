@@ -50,7 +50,6 @@ POOL_MUTUALLY_EXCLUSIVE = DEFINITION_MUTUALLY_EXCLUSIVE
 
 # What libvirt reports about a pool's use, never part of a definition.
 RUNTIME_TAGS = ("capacity", "allocation", "available")
-KNOWN_XML_TYPES = ("dir", "fs", "netfs", "logical", "iscsi", "iscsi-direct", "rbd", "disk", "scsi", "mpath", "zfs")
 _STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "inaccessible"}
 
 

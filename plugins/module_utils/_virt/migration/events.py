@@ -19,9 +19,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints im
 STARTED_MIGRATED = 1
 SUSPENDED_PAUSED = 0
 SUSPENDED_MIGRATED = 1
-SUSPENDED_POSTCOPY = 7
 RESUMED_POSTCOPY = 3
-STOPPED_MIGRATED = 3
 
 EVENT_NAMES = {
     0: "defined",
@@ -123,14 +121,6 @@ class LifecycleEvents:
                     if after is None or item["t"] >= after:
                         return item
         return None
-
-    def wait_for(self, role, event, detail=None, timeout=2.0, after=None, sleep=time.sleep):
-        deadline = self.clock() + timeout
-        while True:
-            found = self.first(role, event, detail, after)
-            if found or not self.available or self.clock() >= deadline:
-                return found
-            sleep(0.02)
 
     def as_list(self):
         with self._lock:

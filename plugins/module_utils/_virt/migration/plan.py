@@ -8,11 +8,11 @@ checked against the source's driver profile (libxl accepts a subset) before anyt
 
 from __future__ import annotations
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import (
     CONVERGENCE_OPTIONS,
     validate_convergence,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 
 RELEASE_AFTER_SEND = "after_send"
 RELEASE_BEFORE_SEND = "before_send"

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import plan_convergence
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     domain_lease_resources,
     rw_disks_without_lease,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import plan_convergence
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     describe,
     source_keeps,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.snapshot import migration_blockers
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.snapshot_info import migration_blockers
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import to_bytes
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, parse_xml
 

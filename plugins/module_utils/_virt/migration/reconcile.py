@@ -27,6 +27,7 @@ either host, is left alone: the task fails and changes nothing.
 from __future__ import annotations
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.handoff_marker import owner_alive, read_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration import evidence
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.handoff import RESUME_STEPS
@@ -36,7 +37,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
     not_released,
     source_keeps,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import owner_alive, read_marker
 
 _JOB_NONE = 0
 _ERR_OPERATION_UNSUPPORTED = 84  # VIR_ERR_OPERATION_UNSUPPORTED

@@ -17,13 +17,13 @@ import threading
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import PhaseRecorder, utc_now
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.handoff_marker import clear_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     lease_summary,
     public_leases,
     shared_check,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import clear_marker
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.timing import event_timing
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 

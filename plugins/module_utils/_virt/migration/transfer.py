@@ -14,7 +14,6 @@ import enum
 import threading
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import ConvergenceMonitor
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     LeaseError,
     VirtError,
@@ -22,6 +21,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import ConvergenceMonitor
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     blocks_dest,
     describe,

@@ -14,7 +14,7 @@ from ansible.utils.plugin_docs import get_docstring
 
 from ansible_collections.lockstep.virt.plugins.connection import guest_agent as plugin
 from ansible_collections.lockstep.virt.plugins.plugin_utils import _agent_ssh as ga
-from ansible_collections.lockstep.virt.tests.unit.plugins.connection.fake_hypervisor import FakeHypervisor
+from ansible_collections.lockstep.virt.tests.unit.fakes.hypervisor import FakeHypervisor
 
 NAME = "lockstep.virt.guest_agent"
 

@@ -13,7 +13,7 @@ from ansible.utils.plugin_docs import get_docstring
 
 from ansible_collections.lockstep.virt.plugins.inventory import libvirt as plugin
 from ansible_collections.lockstep.virt.plugins.plugin_utils import _agent_ssh as ga
-from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_units import EVERY_UNIT
+from ansible_collections.lockstep.virt.tests.unit.fakes.units import EVERY_UNIT
 
 NAME = "lockstep.virt.libvirt"
 

@@ -1,10 +1,13 @@
 """The connection wrapper and URI helpers."""
 
+import socket
+
 import libvirt
 import pytest
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import (
     Connection,
+    merge_argument_spec,
     resolve_uri,
     uri_is_local,
 )
@@ -13,7 +16,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import (
     TEST,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import merge_argument_spec
 
 
 def test_connection_opens_test_driver():
@@ -65,3 +67,20 @@ def test_uri_helpers(monkeypatch):
     assert resolve_uri(None) == "qemu:///system" and resolve_uri("lxc:///") == "lxc:///"
     spec = merge_argument_spec({"name": {"type": "str"}})
     assert set(spec) == {"uri", "name"}
+
+
+def test_a_remote_hosts_name_never_falls_back_to_this_machines(monkeypatch):
+    """A driver without a hostname call: a remote URI names its own host, never the controller's."""
+
+    class NoHostname:
+        def getHostname(self):
+            raise libvirt.libvirtError("this function is not supported by the connection driver")
+
+    def unopened(uri):  # a Connection as open() leaves it, without reaching the host
+        conn = Connection.__new__(Connection)
+        conn.uri, conn.readonly, conn.virt, conn._hostname, conn._profile = uri, False, NoHostname(), None, None
+        return conn
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "controller")
+    assert unopened("qemu+ssh://hv2.example/system").hostname == "hv2.example"
+    assert unopened("test:///default").hostname == "controller"

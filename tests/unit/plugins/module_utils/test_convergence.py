@@ -7,7 +7,8 @@ import threading
 import libvirt
 import pytest
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import (
     GIB,
     MIB,
     ConvergenceMonitor,
@@ -16,10 +17,9 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.convergence im
     downtime_ramp,
     plan_convergence,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import build_plan
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LIBXL, QEMU
-from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_migration import (
+from ansible_collections.lockstep.virt.tests.unit.fakes.migration import (
     RESOURCES,
     FakeDomain,
     make_world,

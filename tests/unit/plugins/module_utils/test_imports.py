@@ -1,4 +1,5 @@
-"""The engine's import graph: optional imports in one leaf, no cycles, nothing imported inside functions."""
+"""The engine's import graph: optional imports in one leaf, no cycles, nothing imported inside functions, and
+each layer importing only its own or lower layers (see plugins/module_utils/_virt/__init__.py)."""
 
 import ast
 import os
@@ -72,3 +73,26 @@ def test_no_import_cycle():
 
     for name in graph:
         visit(name, [])
+
+
+# plugins/module_utils/_virt/__init__.py: the layers, top first
+LAYERS = ("entry", "managers", "migration", "reporters", "spec", "parts")
+
+
+def layer_of(name):
+    if name in ("runner", "nolog"):
+        return "entry"
+    top = name.split(".")[0]
+    return top if top in LAYERS else "parts"
+
+
+def test_each_layer_imports_only_its_own_or_lower_layers():
+    wrong = []
+    for name, tree in MODULES.items():
+        if name == "__init__":
+            continue
+        mine = LAYERS.index(layer_of(name))
+        for dep in _engine_imports(tree, top_level_only=False):
+            if LAYERS.index(layer_of(dep)) < mine:
+                wrong.append("{} ({}) imports {} ({})".format(name, layer_of(name), dep, layer_of(dep)))
+    assert not wrong, wrong

@@ -5,7 +5,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -38,17 +37,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import QEMU
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
-
-HOLDER = textwrap.dedent(
-    """
-    import fcntl, os, struct, sys, time
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
-    kind = fcntl.F_RDLCK if sys.argv[2] == "read" else fcntl.F_WRLCK
-    fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack("hhqqi", kind, 0, 0, 1, 0).ljust(32, b"\\0"))
-    print("locked", flush=True)
-    time.sleep(60)
-    """
-)
+from ansible_collections.lockstep.virt.tests.unit.fakes.leases import HOLDER
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Starting and stopping with leases: lock config from temp files, real locks held by another process."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -13,10 +14,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection imp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import LeaseError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import LockConfig, read_lock_config
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LIBXL
 from ansible_collections.lockstep.virt.plugins.modules import domain as domain_module
 from ansible_collections.lockstep.virt.plugins.modules import domain_info as domain_info_module
 from ansible_collections.lockstep.virt.plugins.modules import lease_info as lease_info_module
-from ansible_collections.lockstep.virt.tests.unit.plugins.module_utils.test_leases import HOLDER
+from ansible_collections.lockstep.virt.tests.unit.fakes.leases import HOLDER
 
 URI = "test:///default"
 
@@ -356,3 +358,39 @@ def test_stopping_one_of_two_guests_sharing_a_disk_leaves_the_shared_lock_to_the
     finally:
         virtlockd.kill()
         virtlockd.wait()
+
+
+class FailingResume(Guest):
+    """A guest whose resume fails for another reason than a busy lease (QEMU refusing to continue)."""
+
+    def resume(self):
+        raise VirtError("cannot resume: internal error: unable to execute QEMU command 'cont'")
+
+
+def test_a_failed_libxl_start_says_its_leases_go_with_the_destroyed_guest(hv):
+    # libxl takes the leases when it creates the guest (libxlDomainStart), so the guest destroyed after a
+    # failed start held them: they are released with it, not "never taken"
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        # libxl's lease timing on libvirt's test driver, which cannot start a guest paused (create, suspend)
+        conn._profile = copy.copy(LIBXL)
+        conn._profile.can_start_paused = False
+        lc, rec = lifecycle(conn, clock)
+        with pytest.raises(VirtError):
+            lc.start(FailingResume(define(conn, name="lx")))
+        destroyed = [c for c in rec.as_list() if c["name"] == "destroyed_paused"]
+        assert destroyed and destroyed[0]["detail"] == "its leases, taken at creation by the libxl driver, go with it"
+        assert "leases_acquired" in rec.names()
+
+
+def test_a_resume_probes_the_leases_once(hv, monkeypatch):
+    clock = FakeClock()
+    with Connection(URI) as conn:
+        lc, _rec = lifecycle(conn, clock)
+        dom = define(conn, name="once")
+        lc.start(dom, paused=True)
+        calls = []
+        real = lc.probe
+        monkeypatch.setattr(lc, "probe", lambda d, inactive=False: calls.append(1) or real(d, inactive))
+        lc.resume(dom)
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING and len(calls) == 1

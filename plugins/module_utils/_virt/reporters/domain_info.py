@@ -8,6 +8,7 @@ import fnmatch
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.handoff_marker import describe_handoff, marker_in
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     domain_disks,
     domain_lease_resources,
@@ -16,11 +17,26 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     read_lock_config,
     share_users,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import get_user_metadata, is_managed
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domain import domain_summary
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import describe_handoff, marker_in
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select, volume_path
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_bytes
+
+
+def domain_summary(dom, state=None):
+    """{name, uuid, id, state, persistent, autostart} of a libvirt domain."""
+    with libvirt_errors("cannot read domain {}".format(dom.name())):
+        dom_id = dom.ID()
+        persistent = bool(dom.isPersistent())
+        return {
+            "name": dom.name(),
+            "uuid": dom.UUIDString(),
+            "id": dom_id if dom_id >= 0 else None,
+            "state": state or state_name(dom),
+            "persistent": persistent,
+            "autostart": bool(dom.autostart()) if persistent else False,
+        }
+
 
 INFO_STATES = ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown", "blocked", "nostate"]
 ADDRESS_SOURCES = ["none", "lease", "agent", "arp"]

@@ -4,7 +4,7 @@ snapshot metadata and reverts a guest's state, without disks or leases)."""
 import libvirt
 import pytest
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.snapshot import (
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.snapshot_info import (
     MANAGED_MARK,
     migration_blockers,
     split_description,

@@ -59,17 +59,6 @@ CONVERGENCE_OPTIONS = {
     "auto_converge_increment": {"type": "int"},
 }
 
-OUTCOMES = (
-    "converged",
-    "converged_after_steps",
-    "switched_to_postcopy",
-    "forced_by_pause",
-    "aborted_no_progress",
-    "aborted_timeout",
-    "postcopy_failed",
-    "failed",
-)
-
 
 def _get(conv, key):
     value = conv.get(key)

@@ -31,13 +31,17 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import SECRET, lookup, read_xml, select
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import SECRET, read_xml
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.secret_info import (
+    USAGE_ELEMENT,
+    USAGE_TYPES,
+    find_secret,
+    lookup_usage,
+    secret_summary,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import sub
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, etree, local, to_text
 
-# usage type -> the element of <usage> that names the secret
-USAGE_ELEMENT = {"ceph": "name", "iscsi": "target", "volume": "volume", "tls": "name", "vtpm": "name"}
-USAGE_TYPES = sorted(USAGE_ELEMENT)
 UPDATE_VALUE = ["when_different", "on_create", "always"]
 
 SECRET_ARGUMENT_SPEC = {
@@ -52,35 +56,9 @@ SECRET_ARGUMENT_SPEC = {
     "value_encoding": {"type": "str", "choices": ["raw", "base64"], "default": "raw"},
     "update_value": {"type": "str", "choices": UPDATE_VALUE, "default": "when_different"},
 }
-SECRET_INFO_ARGUMENT_SPEC = {
-    "uuid": {"type": "str"},
-    "usage": {"type": "str", "choices": USAGE_TYPES},
-    "usage_id": {"type": "str"},
-}
-
 # Where libvirt's secret driver keeps the values of persistent secrets (privileged daemon).
 SECRETS_DIR = "/etc/libvirt/secrets"
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
-
-
-def secret_summary(sec, root=None):
-    """{uuid, usage, usage_id, description, private, ephemeral, has_value?} of a virSecret (never its value)."""
-    root = root if root is not None else read_xml(sec, SECRET)
-    desc = elements(root, "description")
-    usage = elements(root, "usage")
-    kind = usage[0].get("type") if usage else None
-    ident = None
-    if usage:
-        named = elements(usage[0], USAGE_ELEMENT.get(kind, "name"))
-        ident = (named[0].text or "").strip() if named else None
-    return {
-        "uuid": sec.UUIDString(),
-        "usage": kind,
-        "usage_id": ident,
-        "description": (desc[0].text or "") if desc else None,
-        "private": root.get("private") == "yes",
-        "ephemeral": root.get("ephemeral") == "yes",
-    }
 
 
 def build_secret_xml(params, uuid=None):
@@ -97,42 +75,6 @@ def build_secret_xml(params, uuid=None):
         usage = sub(root, "usage", type_=params["usage"])
         sub(usage, USAGE_ELEMENT[params["usage"]], params["usage_id"])
     return root
-
-
-def _lookup_usage(conn, usage, usage_id):
-    code = getattr(libvirt, "VIR_SECRET_USAGE_TYPE_" + usage.upper(), None)
-    if code is None:
-        raise VirtError("this libvirt-python has no secret usage type {}".format(usage))
-    try:
-        return conn.virt.secretLookupByUsage(code, usage_id)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == error_code(*SECRET.not_found):
-            return None
-        raise VirtError(
-            "cannot look up the {} secret {}: {}".format(usage, usage_id, exc.get_error_message())
-        ) from None
-
-
-def find_secret(conn, uuid=None, usage=None, usage_id=None):
-    """The virSecret with ``uuid``, or with ``usage``/``usage_id``; None when there is none."""
-    if uuid:
-        return lookup(conn, SECRET, uuid)
-    return _lookup_usage(conn, usage, usage_id)
-
-
-def list_secrets(conn, uuid=None, usage=None, usage_id=None):
-    """Summaries of the host's secrets, all or the one selected (never their values)."""
-    if uuid or usage_id:
-        if usage_id and not usage:
-            raise ValidationError("usage_id needs usage")
-        found = find_secret(conn, uuid, usage, usage_id)
-        objs = [found] if found is not None else []
-    else:
-        objs = select(conn, SECRET, context="cannot list secrets")
-    out = [secret_summary(s) for s in objs]
-    if usage:
-        out = [s for s in out if s["usage"] == usage]
-    return sorted(out, key=lambda s: (s["usage"] or "", s["usage_id"] or "", s["uuid"]))
 
 
 def _decode_value(params):
@@ -177,7 +119,7 @@ class SecretManager(Manager):
         value = self._check()
         sec = find_secret(self.conn, p.get("uuid"), p.get("usage"), p.get("usage_id"))
         if sec is not None and p.get("uuid") and p.get("usage"):
-            other = _lookup_usage(self.conn, p["usage"], p["usage_id"])
+            other = lookup_usage(self.conn, p["usage"], p["usage_id"])
             if other is not None and other.UUIDString() != sec.UUIDString():
                 raise ValidationError(
                     "the {} secret {} is secret {}, not {}".format(
@@ -308,12 +250,4 @@ class SecretManager(Manager):
                 sec.setValue(value, 0)
 
 
-__all__ = [
-    "SECRET_ARGUMENT_SPEC",
-    "SECRET_INFO_ARGUMENT_SPEC",
-    "SecretManager",
-    "build_secret_xml",
-    "find_secret",
-    "list_secrets",
-    "secret_summary",
-]
+__all__ = ["SECRET_ARGUMENT_SPEC", "SecretManager", "build_secret_xml"]

@@ -13,6 +13,7 @@ another holder's shared lock is no conflict.
 from __future__ import annotations
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.handoff_marker import describe_handoff, marker_in
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     describe_holder,
     public_lease,
@@ -22,7 +23,6 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     virtlockd_pids,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import Lifecycle, is_active, state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.marker import describe_handoff, marker_in
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml, select
 
 LEASE_INFO_ARGUMENT_SPEC = {

@@ -1,17 +1,17 @@
 """The secret and secret_info modules in-process, on test:///default with libvirt's secret calls added
-(the test driver has no secret driver; see fake_secrets)."""
+(the test driver has no secret driver; see tests/unit/fakes/secrets.py)."""
 
 import json
 
 import libvirt
 import pytest
-from fake_secrets import FakeConnection, SecretDriver
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt import secret as secret_utils
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers import secret as secret_utils
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.pool import build_pool_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import to_text
 from ansible_collections.lockstep.virt.plugins.modules import secret as secret_module
 from ansible_collections.lockstep.virt.plugins.modules import secret_info as info_module
+from ansible_collections.lockstep.virt.tests.unit.fakes.secrets import FakeConnection, SecretDriver
 
 URI = "test:///default"
 VALUE = "Sup3r-s3cret value"
