@@ -165,7 +165,7 @@ libvirt_error:
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.domain_info import (
     DOMAIN_INFO_ARGUMENT_SPEC,
     DOMAIN_INFO_MUTUALLY_EXCLUSIVE,
-    DomainInfoManager,
+    DomainInfoReporter,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
@@ -173,7 +173,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import 
 def main():
     run_libvirt_module(
         DOMAIN_INFO_ARGUMENT_SPEC,
-        work=lambda conn, module: DomainInfoManager(conn, module.params).run(),
+        work=lambda conn, module: DomainInfoReporter(conn, module.params).run(),
         mutually_exclusive=DOMAIN_INFO_MUTUALLY_EXCLUSIVE,
     )
 

@@ -163,13 +163,13 @@ libvirt_error:
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.lease_info import (
     LEASE_INFO_ARGUMENT_SPEC,
-    LeaseInfoManager,
+    LeaseInfoReporter,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.runner import run_libvirt_module
 
 
 def main():
-    run_libvirt_module(LEASE_INFO_ARGUMENT_SPEC, work=lambda conn, module: LeaseInfoManager(conn, module.params).run())
+    run_libvirt_module(LEASE_INFO_ARGUMENT_SPEC, work=lambda conn, module: LeaseInfoReporter(conn, module.params).run())
 
 
 if __name__ == "__main__":

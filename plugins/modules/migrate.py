@@ -490,8 +490,8 @@ def _migrate(_conn, module):
 
 
 def main():
-    # the migration opens its own connections, to the source and the destination (readonly=None)
-    run_libvirt_module(MIGRATE_ARGUMENT_SPEC, work=_migrate, readonly=None)
+    # the migration opens its own connections, to the source and the destination
+    run_libvirt_module(MIGRATE_ARGUMENT_SPEC, work=_migrate, connect=False)
 
 
 if __name__ == "__main__":

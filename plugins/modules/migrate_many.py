@@ -261,7 +261,7 @@ def main():
     run_libvirt_module(
         MIGRATE_MANY_ARGUMENT_SPEC,
         work=lambda conn, module: Evacuation(module.params, module.check_mode).run(),
-        readonly=None,
+        connect=False,
     )
 
 

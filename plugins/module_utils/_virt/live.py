@@ -122,7 +122,7 @@ def as_requested(live):
     return live
 
 
-def plan(live, target, sizes=None, capacity=None):
+def live_actions(live, target, sizes=None, capacity=None):
     """The live actions taking ``live`` towards ``target``, and what would run after them.
 
     ``sizes``: {disk target: bytes wanted}; ``capacity(dev)``: bytes the guest sees now for a disk (None when
@@ -284,7 +284,9 @@ def apply_live_changes(manager, dom, desired, prepare_for_define):
     live = read_xml(dom, DOMAIN, inactive=False)
     # the definition as libvirt holds it (in check mode: as it would, MAC addresses kept)
     target = prepare_for_define(desired, read_xml(dom, DOMAIN)) if manager.check_mode else read_xml(dom, DOMAIN)
-    actions, projected, warnings = plan(live, target, spec_sizes(getattr(manager, "_spec", None)), capacity_reader(dom))
+    actions, projected, warnings = live_actions(
+        live, target, spec_sizes(getattr(manager, "_spec", None)), capacity_reader(dom)
+    )
     manager.result["warnings"].extend(warnings)
     if not actions:
         return projected
@@ -310,4 +312,4 @@ def diff_lines(result):
     return "".join("live: {}\n".format(t) for t in result.get("live_changes") or [])
 
 
-__all__ = ["apply_live_changes", "diff_lines", "plan", "spec_sizes"]
+__all__ = ["apply_live_changes", "diff_lines", "live_actions", "spec_sizes"]

@@ -135,7 +135,7 @@ def volume_path(conn, pool, name):
 class Host:
     """Lookups and XML reads of one host, straight from libvirt: what a manager asks for its objects.
 
-    :class:`Snapshot` answers the same questions from one bulk read per kind.
+    :class:`HostCache` answers the same questions from one bulk read per kind.
     """
 
     def __init__(self, conn):
@@ -181,7 +181,7 @@ class Planned:
         return 1
 
 
-class Snapshot(Host):
+class HostCache(Host):
     """One bulk read of a host: every domain, network and storage pool (``listAll*``) and the volumes of
     every active pool, each object's persistent XML read at most once, lookups answered from memory.
 
@@ -279,7 +279,7 @@ __all__ = [
     "Host",
     "Kind",
     "Planned",
-    "Snapshot",
+    "HostCache",
     "lookup",
     "lookup_volume",
     "read_xml",

@@ -52,12 +52,12 @@ def run_module(module, fn):
     module.exit_json(**result)
 
 
-def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusive=None, readonly=False):
+def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusive=None, readonly=False, connect=True):
     """Run a module whose options are ``argument_spec`` plus the shared connection options.
 
     ``manager``: a class built as ``manager(conn, params, check_mode, diff_mode)`` whose ``run()``
     returns the result; ``work``: a function ``work(conn, module)`` returning it, for modules that
-    are not a manager. ``conn`` is None when ``work`` opens its own connections (``readonly=None``).
+    are not a manager. ``connect=False``: ``work`` opens its own connections and gets ``conn`` None.
     """
     module = LibvirtModule(
         argument_spec=merge_argument_spec(argument_spec),
@@ -72,7 +72,7 @@ def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusiv
             return manager(conn, module.params, module.check_mode, module._diff).run()
 
     def run():
-        if readonly is None:
+        if not connect:
             return work(None, module)
         with Connection(module.params["uri"], readonly=readonly) as conn:
             return work(conn, module)

@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A whole host converged in one run: networks, storage pools, volumes and domains, each brought to its
 state by its own manager (the same code as the single-object modules), over one connection and one
-bulk read of the host (objects.Snapshot).
+bulk read of the host (objects.HostCache).
 
 Order: what is to be present, in dependency order (networks, pools, volumes, domains); then what is to
 go - the items whose state removes them and, with ``prune``, the marked objects nobody listed - in the
@@ -51,7 +51,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import
     NETWORK,
     POOL,
     VOLUME,
-    Snapshot,
+    HostCache,
 )
 
 # (option, kind, manager, argument spec and mutually exclusive options of the single-object module),
@@ -156,7 +156,7 @@ class ApplyManager:
 
     # ------------------------------------------------------------------ run
     def run(self):
-        self.host = Snapshot(self.conn)
+        self.host = HostCache(self.conn)
         planned = self._planned()
         removing = [(k, m) for k, m in planned if m.params.get("state") in m.REMOVE_STATES]
         for kind, manager in planned:

@@ -8,11 +8,13 @@ The sequence: desired -> lookup -> define or redefine (with what libvirt generat
 live changes -> autostart -> state -> pending restart -> diff (only in diff mode) -> summary. A kind fills
 in its spec builder, its define call, its state step and its live-change step; the single-object modules
 and ``lockstep.virt.apply`` run the same code, the latter with lookups answered from one bulk read
-(``objects.Snapshot``) instead of one call each (``objects.Host``)."""
+(``objects.HostCache``) instead of one call each (``objects.Host``)."""
 
 from __future__ import annotations
 
+import abc
 import copy
+from collections import namedtuple
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     ValidationError,
@@ -28,6 +30,10 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
     parse_xml,
     to_text,
 )
+
+# How a kind builds its desired element from a spec: build(name, spec, normalized=True) after
+# normalize(spec, validated=True).
+FromSpec = namedtuple("FromSpec", "build normalize")
 
 
 def diff_text(xml_text, state, autostart):
@@ -86,12 +92,12 @@ def user_xml(name, text, root_tag):
     return root
 
 
-class Manager:
+class Manager(abc.ABC):
     """Bring one object of ``KIND`` (an objects.Kind) to the state the module parameters describe.
 
     A subclass writes ``_run()``; :meth:`run` returns its result or raises VirtError carrying the
     partial result (``changed``, ``actions``: see :meth:`_fail`). ``host``: where lookups and XML reads
-    go (an objects.Host, or a Snapshot shared by the objects of one run); ``brief``: leave out the
+    go (an objects.Host, or a HostCache shared by the objects of one run); ``brief``: leave out the
     object's summary (and, for a domain, its lease probe): ``lockstep.virt.apply`` reports less per object.
     """
 
@@ -122,8 +128,7 @@ class Manager:
             self.validate()
             return self._run()
         except VirtError as err:
-            self._fail(err)
-            raise
+            raise self.with_result(err) from None
 
     def validate(self):
         """Check the parameters before anything is looked up or changed (once); raise ValidationError."""
@@ -132,8 +137,8 @@ class Manager:
             self._validate()
             self._validated = True
 
-    def _validate(self):
-        """The kind's own checks of its parameters."""
+    def _validate(self):  # noqa: B027 - optional hook: a kind without checks of its own keeps it
+        """The kind's own checks of its parameters (optional: none by default)."""
 
     def outcome(self):
         """created, changed, unchanged or removed: what the run did to the object."""
@@ -146,11 +151,12 @@ class Manager:
     def _validate_name(self):
         validate_name(self.name, self.KIND.noun)
 
-    def _run(self):  # pragma: no cover - every manager has its own
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _run(self):
+        """The kind's own sequence: returns the result, raises VirtError."""
 
-    def _fail(self, err):
-        """Attach the partial result to ``err`` and return it."""
+    def with_result(self, err):
+        """``err`` carrying the partial result of this run (``raise self.with_result(err)``)."""
         err.result.update(changed=self.result["changed"], actions=list(self.result["actions"]))
         return err
 
@@ -192,7 +198,7 @@ class DefinedManager(Manager):
 
     SUMMARY_KEY = None
     FROM_XML = None  # f(name, text): the desired element from the user's XML
-    FROM_SPEC = None  # (build(name, spec, normalized), normalize(spec, validated)): the desired element from a spec
+    FROM_SPEC = None  # a FromSpec(build, normalize): the desired element from a spec
     NEW_STATE = "inactive"  # the state of a newly defined object
     GENERATED = ("uuid",)
     STOP_ACTION = "stop"
@@ -213,14 +219,15 @@ class DefinedManager(Manager):
         return self.FROM_XML(self.name, text)
 
     def _from_spec(self, spec):
-        return self.FROM_SPEC[0](self.name, self.FROM_SPEC[1](spec, validated=True), normalized=True)
+        return self.FROM_SPEC.build(self.name, self.FROM_SPEC.normalize(spec, validated=True), normalized=True)
 
     def _desired(self, existing):
         """The desired XML element (None: only the state is managed)."""
         return self._built
 
-    def _define_xml(self, text):  # pragma: no cover - every kind has its own
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _define_xml(self, text):
+        """Define ``text`` with libvirt; the defined object."""
 
     def _check_desired(self, desired, existing):
         """Refuse (or prepare) before the definition changes."""
@@ -281,8 +288,10 @@ class DefinedManager(Manager):
             return self.result.get("differences") or ["/" + self.KIND.root_tag]
         return self._live_differences(obj, desired)
 
-    def _live_differences(self, obj, desired):  # pragma: no cover - every kind has its own
-        raise NotImplementedError
+    def _live_differences(self, obj, desired):
+        """What of ``desired`` differs from what runs (the live XML), as drift paths. Optional: none by default;
+        networks and pools compare their live XML here, domains in their own ``_running_differences``."""
+        return []
 
     def _note_pending(self):
         """A pending restart was reported."""
@@ -290,8 +299,9 @@ class DefinedManager(Manager):
     def _diff_extra(self):
         return ""
 
-    def _summary(self, obj, predicted, desired):  # pragma: no cover - every kind has its own
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _summary(self, obj, predicted, desired):
+        """The object's summary in the result (``domain``, ``network``, ...)."""
 
     def _finish(self, obj, predicted, desired):
         if not self.brief:

@@ -254,9 +254,9 @@ class DomainManager(DefinedManager):
         ``lock_checkpoints`` (and ``warnings``) in the result."""
         return self._finish(dom, {} if dom is not None else None, None)
 
-    def _fail(self, err):
+    def with_result(self, err):
         """Attach partial results, with the lock checkpoints so far, to ``err`` and return it."""
-        super()._fail(err)
+        super().with_result(err)
         err.result["lock_checkpoints"] = self.recorder.as_list()
         return err
 

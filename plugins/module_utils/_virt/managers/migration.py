@@ -43,7 +43,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     share_users,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import describe_plan
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import describe_ramp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.events import (
     LifecycleEvents,
     start_event_loop,
@@ -225,7 +225,7 @@ class MigrationManager:
         run.resources = run.view.expected(xml)
         run.src_state = state_name(src_dom)
         if run.plan.convergence is not None:
-            self.preflight.plan_convergence(src_dom, xml)
+            self.preflight.convergence_ramp(src_dom, xml)
         leases = run.probe()
         self.preflight.check(xml, dest_dom, leases)
         self.preflight.check_snapshots(src_dom)
@@ -252,7 +252,7 @@ class MigrationManager:
                 ", ".join(checkpoint_order(run.plan.release, run.plan.handoff, run.plan.driver)),
             )
             if run.plan.convergence_plan:
-                result["would"] += "; convergence: " + describe_plan(run.plan.convergence_plan)
+                result["would"] += "; convergence: " + describe_ramp(run.plan.convergence_plan)
             return result
         return self._migrate(src_dom, leases)
 

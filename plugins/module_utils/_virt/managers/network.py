@@ -25,6 +25,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import (
     DEFINITION_MUTUALLY_EXCLUSIVE,
     DefinedManager,
+    FromSpec,
     definition_argument_spec,
     user_xml,
 )
@@ -315,7 +316,7 @@ class NetworkManager(DefinedManager):
     RESULT = {"pending_restart": False}
     SUMMARY_KEY = "network"
     FROM_XML = staticmethod(desired_network_from_xml)
-    FROM_SPEC = (build_network_xml, normalize_network_spec)
+    FROM_SPEC = FromSpec(build_network_xml, normalize_network_spec)
     GENERATED = ("uuid", "mac")
 
     def _drift(self, desired, existing):

@@ -22,6 +22,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import (
     DEFINITION_MUTUALLY_EXCLUSIVE,
     DefinedManager,
+    FromSpec,
     definition_argument_spec,
     user_xml,
 )
@@ -145,7 +146,7 @@ class PoolManager(DefinedManager):
     RESULT = {"pending_restart": False, "refreshed": False}
     SUMMARY_KEY = "pool"
     FROM_XML = staticmethod(desired_pool_from_xml)
-    FROM_SPEC = (build_pool_xml, normalize_pool_spec)
+    FROM_SPEC = FromSpec(build_pool_xml, normalize_pool_spec)
     REMOVE_STATES = ("absent", "deleted")
 
     def _check_desired(self, desired, existing):

@@ -83,8 +83,8 @@ class SnapshotManager(Manager):
         self.lifecycle = self.domain.lifecycle
         self.recorder = self.domain.recorder
 
-    def _fail(self, err):
-        super()._fail(err)
+    def with_result(self, err):
+        super().with_result(err)
         err.result["lock_checkpoints"] = self.recorder.as_list()
         return err
 

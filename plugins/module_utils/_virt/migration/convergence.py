@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Convergence control of a live migration, without libvirt: the plan and the monitor's decisions.
 
-- :func:`plan_convergence`: the ``convergence`` option and the guest's size -> the downtime ramp (Nova's
+- :func:`convergence_ramp`: the ``convergence`` option and the guest's size -> the downtime ramp (Nova's
   formula: from ``max_downtime / downtime_steps`` up to ``max_downtime`` in ``downtime_steps`` equal
   raises, one every ``downtime_delay`` seconds per GiB), the completion timeout (per GiB), the progress
   timeout and the auto-converge throttle.
@@ -127,7 +127,7 @@ def downtime_ramp(max_downtime, steps, delay):
     return ramp
 
 
-def plan_convergence(conv, memory_bytes, disk_bytes=0, live=True, floor_gib=0.0):
+def convergence_ramp(conv, memory_bytes, disk_bytes=0, live=True, floor_gib=0.0):
     """The convergence plan for a guest of this size: ramp, timeouts, action and auto-converge."""
     validate_convergence(conv, live=live)
     gib = data_gib(memory_bytes, disk_bytes, floor_gib)
@@ -164,7 +164,7 @@ def plan_convergence(conv, memory_bytes, disk_bytes=0, live=True, floor_gib=0.0)
     return plan
 
 
-def describe_plan(plan):
+def describe_ramp(plan):
     """One line for check mode and messages."""
     steps = plan["downtime_steps"]
     text = "downtime {}->{} ms in {} raises every {}s ({:.3f} GiB to move)".format(

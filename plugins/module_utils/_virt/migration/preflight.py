@@ -17,7 +17,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import 
     domain_lease_resources,
     rw_disks_without_lease,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import plan_convergence
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import convergence_ramp
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     describe,
     source_keeps,
@@ -34,7 +34,7 @@ class Preflight:
         self.run = run
         self.read_dest_config = read_dest_config  # (destination Connection) -> LockConfig
 
-    def plan_convergence(self, src_dom, xml):
+    def convergence_ramp(self, src_dom, xml):
         """The downtime ramp and timeouts for this guest's size (memory, plus the disks a copy moves)."""
         run = self.run
         root = parse_xml(xml, "domain", "libvirt's domain XML")
@@ -50,7 +50,7 @@ class Preflight:
                     disk_bytes += src_dom.blockInfo(disk["target"])[1]
                 except Exception:
                     pass
-        conv_plan = plan_convergence(run.plan.convergence, memory, disk_bytes, live=run.params.get("live", True))
+        conv_plan = convergence_ramp(run.plan.convergence, memory, disk_bytes, live=run.params.get("live", True))
         run.warnings.extend(conv_plan.pop("warnings"))
         run.plan.convergence_plan = conv_plan
 

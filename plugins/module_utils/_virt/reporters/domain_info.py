@@ -166,7 +166,7 @@ def domain_facts(conn, dom, lock_config, addresses="none", with_inactive_xml=Fal
     return facts
 
 
-class DomainInfoManager:
+class DomainInfoReporter:
     """Select domains by name / glob pattern / state / managed mark and report their facts."""
 
     def __init__(self, conn, params, lock_config=None):
@@ -213,4 +213,4 @@ class DomainInfoManager:
         return result
 
 
-__all__ = ["DomainInfoManager", "DOMAIN_INFO_ARGUMENT_SPEC", "domain_facts", "interfaces_of"]
+__all__ = ["DomainInfoReporter", "DOMAIN_INFO_ARGUMENT_SPEC", "domain_facts", "interfaces_of"]

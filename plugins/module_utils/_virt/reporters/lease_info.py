@@ -30,7 +30,7 @@ LEASE_INFO_ARGUMENT_SPEC = {
 }
 
 
-class LeaseInfoManager:
+class LeaseInfoReporter:
     def __init__(self, conn, params, read_config=read_lock_config):
         self.conn = conn
         self.params = params

@@ -12,10 +12,10 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.conv
     GIB,
     MIB,
     ConvergenceMonitor,
+    convergence_ramp,
     data_gib,
-    describe_plan,
+    describe_ramp,
     downtime_ramp,
-    plan_convergence,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.plan import build_plan
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles import LIBXL, QEMU
@@ -57,7 +57,7 @@ def nova_downtime_steps(data_gb, downtime=500, steps=10, delay=75):
 def test_ramp_is_novas_for_novas_sizes():
     # Nova counts memory as at least 2 GiB: floor_gib=2 gives its figures exactly
     for memory_gib, floor in ((1, 2), (2, 2), (4, 0), (8, 0)):
-        plan = plan_convergence(conv(), memory_gib * GIB, floor_gib=floor)
+        plan = convergence_ramp(conv(), memory_gib * GIB, floor_gib=floor)
         ours = [(s["after_s"], s["downtime_ms"]) for s in plan["downtime_steps"]]
         assert ours == list(nova_downtime_steps(max(memory_gib, floor))), memory_gib
 
@@ -71,26 +71,26 @@ def test_ramp_goes_from_max_over_steps_up_to_max():
 
 
 def test_delay_and_completion_timeout_scale_with_the_data_to_move():
-    small = plan_convergence(conv(), 128 * MIB)  # the lab guest
+    small = convergence_ramp(conv(), 128 * MIB)  # the lab guest
     assert small["data_gib"] == 0.125
     assert small["step_delay_s"] == 9.375 and small["completion_timeout_s"] == 100.0
     assert small["downtime_steps"][3]["after_s"] == 28.125
-    big = plan_convergence(conv(), 4 * GIB, disk_bytes=12 * GIB)
+    big = convergence_ramp(conv(), 4 * GIB, disk_bytes=12 * GIB)
     assert big["data_gib"] == 16 and big["step_delay_s"] == 1200 and big["completion_timeout_s"] == 12800
     assert data_gib(GIB // 2, GIB // 4, floor_gib=2) == 4  # Nova: 2 GiB at least each
-    assert plan_convergence(conv(completion_timeout=0), GIB)["completion_timeout_s"] is None
+    assert convergence_ramp(conv(completion_timeout=0), GIB)["completion_timeout_s"] is None
 
 
 def test_plan_warns_when_the_timeouts_cut_the_ramp_short():
-    plan = plan_convergence(conv(progress_timeout=5, downtime_delay=80), GIB)
+    plan = convergence_ramp(conv(progress_timeout=5, downtime_delay=80), GIB)
     assert any("shorter than one downtime step" in w for w in plan["warnings"])
-    plan = plan_convergence(conv(completion_timeout=100), GIB)  # ramp ends at 750 s
+    plan = convergence_ramp(conv(completion_timeout=100), GIB)  # ramp ends at 750 s
     assert any("before the last downtime step" in w for w in plan["warnings"])
-    assert plan_convergence(conv(), GIB)["warnings"] == []
+    assert convergence_ramp(conv(), GIB)["warnings"] == []
 
 
 def test_describe_plan():
-    text = describe_plan(plan_convergence(conv(timeout_action="postcopy", progress_timeout=30), 128 * MIB))
+    text = describe_ramp(convergence_ramp(conv(timeout_action="postcopy", progress_timeout=30), 128 * MIB))
     assert text == (
         "downtime 50->500 ms in 10 raises every 9.375s (0.125 GiB to move); after 100.0s: postcopy; "
         "abort after 30.0s without progress"
@@ -177,7 +177,7 @@ def drive(monitor, stats_at, until, every=0.25):
 
 
 def plan_for(**kw):
-    return plan_convergence(conv(**kw), 128 * MIB)
+    return convergence_ramp(conv(**kw), 128 * MIB)
 
 
 def test_downtime_is_raised_step_by_step_and_recorded():

@@ -1,7 +1,7 @@
 """Live changes of a running guest: the plan from live and desired XML, and the domain module applying
 memory and vCPU changes on test:///default (which has no device hotplug nor block resize)."""
 
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.live import plan
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.live import live_actions
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
 from ansible_collections.lockstep.virt.plugins.modules import domain as domain_module
 
@@ -40,7 +40,7 @@ def texts(actions):
 def test_disks_hotplug_unplug_only_on_live_buses():
     live = dom_xml(disks=disk("vda") + disk("sdb", bus="sata") + disk("vdc"))
     want = dom_xml(disks=disk("vda", alias=False) + disk("vdd", alias=False) + disk("sde", bus="sata"))
-    actions, projected, warnings = plan(live, want)
+    actions, projected, warnings = live_actions(live, want)
     assert texts(actions) == ["hotplug disk vdd", "unplug disk vdc"] and not warnings
     hot = actions[0]["xml"]
     assert '<target dev="vdd" bus="virtio"/>' in hot and "alias" not in hot
@@ -51,7 +51,7 @@ def test_disks_hotplug_unplug_only_on_live_buses():
 def test_interfaces_by_mac_virtio_only():
     live = dom_xml(nics=nic("52:54:00:00:00:01") + nic("52:54:00:00:00:02", model="e1000"))
     want = dom_xml(nics=nic("52:54:00:00:00:03") + nic("52:54:00:00:00:04", model="e1000"))
-    actions, _projected, _w = plan(live, want)
+    actions, _projected, _w = live_actions(live, want)
     assert texts(actions) == ["hotplug interface 52:54:00:00:00:03", "unplug interface 52:54:00:00:00:01"]
 
 
@@ -59,20 +59,20 @@ def test_resize_grows_never_shrinks():
     live = dom_xml(disks=disk("vda") + disk("vdb"))
     sizes = {"vda": 2 * GIB, "vdb": GIB, "vdz": GIB}
     have = {"vda": GIB, "vdb": 2 * GIB}
-    actions, _p, warnings = plan(live, live, sizes, have.get)
+    actions, _p, warnings = live_actions(live, live, sizes, have.get)
     assert texts(actions) == ["resize vda 1 GiB -> 2 GiB"] and actions[0]["bytes"] == 2 * GIB
     assert warnings == ["disk vdb is 2 GiB, larger than its size 1 GiB: disks are never shrunk"]
-    assert plan(live, live, {"vda": GIB}, have.get)[0] == []
+    assert live_actions(live, live, {"vda": GIB}, have.get)[0] == []
 
 
 def test_memory_and_vcpus_within_the_maximums():
     live = dom_xml(current=65536, vcpus="<vcpu current='1'>4</vcpu>")
     want = dom_xml(current=32768, vcpus="<vcpu current='3'>4</vcpu>")
-    actions, projected, _w = plan(live, want)
+    actions, projected, _w = live_actions(live, want)
     assert texts(actions) == ["memory 64 MiB -> 32 MiB", "vcpus 1 -> 3"]
     assert projected.findtext("currentMemory") == "32768" and projected.find("vcpu").get("current") == "3"
     # beyond the running maximums: nothing live
-    assert plan(live, dom_xml(memory=131072, current=131072, vcpus="<vcpu>8</vcpu>"))[0] == []
+    assert live_actions(live, dom_xml(memory=131072, current=131072, vcpus="<vcpu>8</vcpu>"))[0] == []
 
 
 XML = (
@@ -109,7 +109,7 @@ def test_balloon_target_asked_before_is_not_asked_again():
     md = "<metadata><b:balloon xmlns:b='https://lockstep.virt/ns/live/1' target-kib='24576'/></metadata>"
     live = dom_xml(current=32768)
     live.insert(1, parse_xml(md, "metadata"))
-    actions, projected, warnings = plan(live, dom_xml(current=24576))
+    actions, projected, warnings = live_actions(live, dom_xml(current=24576))
     assert actions == [] and projected.findtext("currentMemory") == "24576"
     assert warnings == ["the guest uses 32 MiB of its balloon target 24 MiB (does it run a balloon driver?)"]
-    assert texts(plan(live, dom_xml(current=32768))[0]) == ["memory 24 MiB -> 32 MiB"]
+    assert texts(live_actions(live, dom_xml(current=32768))[0]) == ["memory 24 MiB -> 32 MiB"]

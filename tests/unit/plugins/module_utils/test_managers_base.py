@@ -1,4 +1,4 @@
-"""The one converge sequence (managers/base.py) and the host views it reads through (objects.Host, Snapshot),
+"""The one converge sequence (managers/base.py) and the host views it reads through (objects.Host, HostCache),
 against libvirt's test:///default driver."""
 
 import pytest
@@ -13,7 +13,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.domai
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.network import NetworkManager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import PoolManager
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, POOL, VOLUME, Snapshot
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, POOL, VOLUME, HostCache
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
 
 URI = "test:///default"
@@ -105,7 +105,7 @@ def test_snapshot_reads_the_host_once(conn, hv):
 
 
 def test_snapshot_follows_what_the_run_changes(conn, hv):
-    snap = Snapshot(conn)
+    snap = HostCache(conn)
     assert snap.lookup(DOMAIN, "test") is not None and snap.lookup(DOMAIN, "nope") is None
     assert snap.names(DOMAIN) == ["test"]
     pool = snap.lookup(POOL, "default-pool")
