@@ -62,15 +62,16 @@ def _keep(out, value):
             out.add(value)
 
 
-def _strings(value):
+def option_strings(value):
+    """Every string in ``value`` (an option's value: nested lists and dicts too)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _strings(v)
+            yield from option_strings(v)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _strings(v)
+            yield from option_strings(v)
 
 
 def xml_secrets(text):
@@ -156,7 +157,7 @@ def _cloud_init_dicts(value):
 def param_secrets(params):
     """Every secret the options ``params`` (raw, as the module received them) carry inside their values."""
     out = set()
-    for text in _strings(params):
+    for text in option_strings(params):
         out |= xml_secrets(text)
         out |= uri_secrets(text)
     for ci in _cloud_init_dicts(params):

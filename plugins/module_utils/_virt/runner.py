@@ -21,7 +21,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection, merge_argument_spec
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import param_secrets
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import option_strings, param_secrets
 
 
 class LibvirtModule(AnsibleModule):
@@ -80,20 +80,8 @@ def run_libvirt_module(argument_spec, manager=None, work=None, mutually_exclusiv
     run_module(module, run)
 
 
-def _strings(value):
-    """Every string in ``value`` (an option's value: nested lists and dicts too)."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _strings(v)
-
-
 def refuse_nul(module):
     """Fail the module when a text option holds a NUL: libvirt's C API cannot take one."""
     for key, value in sorted(module.params.items()):
-        if any("\0" in v for v in _strings(value)):
+        if any("\0" in v for v in option_strings(value)):
             module.fail_json(msg="{} must not contain a NUL character".format(key))
