@@ -21,7 +21,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import param_secrets
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import param_secrets, read_secrets
 
 # Options every module that talks to libvirt accepts (documented in the lockstep.virt.connection fragment).
 CONNECTION_ARGUMENT_SPEC = {
@@ -56,11 +56,14 @@ def check_libvirt(module):
 
 
 def run_module(module, fn):
-    """Run ``fn()`` (which returns the result dict) and report it: exit_json, or fail_json on VirtError."""
+    """Run ``fn()`` (which returns the result dict) and report it: exit_json, or fail_json on VirtError.
+    Secrets read from libvirt during the run (nolog.read_secrets) are masked in what is reported."""
     try:
         result = fn()
     except VirtError as err:
+        module.no_log_values.update(read_secrets())
         module.fail_json(**err.to_fail_kwargs())
+    module.no_log_values.update(read_secrets())
     module.exit_json(**result)
 
 
