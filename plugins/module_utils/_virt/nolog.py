@@ -38,7 +38,9 @@ _XML_ATTR_RE = re.compile(r"""(?<![\w:.-])(?:passwd|password)\s*=\s*(?:"([^"]*)"
 _XML_ELEM_RE = re.compile(
     r"<(passwd|password)(?:\s[^>]*)?>\s*(?:<!\[CDATA\[(.*?)\]\]>|([^<]*?))\s*</\1\s*>", re.IGNORECASE | re.DOTALL
 )
-_COOKIE_RE = re.compile(r"<cookie(?:\s[^>]*)?>\s*(?:<!\[CDATA\[(.*?)\]\]>|([^<]*?))\s*</cookie\s*>", re.IGNORECASE | re.DOTALL)
+_COOKIE_RE = re.compile(
+    r"<cookie(?:\s[^>]*)?>\s*(?:<!\[CDATA\[(.*?)\]\]>|([^<]*?))\s*</cookie\s*>", re.IGNORECASE | re.DOTALL
+)
 _URI_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*:([^/@\s]+)@")
 # a password key on a line of YAML text: `password: x`, `- passwd: "x"`, `hashed_passwd: 'x'`
 _YAML_KEY_RE = re.compile(
@@ -99,6 +101,11 @@ def register_read_secrets(values):
     """Remember secrets read from libvirt, to be masked in the result, the diff and the logs."""
     for v in values or ():
         _keep(_READ_SECRETS, v)
+
+
+def forget_read_secrets():
+    """A new run: nothing read from libvirt yet (runner.LibvirtModule, when it reads its options)."""
+    _READ_SECRETS.clear()
 
 
 def read_secrets():
@@ -188,6 +195,7 @@ def param_secrets(params):
 
 __all__ = [
     "cloud_config_secrets",
+    "forget_read_secrets",
     "param_secrets",
     "read_secrets",
     "register_read_secrets",

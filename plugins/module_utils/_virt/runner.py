@@ -21,7 +21,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import param_secrets, read_secrets
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import (
+    forget_read_secrets,
+    param_secrets,
+    read_secrets,
+)
 
 # Options every module that talks to libvirt accepts (documented in the lockstep.virt.connection fragment).
 CONNECTION_ARGUMENT_SPEC = {
@@ -37,6 +41,7 @@ class LibvirtModule(AnsibleModule):
 
     def _load_params(self):
         super()._load_params()
+        forget_read_secrets()
         self.no_log_values.update(param_secrets(self.params))
 
 

@@ -401,7 +401,11 @@ class DefinedManager(Manager):
             else:
                 text = to_text(self._keep_generated(desired, existing))
                 previous = self.host.read_xml(obj, self.KIND, secure=True) if obj is not None else None
-                obj, validated = self._define_validated(text)
+                try:
+                    obj, validated = self._define_validated(text)
+                except VirtError:
+                    self._not_defined()  # a refused define changes nothing
+                    raise
                 self.host.put(self.KIND, self.name, obj)
                 self._verify_kept(obj, desired, previous, validated)
                 self._defined(obj, existing)
@@ -428,6 +432,11 @@ class DefinedManager(Manager):
                     raise err from None
         with libvirt_errors(context):
             return self._define_xml(text, 0), False
+
+    def _not_defined(self):
+        """The definition was not changed after all: no define or redefine among the actions."""
+        self.result["actions"] = [a for a in self.result["actions"] if a not in ("define", "redefine")]
+        self.result["changed"] = bool(self.result["actions"])
 
     def _verify_kept(self, obj, desired, previous, validated):
         """Compare what libvirt kept with what was asked, right after the define: what it dropped (an
@@ -456,8 +465,7 @@ class DefinedManager(Manager):
                 undo = err.msg
         if previous is not None:
             self.host.put(self.KIND, self.name, obj)
-        self.result["actions"] = [a for a in self.result["actions"] if a not in ("define", "redefine")]
-        self.result["changed"] = bool(self.result["actions"])
+        self._not_defined()
         self.result["differences"] = paths
         raise VirtError(
             "libvirt on {} did not keep part of the definition of {}{}: {}; {}".format(
