@@ -252,8 +252,34 @@ def _pool_derived_target(root):
             p.text = pattern.format(source_name)
 
 
+_CHARDEVS = ("channel", "serial", "console", "parallel")
+
+
+def _domain_unix_chardev_source(root):
+    # a unix character device whose <source> names no path: QEMU makes the socket path when the guest
+    # starts, and the inactive definition leaves the pathless <source mode='bind'/> out
+    for devices in elements(root, "devices"):
+        for dev in elements(devices):
+            if local(dev.tag) in _CHARDEVS and dev.get("type") == "unix":
+                for src in elements(dev, "source"):
+                    if not src.get("path") and not elements(src):
+                        dev.remove(src)
+
+
+def _domain_spice_auto_ports(root):
+    # a spice console's port and tlsPort of -1 ("pick one when it starts") are not written
+    for devices in elements(root, "devices"):
+        for g in elements(devices, "graphics"):
+            if g.get("type") == "spice":
+                for attr in ("port", "tlsPort"):
+                    if g.get(attr) == "-1":
+                        del g.attrib[attr]
+
+
 # (root element, what libvirt does, the rule applied to a document of that root)
 LIBVIRT_NORMALISATIONS = (
+    ("domain", "a unix chardev's <source> without a path is left out", _domain_unix_chardev_source),
+    ("domain", "a spice console's port='-1' and tlsPort='-1' are left out", _domain_spice_auto_ports),
     ("network", "<network ipv6='no'> is the default and is never written", _network_ipv6_default),
     ("pool", "<owner>-1</owner>, <group>-1</group> mean unset and are left out", _pool_permissions_unset),
     ("pool", "<source><dir path> and <target><path> are sanitised (no trailing or double slash)", _pool_paths),
@@ -401,6 +427,11 @@ EXACT_IF_GIVEN = {
     "os": {"boot"},
     "metadata": None,  # None: every child tag
 }
+# Devices libvirt adds on its own to a set the user gives (the PS/2 mouse and keyboard of an x86 guest):
+# not a difference when the desired set lacks them.
+IMPLICIT = {
+    ("devices", "input"): lambda el: el.get("bus") == "ps2" and el.get("type") in ("mouse", "keyboard"),
+}
 # Never shown for devices libvirt has that the user does not manage.
 VOLATILE_CHILDREN = {"alias", "address"}
 VOLATILE_BY_PARENT = {"interface": {"target"}}
@@ -518,8 +549,10 @@ def _project(d, a, ignore, parent):
             if ac is not None:
                 _project(dc, ac, ignore, out)
         if _is_exact(name, local(tag), True):
+            implicit = IMPLICIT.get((name, local(tag)))
             for ac in extra:
-                out.append(_strip_volatile(ac))
+                if implicit is None or not implicit(ac):
+                    out.append(_strip_volatile(ac))
     for tag, acs in a_by_tag.items():
         if tag in seen:
             continue

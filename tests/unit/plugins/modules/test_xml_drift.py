@@ -154,7 +154,8 @@ def test_network_ipv6_no_is_libvirts_default(hv, run_module):
         ),
         (
             "plvm2",
-            "<pool type='logical'><name>plvm2</name><source><format type='lvm2'/></source><target><path>/dev/mapper/whatever</path></target></pool>",
+            "<pool type='logical'><name>plvm2</name><source><format type='lvm2'/></source>"
+            "<target><path>/dev/mapper/whatever</path></target></pool>",
         ),
     ],
 )
