@@ -327,3 +327,65 @@ def test_real_world_xml_corpus(lab, corpus_host):
     for name, why in sorted(not_generated.items()):
         print("  not generated {}: {}".format(name, why))
     assert not problems, "\n".join(problems)
+
+
+# What libvirt 9.0 does not know (newer libvirt's): without schema validation it would drop them silently
+# and every run would redefine the object.
+UNKNOWN = [
+    (
+        "lockstep.virt.domain",
+        "cpu",
+        "<domain type='kvm'><name>{n}</name><memory unit='MiB'>128</memory><os><type>hvm</type></os>"
+        "<cpu><topology sockets='1' dies='1' clusters='1' cores='1' threads='1'/></cpu></domain>",
+    ),
+    (
+        "lockstep.virt.domain",
+        "disk",
+        "<domain type='kvm'><name>{n}</name><memory unit='MiB'>128</memory><os><type>hvm</type></os><devices>"
+        "<disk type='file' device='disk'><source file='/var/tmp/{n}.img'/><target dev='vda' bus='virtio'/>"
+        "<blockio logical_block_size='512' discard_granularity='4096'/></disk></devices></domain>",
+    ),
+    (
+        "lockstep.virt.network",
+        "forward",
+        "<network><name>{n}</name><forward mode='nat'><driver model='virtio'/></forward>"
+        "<bridge name='cxunk0'/><ip address='10.79.9.1' netmask='255.255.255.0'/></network>",
+    ),
+]
+
+
+@pytest.mark.parametrize("module,named,xml", UNKNOWN, ids=[u[1] for u in UNKNOWN])
+def test_what_this_libvirt_does_not_know_is_refused_at_the_first_run(lab, module, named, xml):
+    host = lab.hosts[0]
+    name = PREFIX + "unknown-" + named
+    lister = "list" if module.endswith("domain") else "net-list"
+    r = lab.module_fails(host, module, {"name": name, "xml": xml.format(n=name)})
+    assert r["changed"] is False, r
+    assert "failed to validate against schema" in r["msg"] and named in r["msg"], r["msg"]
+    assert "does not know part of this XML" in r["msg"], r["msg"]
+    assert name not in lab.virsh(host, lister, "--all", "--name").stdout.split()
+
+
+def test_a_console_password_is_compared_and_the_old_one_never_shown(lab):
+    host = lab.hosts[0]
+    name = PREFIX + "console-pw"
+    xml = (
+        "<domain type='kvm'><name>{n}</name><memory unit='MiB'>128</memory><os><type>hvm</type></os><devices>"
+        "<graphics type='vnc' port='-1' autoport='yes' passwd='{pw}'/>"
+        "<graphics type='spice' port='-1' tlsPort='-1' autoport='yes' passwd='{pw}'/></devices></domain>"
+    )
+    try:
+        first = {"name": name, "xml": xml.format(n=name, pw="old-pw1")}
+        assert lab.module(host, "lockstep.virt.domain", first)["changed"] is True
+        for check, diff in ((False, False), (True, True)):
+            r = lab.module(host, "lockstep.virt.domain", first, check=check, diff=diff)
+            assert r["changed"] is False, r.get("differences")
+        second = dict(first, xml=xml.format(n=name, pw="new-pw22"))
+        r = lab.module(host, "lockstep.virt.domain", second, diff=True)
+        assert r["changed"] is True and r["actions"] == ["redefine"], r
+        assert "old-pw1" not in json.dumps(r) and "new-pw22" not in json.dumps(r)
+        assert "********" in r["diff"]["before"]
+        assert "new-pw22" in lab.virsh(host, "dumpxml", "--inactive", "--security-info", name).stdout
+        assert lab.module(host, "lockstep.virt.domain", second)["changed"] is False
+    finally:
+        lab.virsh(host, "undefine", name, check=False)
