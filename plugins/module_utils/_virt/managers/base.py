@@ -400,7 +400,11 @@ class DefinedManager(Manager):
                 self.host.planned(self.KIND, self.name)
             else:
                 text = to_text(self._keep_generated(desired, existing))
-                previous = self.host.read_xml(obj, self.KIND, secure=True) if obj is not None else None
+                # what a failed check of the new definition restores (with its secrets); a transient object
+                # has no definition to restore: it is undefined again
+                previous = None
+                if obj is not None and before["persistent"]:
+                    previous = self.host.read_xml(obj, self.KIND, secure=True)
                 try:
                     obj, validated = self._define_validated(text)
                 except VirtError:
