@@ -187,12 +187,27 @@ def normalize(el):
 # own parser and formatter (src/conf/network_conf.c, src/conf/storage_conf.c) and by defining the documents
 # on libvirt 9.0 and reading them back.
 def _sanitize_path(path):
-    """libvirt's virFileSanitizePath: repeated slashes collapsed, a trailing slash removed ("/" stays)."""
+    """libvirt's virFileSanitizePath (src/util/virfile.c): repeated slashes collapsed and a trailing slash
+    removed; a leading "//" (valid POSIX) kept, "///" made "/"; a URI left as it is."""
     if not path:
         return path
-    out = re.sub(r"/{2,}", "/", path)
-    if len(out) > 1 and out.endswith("/"):
-        out = out.rstrip("/") or "/"
+    uri = path.find("://")
+    if uri >= 0 and path.find("/") > uri:
+        return path
+    out = ""
+    i = 0
+    if path.startswith("//") and path[2:3] != "/":
+        out, i = "//", 2
+    while i < len(path):
+        if path[i] != "/":
+            out += path[i]
+            i += 1
+            continue
+        while i < len(path) and path[i] == "/":
+            i += 1
+        if out and i == len(path):
+            break
+        out += "/"
     return out
 
 
