@@ -197,3 +197,37 @@ def test_memory_devices_are_counted_as_libvirt_counts_them():
         )
     )
     assert compare(high, lowered).changed is False
+
+
+# As virt-install 4.1 writes a guest, and (below) as libvirt 9.0 with QEMU stores it - read back on the lab.
+VIRT_INSTALL = """<domain type="kvm"><name>v1</name><memory>1048576</memory>
+  <os><type arch="x86_64" machine="q35">hvm</type></os>
+  <devices>
+    <channel type="unix"><source mode="bind"/><target type="virtio" name="org.qemu.guest_agent.0"/></channel>
+    <input type="tablet" bus="usb"/>
+    <graphics type="spice" port="-1" tlsPort="-1" autoport="yes"><image compression="off"/></graphics>
+  </devices></domain>"""
+LIBVIRT_STORED = """<domain type='kvm'><name>v1</name><uuid>5f0c1a8e-53a4-4a47-9a43-4f3f2f0b2d11</uuid>
+  <memory unit='KiB'>1048576</memory><currentMemory unit='KiB'>1048576</currentMemory>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type></os>
+  <devices>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/>
+      <address type='virtio-serial' controller='0' bus='0' port='1'/></channel>
+    <input type='tablet' bus='usb'><address type='usb' bus='0' port='1'/></input>
+    <input type='mouse' bus='ps2'/>
+    <input type='keyboard' bus='ps2'/>
+    <graphics type='spice' autoport='yes'><listen type='address'/><image compression='off'/></graphics>
+  </devices></domain>"""
+
+
+def test_what_libvirt_adds_or_leaves_out_of_a_virt_install_guest_is_no_difference():
+    assert compare(parse_xml(VIRT_INSTALL), parse_xml(LIBVIRT_STORED)).differences == []
+    # a USB keyboard the user adds is a difference; the implicit PS/2 devices still are not
+    more = VIRT_INSTALL.replace(
+        '<input type="tablet" bus="usb"/>', '<input type="tablet" bus="usb"/><input type="keyboard" bus="usb"/>'
+    )
+    diffs = compare(parse_xml(more), parse_xml(LIBVIRT_STORED)).differences
+    assert diffs and all(p.startswith("/domain/devices/input[2]") for p in diffs), diffs
+    # a fixed spice port is compared
+    fixed = VIRT_INSTALL.replace('port="-1" tlsPort="-1" autoport="yes"', 'port="5901" autoport="no"')
+    assert "/domain/devices/graphics/@port" in compare(parse_xml(fixed), parse_xml(LIBVIRT_STORED)).differences
