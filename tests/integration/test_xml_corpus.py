@@ -327,6 +327,11 @@ def test_real_world_xml_corpus(lab, corpus_host):
         print("  refused {} {}: {}".format(kind, name, msg[:300]))
     for name, why in sorted(not_generated.items()):
         print("  not generated {}: {}".format(name, why))
+    # libvirt accepted these (the define succeeded) but the comparison did not match what it kept: a gap in
+    # the XML engine's table of libvirt's defaults, not a refusal by libvirt
+    for (kind, name), msg in refused.items():
+        if "did not keep part of the definition" in msg:
+            problems.append("{} {} defined but not matched: {}".format(kind, name, msg))
     assert not problems, "\n".join(problems)
 
 
