@@ -94,6 +94,12 @@ PACKAGES = (
     "libvirt-sanlock",
     "gcc",
     "libc6-dev",
+    # the XML corpus test (tests/integration/test_xml_corpus.py): guest XML written by a real client
+    # (virt-install --print-xml), UEFI firmware and a software TPM for the variants that need them
+    "virtinst",
+    "ovmf",
+    "swtpm",
+    "swtpm-tools",
 )
 
 

@@ -5,8 +5,8 @@
 Its layers, from the top; a module imports only from its own layer or the ones below it
 (tests/unit/plugins/module_utils/test_imports.py enforces it):
 
-1. ``runner`` (and ``nolog``): the one entry path of every module - builds the AnsibleModule, registers
-   secrets before the invocation is logged, hands the options to a manager or a reporter, reports.
+1. ``runner``: the one entry path of every module - builds the AnsibleModule, registers secrets before the
+   invocation is logged (found by ``nolog``), hands the options to a manager or a reporter, reports.
 2. ``managers/``: one class per object kind that changes things - read, compare, apply, check-mode
    aware: domain, network, pool, volume, snapshot, secret, apply (a whole host), migration and
    evacuation (several migrations). ``managers/base.py`` is their shared contract.
@@ -16,6 +16,7 @@ Its layers, from the top; a module imports only from its own layer or the ones b
 5. ``spec/``: structured options into libvirt XML (domain, network, pool, volume).
 6. The engine's parts, flat: ``connection``, ``profiles``, ``xml``, ``units``, ``objects``, ``leases`` and
    ``sanlock`` (one lease probe per lock manager), ``lifecycle``, ``live``, ``checkpoints``,
-   ``handoff_marker``, ``references``, ``cloudinit``, ``managed``, ``errors`` and ``_imports`` (the one
+   ``handoff_marker``, ``references``, ``cloudinit``, ``managed``, ``nolog`` (what is a secret), ``errors``
+   and ``_imports`` (the one
    leaf holding the optional imports).
 """

@@ -29,7 +29,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, read_xml
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.units import human_size, parse_size, to_bytes
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_text
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, holds_secrets, to_text
 
 LIVE_DISK_BUSES = ("virtio", "scsi")
 LIVE_NIC_MODELS = ("virtio",)
@@ -281,9 +281,11 @@ def apply_live_changes(manager, dom, desired, prepare_for_define):
     on ``manager`` (a DomainManager: actions, ``live_changes``, checkpoints, warnings); in check mode the
     definition is predicted with ``prepare_for_define(desired, existing)``. Returns what runs
     afterwards (predicted in check mode), for the caller's pending-restart comparison."""
-    live = read_xml(dom, DOMAIN, inactive=False)
+    secure = holds_secrets(desired)  # a console password is compared only when read with the secure flag
+    live = read_xml(dom, DOMAIN, inactive=False, secure=secure)
     # the definition as libvirt holds it (in check mode: as it would, MAC addresses kept)
-    target = prepare_for_define(desired, read_xml(dom, DOMAIN)) if manager.check_mode else read_xml(dom, DOMAIN)
+    defined = read_xml(dom, DOMAIN, secure=secure)
+    target = prepare_for_define(desired, defined) if manager.check_mode else defined
     actions, projected, warnings = live_actions(
         live, target, spec_sizes(getattr(manager, "_spec", None)), capacity_reader(dom)
     )
@@ -304,7 +306,7 @@ def apply_live_changes(manager, dom, desired, prepare_for_define):
         manager.recorder.record("live_change", detail=a["text"])
     if any(a["kind"] in ("hotplug", "unplug") and "disk" in a["text"] for a in actions):
         manager.lifecycle.verify(dom, manager.lock["required"])  # lockd leases hot-plugged disks too
-    return as_requested(read_xml(dom, DOMAIN, inactive=False))
+    return as_requested(read_xml(dom, DOMAIN, inactive=False, secure=secure))
 
 
 def diff_lines(result):

@@ -6,8 +6,9 @@ managed host's journal or syslog nor the result, the diff or ``-vvv`` shows them
 
 What counts as a secret here (options that *are* secrets are ``no_log`` in their argument spec):
 
-* in any text that is XML: the value of every ``passwd`` or ``password`` attribute (graphics consoles)
-  and the text of every ``<passwd>`` or ``<password>`` element;
+* in any text that is XML: the value of every ``passwd`` or ``password`` attribute (graphics consoles),
+  the text of every ``<passwd>`` or ``<password>`` element and of every ``<cookie>`` (a network disk's
+  cookies);
 * in any text that is a URI: the password of its ``user:password@`` part (connection passwords);
 * in every ``cloud_init`` dictionary (``spec.cloud_init`` of a domain, also as an item of ``apply``):
   in its ``user_data``, ``meta_data`` and ``network_config`` - a dictionary, or YAML text - the values of
@@ -36,6 +37,9 @@ _NOT_A_VALUE = frozenset(("", "~", "null", "true", "false", "yes", "no", "|", ">
 _XML_ATTR_RE = re.compile(r"""(?<![\w:.-])(?:passwd|password)\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.IGNORECASE)
 _XML_ELEM_RE = re.compile(
     r"<(passwd|password)(?:\s[^>]*)?>\s*(?:<!\[CDATA\[(.*?)\]\]>|([^<]*?))\s*</\1\s*>", re.IGNORECASE | re.DOTALL
+)
+_COOKIE_RE = re.compile(
+    r"<cookie(?:\s[^>]*)?>\s*(?:<!\[CDATA\[(.*?)\]\]>|([^<]*?))\s*</cookie\s*>", re.IGNORECASE | re.DOTALL
 )
 _URI_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/@:\s]*:([^/@\s]+)@")
 # a password key on a line of YAML text: `password: x`, `- passwd: "x"`, `hashed_passwd: 'x'`
@@ -83,7 +87,31 @@ def xml_secrets(text):
         _keep(out, a or b)
     for _tag, cdata, plain in _XML_ELEM_RE.findall(text):
         _keep(out, cdata or plain)
+    for cdata, plain in _COOKIE_RE.findall(text):
+        _keep(out, cdata or plain)
     return out
+
+
+# Secrets read from libvirt during this run (a definition read with VIR_DOMAIN_XML_SECURE: the console
+# password being replaced, a disk's cookies). A module is one process and one run: runner.run_module adds
+# them to the module's no_log_values before it reports anything.
+_READ_SECRETS = set()
+
+
+def register_read_secrets(values):
+    """Remember secrets read from libvirt, to be masked in the result, the diff and the logs."""
+    for v in values or ():
+        _keep(_READ_SECRETS, v)
+
+
+def forget_read_secrets():
+    """A new run: nothing read from libvirt yet (runner.LibvirtModule, when it reads its options)."""
+    _READ_SECRETS.clear()
+
+
+def read_secrets():
+    """The secrets read from libvirt so far (see :func:`register_read_secrets`)."""
+    return set(_READ_SECRETS)
 
 
 def uri_secrets(text):
@@ -166,4 +194,12 @@ def param_secrets(params):
     return out
 
 
-__all__ = ["cloud_config_secrets", "param_secrets", "uri_secrets", "xml_secrets"]
+__all__ = [
+    "cloud_config_secrets",
+    "forget_read_secrets",
+    "param_secrets",
+    "read_secrets",
+    "register_read_secrets",
+    "uri_secrets",
+    "xml_secrets",
+]

@@ -21,6 +21,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     from_libvirt_error,
     libvirt_errors,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import register_read_secrets, xml_secrets
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
 
 # lookup_method: the method of the virConnect (or, for volumes, the virStoragePool) finding one by name;
@@ -100,19 +101,29 @@ def select(owner, kind, name=None, context=None):
         return sorted(lister(0), key=_name)
 
 
-def read_xml(obj, kind, inactive=True):
+# The XMLDesc flag that makes libvirt include the secrets of a definition (a console's passwd, an HTTP
+# disk's cookies); it needs a read-write connection. Kinds without one have no such secrets.
+SECURE_FLAGS = {"domain": "VIR_DOMAIN_XML_SECURE"}
+
+
+def read_xml(obj, kind, inactive=True, secure=False):
     """The XML element of ``obj``: its persistent definition (``inactive``, where the driver has the
-    flag; otherwise its only XML) or what runs."""
+    flag; otherwise its only XML) or what runs. ``secure``: with the secrets libvirt only returns on
+    request (a domain's console passwords and disk cookies); they are registered with
+    nolog.register_read_secrets so that no result, diff or log shows them."""
+    secure_flag = getattr(libvirt, SECURE_FLAGS.get(kind.noun, ""), 0) if secure else 0
     with libvirt_errors(kind.xml_context.format(_name(obj))):
         text = None
         if inactive and kind.inactive_flag:
             try:
-                text = obj.XMLDesc(getattr(libvirt, kind.inactive_flag))
+                text = obj.XMLDesc(getattr(libvirt, kind.inactive_flag) | secure_flag)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in tuple(error_code(*c) for c in _NO_FLAG):
                     raise
         if text is None:
-            text = obj.XMLDesc(0)
+            text = obj.XMLDesc(secure_flag)
+        if secure_flag:
+            register_read_secrets(xml_secrets(text))
         return parse_xml(text, kind.root_tag, "libvirt's {} XML".format(kind.noun))
 
 
@@ -150,9 +161,9 @@ class Host:
     def volume_path(self, pool, name):
         return volume_path(self.conn, pool, name)
 
-    def read_xml(self, obj, kind):
-        """The persistent definition of ``obj``."""
-        return read_xml(obj, kind)
+    def read_xml(self, obj, kind, secure=False):
+        """The persistent definition of ``obj`` (``secure``: with its secrets)."""
+        return read_xml(obj, kind, secure=secure)
 
     def put(self, kind, name, obj, pool=None):
         """``obj`` was (re)defined or created: later lookups and reads see it."""
@@ -235,9 +246,9 @@ class HostCache(Host):
         except libvirt.libvirtError:
             return None
 
-    def read_xml(self, obj, kind):
-        if kind is VOLUME:  # read once anyway: each volume is one item
-            return read_xml(obj, kind)
+    def read_xml(self, obj, kind, secure=False):
+        if kind is VOLUME or secure:  # read once anyway: each volume is one item, a secure read one object's
+            return read_xml(obj, kind, secure=secure)
         key = (kind.noun, _name(obj))
         if key not in self._xml:
             self._xml[key] = read_xml(obj, kind)

@@ -21,7 +21,12 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports impor
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.connection import Connection, merge_argument_spec
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import option_strings, param_secrets
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.nolog import (
+    forget_read_secrets,
+    option_strings,
+    param_secrets,
+    read_secrets,
+)
 
 
 class LibvirtModule(AnsibleModule):
@@ -32,6 +37,7 @@ class LibvirtModule(AnsibleModule):
 
     def _load_params(self):
         super()._load_params()
+        forget_read_secrets()
         self.no_log_values.update(param_secrets(self.params))
 
 
@@ -44,11 +50,14 @@ def check_libvirt(module):
 
 
 def run_module(module, fn):
-    """Run ``fn()`` (which returns the result dict) and report it: exit_json, or fail_json on VirtError."""
+    """Run ``fn()`` (which returns the result dict) and report it: exit_json, or fail_json on VirtError.
+    Secrets read from libvirt during the run (nolog.read_secrets) are masked in what is reported."""
     try:
         result = fn()
     except VirtError as err:
+        module.no_log_values.update(read_secrets())
         module.fail_json(**err.to_fail_kwargs())
+    module.no_log_values.update(read_secrets())
     module.exit_json(**result)
 
 

@@ -154,9 +154,13 @@ MEMORY_TAGS = ("memory", "currentMemory", "maxMemory", "hard_limit", "soft_limit
 
 
 def normalize(el):
-    """Copy of ``el`` with memory sizes in KiB, MAC addresses lower case and UUIDs in canonical form."""
+    """Copy of ``el`` with memory sizes in KiB, MAC addresses lower case, UUIDs in canonical form, and
+    libvirt's own defaults and path normalisations applied (:data:`LIBVIRT_NORMALISATIONS`)."""
     el = copy.deepcopy(el)
     _strip_whitespace(el)
+    for root_tag, _what, rule in LIBVIRT_NORMALISATIONS:
+        if local(el.tag) == root_tag:
+            rule(el)
     for node in el.iter():
         if not isinstance(node.tag, str):
             continue
@@ -174,6 +178,212 @@ def normalize(el):
             except ValueError:
                 pass
     return el
+
+
+# --------------------------------------------------------------------------- libvirt's defaults
+# What libvirt writes back differently from what it was given, although it means the same: a default it
+# leaves out, a path it sanitises, a value it derives and overrides. Each rule rewrites a document (the
+# user's and libvirt's alike) into the form libvirt writes, so both compare equal. Confirmed in libvirt's
+# own parser and formatter (src/conf/network_conf.c, src/conf/storage_conf.c) and by defining the documents
+# on libvirt 9.0 and reading them back.
+def _sanitize_path(path):
+    """libvirt's virFileSanitizePath (src/util/virfile.c): repeated slashes collapsed and a trailing slash
+    removed; a leading "//" (valid POSIX) kept, "///" made "/"; a URI left as it is."""
+    if not path:
+        return path
+    uri = path.find("://")
+    if uri >= 0 and path.find("/") > uri:
+        return path
+    out = ""
+    i = 0
+    if path.startswith("//") and path[2:3] != "/":
+        out, i = "//", 2
+    while i < len(path):
+        if path[i] != "/":
+            out += path[i]
+            i += 1
+            continue
+        while i < len(path) and path[i] == "/":
+            i += 1
+        if out and i == len(path):
+            break
+        out += "/"
+    return out
+
+
+def _network_ipv6_default(root):
+    # virNetworkDefFormatBuf writes ipv6='yes' only; 'no' is the default and is never written
+    if (root.get("ipv6") or "").strip().lower() == "no":
+        del root.attrib["ipv6"]
+
+
+def _pool_permissions_unset(root):
+    # virStorageDefParsePerms reads an owner or group of -1 as "not set", and the formatter leaves unset
+    # values (and a <permissions> with none set) out
+    for target in elements(root, "target"):
+        for perms in elements(target, "permissions"):
+            for tag in ("owner", "group"):
+                for node in elements(perms, tag):
+                    if (node.text or "").strip() == "-1":
+                        perms.remove(node)
+            if not elements(perms) and not (perms.text or "").strip():
+                target.remove(perms)
+
+
+def _pool_paths(root):
+    # virStoragePoolDefParseSource and virStoragePoolDefParseXML pass <source><dir path> and
+    # <target><path> through virFileSanitizePath
+    for source in elements(root, "source"):
+        for d in elements(source, "dir"):
+            if d.get("path"):
+                d.set("path", _sanitize_path(d.get("path")))
+    for target in elements(root, "target"):
+        for p in elements(target, "path"):
+            if p.text and p.text.strip():
+                p.text = _sanitize_path(p.text.strip())
+
+
+# a pool type whose target path libvirt derives from the source name, whatever <target><path> says
+_DERIVED_TARGET = {"logical": "/dev/{}", "zfs": "/dev/zvol/{}"}
+
+
+def _pool_derived_target(root):
+    # virStoragePoolDefParseXML: a logical pool's target is /dev/<source name>, a zfs pool's
+    # /dev/zvol/<source name>; the source name defaults to the pool's name
+    pattern = _DERIVED_TARGET.get(root.get("type"))
+    if pattern is None:
+        return
+    source_name = None
+    for source in elements(root, "source"):
+        for n in elements(source, "name"):
+            source_name = (n.text or "").strip() or None
+    if source_name is None:
+        names = elements(root, "name")
+        source_name = (names[0].text or "").strip() if names else None
+    if not source_name:
+        return
+    for target in elements(root, "target"):
+        for p in elements(target, "path"):
+            p.text = pattern.format(source_name)
+
+
+_CHARDEVS = ("channel", "serial", "console", "parallel")
+
+
+def _domain_unix_chardev_source(root):
+    # a unix character device whose <source> names no path: QEMU makes the socket path when the guest
+    # starts, and the inactive definition leaves the pathless <source mode='bind'/> out
+    for devices in elements(root, "devices"):
+        for dev in elements(devices):
+            if local(dev.tag) in _CHARDEVS and dev.get("type") == "unix":
+                for src in elements(dev, "source"):
+                    if not src.get("path") and not elements(src):
+                        dev.remove(src)
+
+
+def _domain_spice_auto_ports(root):
+    # a spice console's port and tlsPort of -1 ("pick one when it starts") are not written
+    for devices in elements(root, "devices"):
+        for g in elements(devices, "graphics"):
+            if g.get("type") == "spice":
+                for attr in ("port", "tlsPort"):
+                    if g.get(attr) == "-1":
+                        del g.attrib[attr]
+
+
+# (root element, what libvirt does, the rule applied to a document of that root)
+LIBVIRT_NORMALISATIONS = (
+    ("domain", "a unix chardev's <source> without a path is left out", _domain_unix_chardev_source),
+    ("domain", "a spice console's port='-1' and tlsPort='-1' are left out", _domain_spice_auto_ports),
+    ("network", "<network ipv6='no'> is the default and is never written", _network_ipv6_default),
+    ("pool", "<owner>-1</owner>, <group>-1</group> mean unset and are left out", _pool_permissions_unset),
+    ("pool", "<source><dir path> and <target><path> are sanitised (no trailing or double slash)", _pool_paths),
+    ("pool", "a logical (zfs) pool's target path is /dev/(zvol/)<source name>", _pool_derived_target),
+)
+
+
+# --------------------------------------------------------------------------- values libvirt computes
+def _kib(node, default_unit="KiB"):
+    text = (node.text or "").strip() if node is not None else ""
+    if not text.isdigit():
+        return None
+    return to_bytes(text, node.get("unit", default_unit)) // 1024
+
+
+def _numa_kib(root):
+    total = 0
+    for cpu in elements(root, "cpu"):
+        for numa in elements(cpu, "numa"):
+            for cell in elements(numa, "cell"):
+                if cell.get("memory", "").strip().isdigit():
+                    total += to_bytes(cell.get("memory").strip(), cell.get("unit", "KiB")) // 1024
+    return total
+
+
+def _hotplug_kib(root):
+    total = 0
+    for devices in elements(root, "devices"):
+        for mem in elements(devices, "memory"):
+            for target in elements(mem, "target"):
+                for size in elements(target, "size"):
+                    total += _kib(size) or 0
+    return total
+
+
+def computed_memory(desired):
+    """The ``<memory>`` (KiB) libvirt stores for the domain ``desired`` when it has memory devices, or None.
+
+    virDomainDefPostParseMemory (src/conf/domain_postparse.c): with guest NUMA cells and a define that
+    may update the ABI (QEMU's), the total is the cells' memory plus every memory device's size (DIMMs,
+    NVDIMMs, virtio-mem...), whatever ``<memory>`` said; ``<currentMemory>`` above that total (or 0) is
+    lowered to it. Without NUMA cells ``<memory>`` is kept as it is (and already counts the devices)."""
+    if local(desired.tag) != "domain":
+        return None
+    hotplug = _hotplug_kib(desired)
+    numa = _numa_kib(desired)
+    if not hotplug or not numa:
+        return None
+    return numa + hotplug
+
+
+def _as_libvirt_computes(desired, actual):
+    """``desired`` with ``<memory>``/``<currentMemory>`` written as libvirt computes them, where
+    ``actual`` holds exactly that computed value (a driver that keeps the value as given still compares
+    with the value as given)."""
+    total = computed_memory(desired)
+    if total is None or actual is None:
+        return desired
+    out = desired
+    for tag in ("memory", "currentMemory"):
+        d = elements(out, tag)
+        a = elements(actual, tag)
+        if not d or not a:
+            continue
+        dv, av = _kib(d[0]), _kib(a[0])
+        if dv is None or av is None or dv == av:
+            continue
+        want = total if tag == "memory" else (total if dv > total or dv == 0 else dv)
+        if av == want:
+            if out is desired:
+                out = copy.deepcopy(desired)
+            node = elements(out, tag)[0]
+            node.text = str(want)
+            node.set("unit", "KiB")
+    return out
+
+
+# --------------------------------------------------------------------------- secrets
+def holds_secrets(el):
+    """Whether ``el`` holds values libvirt only returns when asked for them (VIR_DOMAIN_XML_SECURE): a
+    ``passwd`` attribute (a graphics console's password) or a network disk's ``<cookies>``."""
+    if el is None:
+        return False
+    for node in el.iter():
+        if not isinstance(node.tag, str):
+            continue
+        if node.get("passwd") is not None or local(node.tag) == "cookies":
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- projection
@@ -231,6 +441,11 @@ EXACT_IF_GIVEN = {
     "devices": {"serial", "console", "video", "input", "parallel", "watchdog", "memballoon"},
     "os": {"boot"},
     "metadata": None,  # None: every child tag
+}
+# Devices libvirt adds on its own to a set the user gives (the PS/2 mouse and keyboard of an x86 guest):
+# not a difference when the desired set lacks them.
+IMPLICIT = {
+    ("devices", "input"): lambda el: el.get("bus") == "ps2" and el.get("type") in ("mouse", "keyboard"),
 }
 # Never shown for devices libvirt has that the user does not manage.
 VOLATILE_CHILDREN = {"alias", "address"}
@@ -349,8 +564,10 @@ def _project(d, a, ignore, parent):
             if ac is not None:
                 _project(dc, ac, ignore, out)
         if _is_exact(name, local(tag), True):
+            implicit = IMPLICIT.get((name, local(tag)))
             for ac in extra:
-                out.append(_strip_volatile(ac))
+                if implicit is None or not implicit(ac):
+                    out.append(_strip_volatile(ac))
     for tag, acs in a_by_tag.items():
         if tag in seen:
             continue
@@ -379,6 +596,7 @@ def compare(desired, actual, ignore=(), texts=True):
         return Drift(a is not None, canonical_text(a) if texts else None, "", ["/"] if a is not None else [])
     if a is None:
         return Drift(True, "", canonical_text(d) if texts else None, ["/" + local(d.tag)])
+    d = _as_libvirt_computes(d, a)
     p = project(d, a, ignore)
     diffs = differences(d, p)
     if not texts:

@@ -16,9 +16,12 @@ import abc
 import copy
 from collections import namedtuple
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
     ValidationError,
     VirtError,
+    error_code,
+    from_libvirt_error,
     libvirt_errors,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import Host
@@ -27,6 +30,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
     compare,
     elements,
     etree,
+    holds_secrets,
     parse_xml,
     to_text,
 )
@@ -34,6 +38,14 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
 # How a kind builds its desired element from a spec: build(name, spec, normalized=True) after
 # normalize(spec, validated=True).
 FromSpec = namedtuple("FromSpec", "build normalize")
+
+
+def _flag_unsupported(exc):
+    """Whether a define failed only because the driver does not have the flag it was given."""
+    code = exc.get_error_code()
+    if code == error_code("NO_SUPPORT", 3):
+        return True
+    return code == error_code("INVALID_ARG", 8) and "unsupported flags" in (exc.get_error_message() or "")
 
 
 def diff_text(xml_text, state, autostart):
@@ -188,7 +200,8 @@ class DefinedManager(Manager):
 
     * ``_from_xml(text)``, ``_from_spec(spec)`` - the desired XML element, checked before anything is
       looked up (``_desired(existing)`` when it depends on what exists);
-    * ``_define_xml(text)`` - libvirt's define call; ``GENERATED`` - what a redefinition keeps;
+    * ``_define_xml(text, flags)`` - libvirt's define call, ``VALIDATE_FLAG`` its schema-validation flag;
+      ``GENERATED`` - what a redefinition keeps;
     * ``_check_desired(desired, existing)`` - refusals and preparations before the definition changes;
     * ``_live_change(obj, drift, redefined, before)`` - changes applied to what runs without a restart;
     * ``_state(obj, predicted)``, ``_start(obj)``, ``_stop(obj)`` - its states (the default: active/inactive);
@@ -202,6 +215,7 @@ class DefinedManager(Manager):
     NEW_STATE = "inactive"  # the state of a newly defined object
     GENERATED = ("uuid",)
     STOP_ACTION = "stop"
+    VALIDATE_FLAG = None  # the libvirt constant of the kind's define-with-schema-validation flag
 
     # ------------------------------------------------------------------ what a kind fills in
     def _validate(self):
@@ -226,8 +240,8 @@ class DefinedManager(Manager):
         return self._built
 
     @abc.abstractmethod
-    def _define_xml(self, text):
-        """Define ``text`` with libvirt; the defined object."""
+    def _define_xml(self, text, flags=0):
+        """Define ``text`` with libvirt (``flags``: its define flags, e.g. schema validation); the object."""
 
     def _check_desired(self, desired, existing):
         """Refuse (or prepare) before the definition changes."""
@@ -342,6 +356,10 @@ class DefinedManager(Manager):
             return self._remove(obj)
         existing = self.host.read_xml(obj, self.KIND) if obj is not None else None
         desired = self._desired(existing)
+        if existing is not None and holds_secrets(desired):
+            # a console password or disk cookies: compared as libvirt holds them, read with the secure flag
+            # (what is read is masked in the result, the diff and the logs: nolog.register_read_secrets)
+            existing = self.host.read_xml(obj, self.KIND, secure=True)
         if obj is None and desired is None:
             raise VirtError(
                 "{} {} is not defined on {}; give xml or spec to define it".format(
@@ -392,12 +410,86 @@ class DefinedManager(Manager):
                 self.host.planned(self.KIND, self.name)
             else:
                 text = to_text(self._keep_generated(desired, existing))
-                with libvirt_errors("cannot define {} {}".format(self.KIND.noun, self.name)):
-                    obj = self._define_xml(text)
+                # what a failed check of the new definition restores (with its secrets); a transient object
+                # has no definition to restore: it is undefined again
+                previous = None
+                if obj is not None and before["persistent"]:
+                    previous = self.host.read_xml(obj, self.KIND, secure=True)
+                try:
+                    obj, validated = self._define_validated(text)
+                except VirtError:
+                    self._not_defined()  # a refused define changes nothing
+                    raise
                 self.host.put(self.KIND, self.name, obj)
+                self._verify_kept(obj, desired, previous, validated)
                 self._defined(obj, existing)
         self._live_change(obj, drift, redefine, before)
         return obj, redefine and existing is None and not self.check_mode
+
+    def _define_validated(self, text):
+        """Define ``text`` with libvirt's schema validation (``VALIDATE_FLAG``), so that an element or
+        attribute this libvirt does not know is refused with libvirt's message naming it (a refused define
+        changes nothing). Where the driver lacks the flag, define without it. Returns (object, validated)."""
+        context = "cannot define {} {}".format(self.KIND.noun, self.name)
+        flag = getattr(libvirt, self.VALIDATE_FLAG, None) if self.VALIDATE_FLAG and libvirt else None
+        if flag:
+            try:
+                return self._define_xml(text, flag), True
+            except libvirt.libvirtError as exc:
+                if not _flag_unsupported(exc):
+                    err = from_libvirt_error(exc, context)
+                    if exc.get_error_code() == error_code("XML_INVALID_SCHEMA", 92):
+                        err.msg += " (libvirt on {} does not know part of this XML; nothing was changed)".format(
+                            self.conn.hostname
+                        )
+                        err.args = (err.msg,)
+                    raise err from None
+        with libvirt_errors(context):
+            return self._define_xml(text, 0), False
+
+    def _not_defined(self):
+        """The definition was not changed after all: no define or redefine among the actions."""
+        self.result["actions"] = [a for a in self.result["actions"] if a not in ("define", "redefine")]
+        self.result["changed"] = bool(self.result["actions"])
+
+    def _verify_kept(self, obj, desired, previous, validated):
+        """Compare what libvirt kept with what was asked, right after the define: what it dropped (an
+        element this libvirt does not know, where it could not validate) would otherwise be a change on
+        every run. On a difference, the previous definition is restored (or the new one undefined) and the
+        run fails naming what was not kept."""
+        kept = self.host.read_xml(obj, self.KIND, secure=holds_secrets(desired))
+        drift = self._drift(desired, kept)
+        if not self._needs_redefine(drift):
+            return
+        paths = drift.differences
+        if previous is not None:
+            undo = "the previous definition was restored"
+            try:
+                with libvirt_errors("cannot restore the previous definition of {}".format(self.label)):
+                    obj = self._define_xml(to_text(previous), 0)
+            except VirtError as err:
+                undo = err.msg
+        else:
+            undo = "the new definition was removed again"
+            try:
+                with libvirt_errors("cannot remove the new definition of {}".format(self.label)):
+                    self._undefine(obj)
+                self.host.drop(self.KIND, self.name)
+            except VirtError as err:
+                undo = err.msg
+        if previous is not None:
+            self.host.put(self.KIND, self.name, obj)
+        self._not_defined()
+        self.result["differences"] = paths
+        raise VirtError(
+            "libvirt on {} did not keep part of the definition of {}{}: {}; {}".format(
+                self.conn.hostname,
+                self.label,
+                "" if validated else " (this libvirt cannot validate it against its schema)",
+                ", ".join(paths[:10]) + (" ..." if len(paths) > 10 else ""),
+                undo,
+            )
+        )
 
     def _state(self, obj, predicted):
         """``state: active`` starts, ``state: inactive`` stops (``present`` leaves it as it is)."""

@@ -119,6 +119,7 @@ class DomainManager(DefinedManager):
     SUMMARY_KEY = "domain"
     NEW_STATE = "shutoff"
     STOP_ACTION = "destroy"
+    VALIDATE_FLAG = "VIR_DOMAIN_DEFINE_VALIDATE"
 
     def __init__(
         self,
@@ -166,8 +167,8 @@ class DomainManager(DefinedManager):
         check_domain_references(self.conn, self.name, desired, provided=self._seed_volume(desired), host=self.host)
         ensure_seed(self, existing, desired)  # the cloud-init seed volume, before the definition names it
 
-    def _define_xml(self, text):
-        return self.conn.virt.defineXML(text)
+    def _define_xml(self, text, flags=0):
+        return self.conn.virt.defineXMLFlags(text, flags)
 
     def _keep_generated(self, desired, existing):
         return prepare_for_define(desired, existing)

@@ -318,6 +318,7 @@ class NetworkManager(DefinedManager):
     FROM_XML = staticmethod(desired_network_from_xml)
     FROM_SPEC = FromSpec(build_network_xml, normalize_network_spec)
     GENERATED = ("uuid", "mac")
+    VALIDATE_FLAG = "VIR_NETWORK_DEFINE_VALIDATE"
 
     def _drift(self, desired, existing):
         return network_drift(desired, existing)
@@ -325,8 +326,10 @@ class NetworkManager(DefinedManager):
     def _needs_redefine(self, drift):
         return drift.rest_changed
 
-    def _define_xml(self, text):
-        return self.conn.virt.networkDefineXML(text)
+    def _define_xml(self, text, flags=0):
+        if not flags:
+            return self.conn.virt.networkDefineXML(text)
+        return self.conn.virt.networkDefineXMLFlags(text, flags)
 
     def _live_change(self, obj, drift, redefined, before):
         if not redefined:

@@ -143,6 +143,7 @@ class PoolManager(DefinedManager):
     :class:`DefinedManager`, with its storage built on first definition (undone when a later step fails)."""
 
     KIND = POOL
+    VALIDATE_FLAG = "VIR_STORAGE_POOL_DEFINE_VALIDATE"
     RESULT = {"pending_restart": False, "refreshed": False}
     SUMMARY_KEY = "pool"
     FROM_XML = staticmethod(desired_pool_from_xml)
@@ -166,8 +167,8 @@ class PoolManager(DefinedManager):
         if os.path.lexists(path) and not os.path.isdir(path):
             raise ValidationError("the target path {} of pool {} exists and is not a directory".format(path, self.name))
 
-    def _define_xml(self, text):
-        return self.conn.virt.storagePoolDefineXML(text, 0)
+    def _define_xml(self, text, flags=0):
+        return self.conn.virt.storagePoolDefineXML(text, flags)
 
     def _prepare(self, obj, desired, before):
         if before["state"] == "absent":

@@ -80,7 +80,7 @@ LAYERS = ("entry", "managers", "migration", "reporters", "spec", "parts")
 
 
 def layer_of(name):
-    if name in ("runner", "nolog"):
+    if name == "runner":
         return "entry"
     top = name.split(".")[0]
     return top if top in LAYERS else "parts"

@@ -175,3 +175,30 @@ def test_unsafe_or_bad_xml_is_refused(text, message):
 def test_xml_declaration_is_accepted():
     root = parse_xml("<?xml version='1.0' encoding='UTF-8'?>\n<domain><name>x</name></domain>", "domain")
     assert root.findtext("name") == "x"
+
+
+@pytest.mark.parametrize(
+    "path,libvirt_writes",
+    [
+        ("//", "//"),
+        ("///", "/"),
+        ("/", "/"),
+        ("/../foo", "/../foo"),
+        ("/foo///bar/", "/foo/bar"),
+        ("//tmp//x/", "//tmp/x"),
+        ("/mnt/pool/", "/mnt/pool"),
+        ("gluster://host/vol//", "gluster://host/vol//"),
+    ],
+)
+def test_paths_are_sanitised_as_libvirt_does(path, libvirt_writes):
+    # the cases of virFileSanitizePath's own comment (src/util/virfile.c)
+    from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import _sanitize_path
+
+    assert _sanitize_path(path) == libvirt_writes
+
+
+def test_libvirt_normalisations_table_is_documented():
+    from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import LIBVIRT_NORMALISATIONS
+
+    for root, what, rule in LIBVIRT_NORMALISATIONS:
+        assert root in ("domain", "network", "pool") and what and rule.__code__.co_argcount == 1
