@@ -7,7 +7,6 @@ emulation with 128 MiB; Ansible reaches it only through hv1's SSH and the guest 
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,37 +14,10 @@ import uuid
 
 import pytest
 import yaml
-from labkit import LAB_ROOT, REPO, PlaybookRun
+from agent_helpers import KEY, KNOWN_HOSTS, agent_ping, boot_guest, inventory_of, run
+from labkit import REPO, PlaybookRun
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
-import guest_image
-
-KEY = os.path.join(LAB_ROOT, "ssh", "id_ed25519")
-KNOWN_HOSTS = os.path.join(LAB_ROOT, "ssh", "known_hosts")
-BOOT_TIMEOUT = 90
-
-
-def agent_ping(lab, host, name):
-    res = lab.virsh(host, "qemu-agent-command", "--timeout", "5", name, '{"execute":"guest-ping"}', check=False)
-    return res.returncode == 0
-
-
-def boot_guest(lab, host, name):
-    """Define and start a guest of the lab image on host; return seconds from start to the agent's answer."""
-    xml = guest_image.domain_xml(name)
-    with tempfile.NamedTemporaryFile("w", suffix=".xml", dir=lab.shared_dir, delete=False) as fh:
-        fh.write(xml)
-    try:
-        lab.virsh(host, "define", fh.name)
-    finally:
-        os.unlink(fh.name)
-    started = time.monotonic()
-    lab.virsh(host, "start", name)
-    while time.monotonic() - started < BOOT_TIMEOUT:
-        if agent_ping(lab, host, name):
-            return time.monotonic() - started
-        time.sleep(0.25)
-    raise AssertionError("guest {} did not answer guest-ping within {}s".format(name, BOOT_TIMEOUT))
 
 
 def guest_vars(host_address, **extra):
@@ -65,12 +37,6 @@ def write_inventory(path, name, variables):
     with open(path, "w") as fh:
         yaml.safe_dump({"guests": {"hosts": {name: None}, "vars": variables}}, fh)
     return path
-
-
-def run(lab, argv, record=None, timeout=900):
-    env = lab._env(record or os.devnull)
-    env["ANSIBLE_HOST_KEY_CHECKING"] = "True"
-    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False)
 
 
 def playbook(lab, inventory, plays):
@@ -248,23 +214,6 @@ def lab_config(lab, workdir, name):
     with open(path, "w") as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
     return path
-
-
-def plain(value):
-    """ansible-inventory --list marks strings from inventory plugins as {"__ansible_unsafe": ...}."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
-def inventory_of(lab, config):
-    res = run(lab, ["ansible-inventory", "-i", config, "--list"])
-    assert res.returncode == 0, res.stderr
-    return plain(json.loads(res.stdout))
 
 
 def test_inventory_finds_guest_and_follows_migration(lab, guest, workdir):

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 import yaml
-from test_guest_agent import KEY, KNOWN_HOSTS, boot_guest, inventory_of, run
+from agent_helpers import KEY, KNOWN_HOSTS, boot_guest, inventory_of, run
 
 ADDRESS = "192.0.2.{}".format(10 + uuid.uuid4().int % 200)
 
