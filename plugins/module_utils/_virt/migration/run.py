@@ -275,7 +275,15 @@ class MigrationRun:
             result["events"] = self.events.as_list()
         ev = self.events.first("dest", "resumed") if self.events is not None else None
         resumed = self.recorder.find("finish/resumed") if self.recorder is not None else None
-        if ev is not None and resumed is not None and resumed["ok"] and resumed["source"] != "event":
+        # the event is stamped as it arrives: it is the better witness only when it came before the resume call
+        # returned (over a slow or tunnelled connection it can arrive after, and after the probe that followed)
+        if (
+            ev is not None
+            and resumed is not None
+            and resumed["ok"]
+            and resumed["source"] != "event"
+            and ev["at"] <= resumed["at"]
+        ):
             resumed["at"], resumed["source"] = ev["at"], "event"
             result["lock_checkpoints"] = self.recorder.as_list()
 
