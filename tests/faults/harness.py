@@ -411,7 +411,7 @@ def _read_pid(path):
 
 def run_cell(lab, name, fault, phase):
     """Inject ``fault`` at ``phase`` of a hv1 -> hv2 migration of a fresh guest; return the outcome dict."""
-    from test_migrate import lease_grabber  # the destination-side lease holder of the migrate tests
+    from migrate_helpers import lease_grabber  # the destination-side lease holder of the migrate tests
 
     guest = Guest(lab, name, "hv1")
     ctx = Context(lab, guest, phase)

@@ -13,8 +13,7 @@ import uuid
 
 import pytest
 from harness import Run, Watch, daemon_alive, kill_pids, qemu_pids, restart, wait_for
-from migrate_helpers import Guest
-from test_migrate import lease_grabber
+from migrate_helpers import Guest, lease_grabber
 
 DOMAIN = "lockstep.virt.domain"
 

@@ -9,12 +9,13 @@ for example a load that dirties memory faster than a capped migration link can c
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
 
-from labkit import REPO, define_and_start, linux_image, lock_holder, tiny_domain_xml
+from labkit import LAB, REPO, define_and_start, linux_image, lock_holder, tiny_domain_xml
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 import guest_image
@@ -244,3 +245,50 @@ def assert_handoff_order(result, extra=()):
         ("finish/resumed", "finish/dest_acquired"),
     ):
         assert seq.index(first) < seq.index(then), (first, then, seq)
+
+
+# a process that takes a lease file the instant it is free, through the lab host's own fcntl
+GRABBER_HOLDER = r"""
+import fcntl, os, sys, time
+path, marker, hold, limit = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+fd = os.open(path, os.O_RDWR)
+end = time.time() + limit
+while True:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, 0)
+        break
+    except OSError:
+        if time.time() > end or os.path.exists(marker + ".release"):
+            sys.exit(3)
+        time.sleep(0.002)
+with open(marker, "w") as fh:
+    fh.write(str(os.getpid()))
+stop = time.time() + hold
+while time.time() < stop and not os.path.exists(marker + ".release"):
+    time.sleep(0.02)
+"""
+
+
+@contextmanager
+def lease_grabber(lab, host, path, hold, limit=60):
+    """A process on ``host`` that takes ``path`` as soon as it is free and keeps it ``hold`` seconds."""
+    marker = os.path.join(lab.shared_dir, ".grab-{}-{}".format(os.path.basename(path), os.getpid()))
+    for p in (marker, marker + ".release"):
+        if os.path.exists(p):
+            os.unlink(p)
+    proc = subprocess.Popen(
+        [LAB, "exec", host, "--", "python3", "-c", GRABBER_HOLDER, path, marker, str(hold), str(limit)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    grab = {"marker": marker, "proc": proc}
+    try:
+        yield grab
+    finally:
+        open(marker + ".release", "w").close()
+        try:
+            proc.wait(timeout=30)
+        finally:
+            for p in (marker, marker + ".release"):
+                if os.path.exists(p):
+                    os.unlink(p)

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 from labkit import LAB, define_and_start, lab_state, lock_holder, tiny_domain_xml
@@ -27,29 +26,10 @@ from migrate_helpers import (
     assert_runs_only_on,
     blocked_migration_ports,
     failed,
+    lease_grabber,
     migrate,
     names,
 )
-
-HOLDER = r"""
-import fcntl, os, sys, time
-path, marker, hold, limit = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-fd = os.open(path, os.O_RDWR)
-end = time.time() + limit
-while True:
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0, 0)
-        break
-    except OSError:
-        if time.time() > end or os.path.exists(marker + ".release"):
-            sys.exit(3)
-        time.sleep(0.002)
-with open(marker, "w") as fh:
-    fh.write(str(os.getpid()))
-stop = time.time() + hold
-while time.time() < stop and not os.path.exists(marker + ".release"):
-    time.sleep(0.02)
-"""
 
 
 @pytest.fixture
@@ -57,31 +37,6 @@ def guest(lab, guest_name):
     g = Guest(lab, guest_name, "hv1")
     yield g
     g.remove()
-
-
-@contextmanager
-def lease_grabber(lab, host, path, hold, limit=60):
-    """A process on ``host`` that takes ``path`` as soon as it is free and keeps it ``hold`` seconds."""
-    marker = os.path.join(lab.shared_dir, ".grab-{}-{}".format(os.path.basename(path), os.getpid()))
-    for p in (marker, marker + ".release"):
-        if os.path.exists(p):
-            os.unlink(p)
-    proc = subprocess.Popen(
-        [LAB, "exec", host, "--", "python3", "-c", HOLDER, path, marker, str(hold), str(limit)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    grab = {"marker": marker, "proc": proc}
-    try:
-        yield grab
-    finally:
-        open(marker + ".release", "w").close()
-        try:
-            proc.wait(timeout=30)
-        finally:
-            for p in (marker, marker + ".release"):
-                if os.path.exists(p):
-                    os.unlink(p)
 
 
 # --------------------------------------------------------------------------- success
