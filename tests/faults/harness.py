@@ -31,7 +31,7 @@ import time
 
 import yaml
 from labkit import LAB, REPO, lab_state, lock_holder
-from migrate_helpers import MIGRATION_PORTS, MODULE, Guest
+from migrate_helpers import MIGRATION_PORTS, MODULE, Guest, lease_grabber
 from observe import EventObserver
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
@@ -411,7 +411,6 @@ def _read_pid(path):
 
 def run_cell(lab, name, fault, phase):
     """Inject ``fault`` at ``phase`` of a hv1 -> hv2 migration of a fresh guest; return the outcome dict."""
-    from migrate_helpers import lease_grabber  # the destination-side lease holder of the migrate tests
 
     guest = Guest(lab, name, "hv1")
     ctx = Context(lab, guest, phase)
