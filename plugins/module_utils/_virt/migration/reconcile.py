@@ -37,9 +37,11 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leas
     not_released,
     source_keeps,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, lookup
 
 _JOB_NONE = 0
 _ERR_OPERATION_UNSUPPORTED = 84  # VIR_ERR_OPERATION_UNSUPPORTED
+_ERR_NO_DOMAIN = 42  # VIR_ERR_NO_DOMAIN
 
 
 def job_active(dom):
@@ -69,8 +71,16 @@ class Reconcile:
         self.source_log = source_log
 
     def _copy(self, dom, host):
-        with libvirt_errors("cannot read the state of {} on {}".format(self.run.name, host)):
-            return evidence.read_copy(dom, host, read_marker, job_active)
+        try:
+            with libvirt_errors("cannot read the state of {} on {}".format(self.run.name, host)):
+                return evidence.read_copy(dom, host, read_marker, job_active)
+        except VirtError as err:
+            if err.code != _ERR_NO_DOMAIN:
+                raise
+            # it went away after it was looked up (another run's confirm undefined it): read it again
+            conn = self.run.src if host == self.run.src_name else self.run.dest
+            with libvirt_errors("cannot read the state of {} on {}".format(self.run.name, host)):
+                return evidence.read_copy(lookup(conn, DOMAIN, self.run.name), host, read_marker, job_active)
 
     def guard_busy(self, src_dom, dest_dom):
         """Refuse (changing nothing) while another run or a migration job is at work on this guest."""

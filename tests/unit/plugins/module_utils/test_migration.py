@@ -680,3 +680,20 @@ def test_no_lease_probe_runs_in_the_event_thread_and_checkpoints_keep_both_times
     # the early-resume rule: resumed only after the probe showed the source released
     assert w.log.index("release@hv1") < w.log.index("resume@hv2")
     assert by_name["perform/source_released"]["probed_at"] <= by_name["finish/resumed"]["at"]
+
+
+def test_a_source_that_goes_away_while_it_is_read_is_read_again_as_absent():
+    # another run's confirm undefined the source between this run's lookup and its state read
+    w, hv1, hv2 = interrupted_world(src_state="paused", src_reason=2)
+    src = hv1.domains["g1"]
+
+    def gone():
+        hv1.domains.pop("g1", None)
+        err = libvirt.libvirtError("Domain not found: no domain with matching uuid")
+        err.err = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, err.args[0], 2, None, None, None, 0, 0)
+        raise err
+
+    src.state = gone
+    result = manager(w, source_log=lambda name, since: MIGRATED_LOG).run()
+    assert result["changed"] is True and hv2.domains["g1"]._state == "running"
+    assert "reconcile/dest_resumed" in names_of(result)
