@@ -255,6 +255,24 @@ def module_pids(lab, host):
     return processes_in(lab, host, lambda a: os.path.basename(a[0]).startswith("python3") and len(a) == 1)
 
 
+def modules_at_work(lab, host):
+    """The module's processes on ``host`` still at work. One orphaned by a killed controller that is blocked
+    writing its result to the gone controller has done its work: it is ended (the run started it) and not
+    counted."""
+    out = []
+    for pid in module_pids(lab, host):
+        try:
+            with open("/proc/{}/wchan".format(pid)) as fh:
+                blocked = "pipe_write" in fh.read()
+        except OSError:
+            continue
+        if blocked:
+            kill_pids([pid])
+        else:
+            out.append(pid)
+    return out
+
+
 def kill_pids(pids, sig=signal.SIGKILL):
     for pid in pids:
         try:
@@ -456,7 +474,7 @@ def run_cell(lab, name, fault, phase):
                     # a killed controller leaves the module on hv1 running on (its ssh session gone): the
                     # invariants are read once it is done, not while it is half way through a handoff
                     waited = time.monotonic()
-                    if not wait_for(lambda: not module_pids(lab, "hv1"), None, timeout=RUN_TIMEOUT):
+                    if not wait_for(lambda: not modules_at_work(lab, "hv1"), None, timeout=RUN_TIMEOUT):
                         outcome["problems"].append("the module on hv1 still ran {} s after the run".format(RUN_TIMEOUT))
                     elif time.monotonic() - waited > 0.5:
                         outcome["notes"].append(
