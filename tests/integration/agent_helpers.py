@@ -5,10 +5,9 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
-from labkit import LAB_ROOT, REPO
+from labkit import LAB_ROOT, REPO, define
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
 import guest_image
@@ -29,13 +28,7 @@ def agent_ping(lab, host, name):
 
 def boot_guest(lab, host, name):
     """Define and start a guest of the lab image on host; return seconds from start to the agent's answer."""
-    xml = guest_image.domain_xml(name)
-    with tempfile.NamedTemporaryFile("w", suffix=".xml", dir=lab.shared_dir, delete=False) as fh:
-        fh.write(xml)
-    try:
-        lab.virsh(host, "define", fh.name)
-    finally:
-        os.unlink(fh.name)
+    define(lab, host, guest_image.domain_xml(name))
     started = time.monotonic()
     lab.virsh(host, "start", name)
     while time.monotonic() - started < BOOT_TIMEOUT:

@@ -248,12 +248,17 @@ def tiny_domain_xml(name, disk=None, lease=None, lockspace_dir=None):
     )
 
 
-def define_and_start(lab, host, xml):
+def define(lab, host, xml):
+    """Define ``xml`` on ``host`` (through a file on the shared directory, which every host sees)."""
     with tempfile.NamedTemporaryFile("w", suffix=".xml", dir=lab.shared_dir, delete=False) as fh:
         fh.write(xml)
     try:
         lab.virsh(host, "define", fh.name)
     finally:
         os.unlink(fh.name)
+
+
+def define_and_start(lab, host, xml):
+    define(lab, host, xml)
     name = xml.split("<name>")[1].split("</name>")[0]
     return lab.virsh(host, "start", name, check=False)

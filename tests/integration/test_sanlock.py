@@ -13,10 +13,9 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 
 import pytest
-from labkit import LAB, Lab
+from labkit import LAB, Lab, define
 
 LAB_LOCK_MANAGER = "sanlock"  # what conftest checks; `slab` skips with the reason when the lab is down too
 LEASE_INFO = "lockstep.virt.lease_info"
@@ -59,15 +58,6 @@ def owner_on_disk(lab, lease_file):
     out = lab.exec("hv2", "sanlock", "direct", "dump", lease_file + ":0").stdout
     row = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()][0]
     return int(row[4]), int(row[3])
-
-
-def define(lab, host, xml):
-    with tempfile.NamedTemporaryFile("w", suffix=".xml", dir=lab.shared_dir, delete=False) as fh:
-        fh.write(xml)
-    try:
-        lab.virsh(host, "define", fh.name)
-    finally:
-        os.unlink(fh.name)
 
 
 def guest_xml(name, disk=None, lease=None):

@@ -307,13 +307,7 @@ class Handoff:
     def _resume_dest(self, dest_dom):
         lc = self.run.lifecycle("dest", "finish", RESUME_STEPS)
         try:
-            lc.resume(
-                dest_dom,
-                required=False,
-                acquire_timeout=self.run.plan.acquire_timeout,
-                verify=False,
-                before_retry=self.run.source_runs_again,
-            )
+            self.run.resume_destination(lc, dest_dom)
         except VirtError as err:
             if state_name(dest_dom) != "running":
                 raise

@@ -213,13 +213,7 @@ class Reconcile:
                 )
             lc = self.run.lifecycle("dest", "reconcile", RESUME_STEPS, resumed="dest_resumed")
             try:
-                lc.resume(
-                    dest_dom,
-                    required=False,
-                    acquire_timeout=self.run.plan.acquire_timeout,
-                    verify=False,
-                    before_retry=self.run.source_runs_again,
-                )
+                self.run.resume_destination(lc, dest_dom)
             except VirtError as err:
                 leases = self.run.probe()
                 raise self.run.failure(

@@ -215,6 +215,17 @@ class MigrationRun:
             return None
         return None
 
+    def resume_destination(self, lc, dom):
+        """Resume the destination's copy through ``lc``, retrying a busy lease up to ``lock.acquire_timeout``
+        while the source does not run the guest again."""
+        lc.resume(
+            dom,
+            required=False,
+            acquire_timeout=self.plan.acquire_timeout,
+            verify=False,
+            before_retry=self.source_runs_again,
+        )
+
     def resolve_volume(self, pool, volume):
         try:
             return self.src.virt.storagePoolLookupByName(pool).storageVolLookupByName(volume).path()
