@@ -1,19 +1,5 @@
-"""Migration plan, flags and the checkpointed handoff against fake hypervisors.
-
-The fake follows what each libvirt driver does, with the lifecycle events libvirt sends:
-- qemu (libvirt 9): Prepare creates the incoming guest paused, holding no lease (STARTED/migrated); the
-  source's vCPUs stop for the final part of the copy and libvirt releases the source's leases right then
-  (SUSPENDED/migrated), before the send completes; a send cancelled after that point resumes the source's
-  vCPUs in QEMU without taking a lease back; Finish with VIR_MIGRATE_PAUSED leaves the destination paused
-  holding no lease (SUSPENDED/paused); Confirm stops the source (STOPPED/migrated) some time later; a paused
-  guest takes its leases when resumed (RESUMED).
-- virtlockd and a shareable disk: libvirt adds it with VIR_LOCK_MANAGER_RESOURCE_SHARED and virtlockd takes
-  a shared fcntl lock, one per host, kept while any guest on that host owns it (virlockspace.c keeps the
-  owners); its release at the vCPU stop drops only the releasing guest's ownership; F_GETLK names one holder.
-- libxl (after libvirt's "Fix lock manager lock ordering"): Prepare creates the guest without leases,
-  Perform releases on the source only after a successful send, Finish acquires on the destination before
-  unpausing (and keeps them while it stays paused); a failed send never reacquires.
-"""
+"""Migration plan, flags and the checkpointed handoff against the fake hypervisors of tests/unit/fakes/migration.py
+(which say what of libvirt's qemu and libxl drivers, and of virtlockd, they follow)."""
 
 from datetime import datetime, timezone
 
