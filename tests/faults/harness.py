@@ -556,6 +556,16 @@ def run_cell(lab, name, fault, phase):
                         outcome["notes"].append("phase {} not reached while the run was alive".format(phase))
                 result = ctx.run.wait()
                 outcome["run_dir"] = ctx.run.tmp
+                if fault.interrupts:
+                    # a killed controller leaves the module on hv1 running on (its ssh session gone): the
+                    # invariants are read once it is done, not while it is half way through a handoff
+                    waited = time.monotonic()
+                    if not wait_for(lambda: not module_pids(lab, "hv1"), None, timeout=RUN_TIMEOUT):
+                        outcome["problems"].append("the module on hv1 still ran {} s after the run".format(RUN_TIMEOUT))
+                    elif time.monotonic() - waited > 0.5:
+                        outcome["notes"].append(
+                            "the module on hv1 ran on {:.1f} s after the controller".format(time.monotonic() - waited)
+                        )
             finally:
                 if grab_cm is not None:
                     grab_cm.__exit__(None, None, None)
