@@ -15,12 +15,12 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help deps venv collection lab lab-down lab-status demo test unit integration faults lint sanity docs bench build clean
+.PHONY: help deps venv collection lab lab-down lab-status demo test unit integration faults faults-sanlock lint sanity docs bench build clean
 
 help:
 	@echo "make demo    set up everything and run the main job on the local lab"
 	@echo "make test    run every test (unit, lab integration, lint) on the local lab"
-	@echo "make lab | lab-down | lab-status | unit | integration | faults | lint | sanity | docs | bench | build"
+	@echo "make lab | lab-down | lab-status | unit | integration | faults | faults-sanlock | lint | sanity | docs | bench | build"
 
 # Debian packages for the controller and the lab (python3 first: the lab tool needs it)
 deps:
@@ -66,6 +66,10 @@ integration: venv collection lab
 # bad input, secrets and the fault matrix on the lab (the table of faults injected, survived, lost at the end)
 faults: venv collection lab
 	pytest -q -rs -p no:cacheprovider tests/faults
+
+# the sanlock pass of make test: a second lab (LOCKSTEP_LAB_ID=1) with sanlock, test_sanlock and the fault matrix
+faults-sanlock: venv collection
+	tests/run-sanlock
 
 lint: venv collection
 	ruff check .

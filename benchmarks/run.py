@@ -5,8 +5,11 @@
 Every suite runs the same work two or more ways, interleaved (A, B, A, B, ...) so that all
 see the same machine load, and reports medians and ratios; none is a timed assertion.
 Each suite writes benchmarks/results/<suite>.json and its section of
-benchmarks/results/latest.md (the other suites' sections are kept). Needs the lab (make lab)
-and the venv (make venv).
+benchmarks/results/latest.md (the other suites' sections are kept); on a lab brought up with
+another lock manager than lockd (lab up --lock-manager sanlock) the results are
+<suite>-<lock manager>.json and the section "<suite> (<lock manager>)", beside lockd's, and only
+the suites that name that lock manager in LOCK_MANAGERS run. Needs the lab (make lab) and the
+venv (make venv).
 """
 
 import argparse
@@ -53,15 +56,22 @@ def main():
         parser.error("unknown suite(s): {}; known: {}".format(", ".join(unknown), ", ".join(SUITES)))
     lab = lab_from_status()
     os.makedirs(RESULTS, exist_ok=True)
+    lm = lab.lock_manager
     for name in args.suites or SUITES:
         suite = importlib.import_module(name)
+        if lm not in getattr(suite, "LOCK_MANAGERS", ("lockd",)):
+            if args.suites:
+                parser.error("suite {} runs on a lockd lab only; this lab runs {}".format(name, lm))
+            print("## {}: skipped, runs on a lockd lab only (this lab runs {})".format(name, lm))
+            continue
         at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         report, markdown = suite.run(lab, args.rounds)
-        report = dict(report, at=at, rounds=args.rounds, accel=lab.status.get("accel"))
-        with open(os.path.join(RESULTS, name + ".json"), "w") as fh:
+        report = dict(report, at=at, rounds=args.rounds, accel=lab.status.get("accel"), lock_manager=lm)
+        key, section = (name, name) if lm == "lockd" else ("{}-{}".format(name, lm), "{} ({})".format(name, lm))
+        with open(os.path.join(RESULTS, key + ".json"), "w") as fh:
             json.dump(report, fh, indent=2)
-        write_section(name, at, markdown)
-        print("## " + name)
+        write_section(section, at, markdown)
+        print("## " + section)
         print(markdown)
     print("results: benchmarks/results/latest.md")
     return 0

@@ -54,7 +54,7 @@ def pytest_terminal_summary(terminalreporter):
         row["phases"].append("{}:{}".format(o["phase"], "ok" if o["survived"] else ("LOST" if o["lost"] else "FAIL")))
     w = terminalreporter.write_line
     w("")
-    w("Fault matrix")
+    w("Fault matrix (lock manager: {})".format(_integration.lab_lock_manager() or "lab down"))
     w("| fault | injected | survived | lost | phases |")
     w("| --- | ---: | ---: | ---: | --- |")
     for fault, r in rows.items():

@@ -8,13 +8,18 @@ Phases (how the harness knows it is there, from outside the module):
   paused copy.
 - ``after``: the transfer is done, hv2 has not resumed: a process on hv2 takes the VM lease the instant the
   source releases it and holds it ``AFTER_HOLD`` seconds (the module retries, ``lock.acquire_timeout``); the
-  fault goes in while it holds it.
+  fault goes in while it holds it. On lockd the process takes virtlockd's fcntl lock on the lease file; on
+  sanlock it registers with hv2's sanlock daemon and acquires the resource through it (the ``sanlock``
+  Python binding, Debian's python3-sanlock), as libvirt's plugin does for a guest.
 - ``resume``: the fault goes in the moment hv2 reports the guest running while the run has not ended.
 
 Invariants after every run: never two running copies (two hosts running the guest at one instant, by
 libvirt's lifecycle events on both hosts, tests/integration/observe.py; the same for the run again); a guest
 running nowhere only where the module said so; the definition intact on a host; the leases held only by the
-virtlockd of the host that runs the guest; a failed run's message names its phase; a shut-off copy on the
+lock manager of the host that runs the guest (on a lockd lab its virtlockd, by F_GETLK on the lease files; on a
+sanlock lab its sanlock: the owner host_id in each lease's leader record on the shared storage, read by the
+harness itself, and the host's daemon listing both leases in ``sanlock client status`` while the other host's
+lists neither); a failed run's message names its phase; a shut-off copy on the
 other host is noted. Every outcome keeps the guest's event timeline (``timeline``) and the pause the events
 show (``pause_ms``, None without a source suspend and a destination resume after it); a cell with a problem
 also the timeline of the run again (``rerun_timeline``).
@@ -28,9 +33,10 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 
 import yaml
-from labkit import LAB, REPO, lab_state, lock_holder
+from labkit import LAB, REPO, lab_state, sanlock_leader
 from migrate_helpers import MIGRATION_PORTS, MODULE, Guest, lease_grabber
 from observe import EventObserver
 
@@ -127,7 +133,7 @@ class Watch:
 
     def _leases(self):
         while not self._stop.is_set():
-            self.holders.append(tuple(lock_holder(p) for p in self.guest.leases))
+            self.holders.append(tuple(lease_sample(self.lab, p) for p in self.guest.leases))
             time.sleep(0.005)
 
     def __enter__(self):
@@ -175,7 +181,7 @@ class Watch:
         """Samples in which two processes held the guest's leases; ``ignore``: the fault's own holder (it
         stands for another guest holding the VM lease, and a host trying to resume may hold the disk lease
         for a moment beside it)."""
-        return [h for h in self.holders if len(set(x for x in h if x and x not in ignore)) > 1]
+        return [h for h in self.holders if len(set(holder_of(x) for x in h if x and x not in ignore)) > 1]
 
     def seen(self, host, state):
         return any(s.get(host) == state for s in self.states)
@@ -183,6 +189,111 @@ class Watch:
     def timeline(self):
         """The guest's events on every host, ms from the start of the watch."""
         return self.observer.timeline(self.guest.name, origin=self.origin)
+
+
+def lease_sample(lab, path):
+    """One sample of a lease's holder: virtlockd's pid on lockd; on sanlock ``host@lver`` (the owner host and
+    the lease version of the leader record: every acquire makes a new version, so the fault's own holder is
+    told apart from the same host's QEMU taking the lease later)."""
+    if lab.lock_manager != "sanlock":
+        return lab.lease_holder(path)
+    leader = sanlock_leader(path)
+    if leader is None or not leader["timestamp"]:
+        return None
+    return "{}@{}".format(lab.sanlock_hosts.get(leader["owner_id"], leader["owner_id"]), leader["lver"])
+
+
+def holder_of(sample):
+    """The holder a sample names: a pid (lockd), a host (sanlock, whatever the lease version)."""
+    return sample.split("@")[0] if isinstance(sample, str) else sample
+
+
+def lease_holders_agree(lab, guest, host):
+    """Problems with the leases of a guest running on ``host``: both must be held by ``host``'s lock manager
+    and nobody else's. On sanlock both views are asked: the lease area (owner host_id) and every host's daemon
+    (``sanlock client status``)."""
+    want = lab.lease_holder_of(host)
+    seen = guest.holders()
+    problems = []
+    if seen != [want, want]:
+        problems.append("leases {} while the guest runs on {} ({})".format(seen, host, want))
+    if lab.lock_manager == "sanlock":
+        daemons = guest.daemon_holders()
+        if daemons != [host, host]:
+            problems.append("sanlock daemons list the leases held by {} while it runs on {}".format(daemons, host))
+    return problems
+
+
+# the sanlock counterpart of test_migrate's fcntl holder: registers with the host's sanlock daemon and acquires
+# the resource for itself the instant it is free, writes "<pid> <lease version>" to the marker, holds it
+SANLOCK_HOLDER = r"""
+import os, struct, sys, time
+import sanlock
+ls, res, path, marker = sys.argv[1].encode(), sys.argv[2].encode(), sys.argv[3], sys.argv[4]
+hold, limit = float(sys.argv[5]), float(sys.argv[6])
+fd = sanlock.register()
+end = time.time() + limit
+while True:
+    try:
+        sanlock.acquire(ls, res, [(path, 0)], slkfd=fd)
+        break
+    except sanlock.SanlockException:
+        if time.time() > end or os.path.exists(marker + ".release"):
+            sys.exit(3)
+        time.sleep(0.002)
+with open(path, "rb") as fh:
+    lver = struct.unpack_from("<Q", fh.read(56), 48)[0]
+with open(marker + ".tmp", "w") as fh:
+    fh.write("{} {}".format(os.getpid(), lver))
+os.rename(marker + ".tmp", marker)
+stop = time.time() + hold
+while time.time() < stop and not os.path.exists(marker + ".release"):
+    time.sleep(0.02)
+sanlock.release(ls, res, [(path, 0)], slkfd=fd)
+"""
+
+
+@contextmanager
+def sanlock_lease_grabber(lab, host, guest, hold, limit=60):
+    """A process on ``host`` that acquires the guest's VM lease through ``host``'s sanlock as soon as it is
+    free and keeps it ``hold`` seconds."""
+    marker = os.path.join(lab.shared_dir, ".grab-{}-{}".format(guest.key, os.getpid()))
+    for p in (marker, marker + ".release", marker + ".tmp"):
+        if os.path.exists(p):
+            os.unlink(p)
+    argv = ["python3", "-c", SANLOCK_HOLDER, guest.lockspace, guest.key, guest.vm_lease, marker, str(hold), str(limit)]
+    proc = subprocess.Popen([LAB, "exec", host, "--"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    grab = {"marker": marker, "proc": proc}
+    try:
+        yield grab
+    finally:
+        open(marker + ".release", "w").close()
+        try:
+            proc.wait(timeout=30)
+        finally:
+            for p in (marker, marker + ".release", marker + ".tmp"):
+                if os.path.exists(p):
+                    os.unlink(p)
+
+
+def grabber(lab, host, guest, hold):
+    if lab.lock_manager == "sanlock":
+        return sanlock_lease_grabber(lab, host, guest, hold=hold)
+    return lease_grabber(lab, host, guest.vm_lease, hold=hold)
+
+
+def grabber_id(lab, host, marker):
+    """The fault's own holder as the lease samples name it: its pid (lockd), ``host@lver`` (sanlock)."""
+    try:
+        with open(marker) as fh:
+            words = fh.read().split()
+    except OSError:
+        return None
+    if not words:
+        return None
+    if lab.lock_manager == "sanlock":
+        return "{}@{}".format(host, words[1]) if len(words) > 1 else None
+    return int(words[0])
 
 
 def wait_for(pred, alive, timeout=60):
@@ -419,17 +530,8 @@ class Context:
         self.grabber_pid = None
 
 
-def _read_pid(path):
-    try:
-        with open(path) as fh:
-            return int(fh.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
 def run_cell(lab, name, fault, phase):
     """Inject ``fault`` at ``phase`` of a hv1 -> hv2 migration of a fresh guest; return the outcome dict."""
-
     guest = Guest(lab, name, "hv1")
     ctx = Context(lab, guest, phase)
     outcome = {"fault": fault.name, "phase": phase, "injected": False, "problems": [], "notes": []}
@@ -447,7 +549,7 @@ def run_cell(lab, name, fault, phase):
             grab_cm = None
             if phase == "after":
                 hold = getattr(fault, "hold", AFTER_HOLD)
-                grab_cm = lease_grabber(lab, "hv2", guest.vm_lease, hold=hold)
+                grab_cm = grabber(lab, "hv2", guest, hold)
                 grab = grab_cm.__enter__()
             try:
                 ctx.run = Run(lab, "hv1", args)
@@ -455,7 +557,7 @@ def run_cell(lab, name, fault, phase):
                     hit = wait_for(lambda: lab.domain_state("hv2", guest.name) == "paused", ctx.run.alive)
                 elif phase == "after":
                     hit = wait_for(lambda: os.path.exists(grab["marker"]), ctx.run.alive)
-                    ctx.grabber_pid = _read_pid(grab["marker"])
+                    ctx.grabber_pid = grabber_id(lab, "hv2", grab["marker"])
                 elif phase == "resume":
                     hit = wait_for(lambda: lab.domain_state("hv2", guest.name) == "running", ctx.run.alive)
                 elif fault.interrupts:  # before: as soon as the module runs on the source
@@ -509,11 +611,14 @@ def run_cell(lab, name, fault, phase):
             converged = bool(again and again.get("failed") and "runs nowhere" in said and not again.get("changed"))
             converged = converged and lab.domain_state("hv2", guest.name) == "shut off"
         elif converged:
+            lease_problems = lease_holders_agree(lab, guest, "hv2")
             converged = (
                 lab.domain_state("hv2", guest.name) == "running"
-                and guest.holders() == [lab.virtlockd_pid("hv2")] * 2
+                and not lease_problems
                 and lab.domain_state("hv1", guest.name) in (None, "shut off")
             )
+            if lease_problems:
+                outcome["problems"].append("after the run again: " + "; ".join(lease_problems))
         if not converged:
             after = dict((h, lab.domain_state(h, guest.name)) for h in ("hv1", "hv2"))
             said = (
@@ -594,13 +699,8 @@ def check_invariants(lab, guest, watch, result, fault, outcome, ignore=()):
     if not any(s is not None for s in states.values()):
         problems.append("no host has the guest's definition")
         outcome["lost"] = True
-    holders = set(h for h in guest.holders() if h)
     if running:
-        want = lab.virtlockd_pid(running[0])
-        if holders - {want} or guest.holders() != [want, want]:
-            problems.append(
-                "leases {} while the guest runs on {} (virtlockd {})".format(guest.holders(), running[0], want)
-            )
+        problems.extend(lease_holders_agree(lab, guest, running[0]))
     for host in ("hv1", "hv2"):
         if states[host] == "shut off" and running and running[0] != host:
             outcome["notes"].append("a shut-off copy stays on {}".format(host))

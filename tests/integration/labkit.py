@@ -8,6 +8,7 @@
 import fcntl
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -74,6 +75,12 @@ class Lab:
         # hosts: those with virtlockd on (inventory group hypervisors); unlocked_hosts: the others
         self.unlocked_hosts = list(self.state.get("unlocked", []))
         self.hosts = [h for h in self.all_hosts if h not in self.unlocked_hosts]
+        # lab up --lock-manager: lockd (virtlockd) or sanlock (a sanlock daemon per locked host)
+        self.lock_manager = status.get("lock_manager") or self.state.get("lock_manager", "lockd")
+        self.sanlock = status.get("sanlock") or self.state.get("sanlock")
+        self.sanlock_hosts = dict(
+            (h["sanlock_host_id"], h["name"]) for h in status["hosts"] if h.get("sanlock_host_id") is not None
+        )
 
     # ---- direct access, for checking
     def address(self, host):
@@ -84,6 +91,32 @@ class Lab:
 
     def virtlockd_pid(self, host):
         return self.state["hosts"][host]["pids"]["virtlockd"]
+
+    def lease_holder_of(self, host):
+        """What a lease held by ``host`` reads as (``lease_holder``): its virtlockd's pid on a lockd lab, the
+        host's name on a sanlock lab (the owner host_id of the lease's leader record, named)."""
+        return host if self.lock_manager == "sanlock" else self.virtlockd_pid(host)
+
+    def lease_holder(self, path):
+        """Who holds the lease in ``path``: virtlockd's pid (F_GETLK) on lockd, the owner host's name on sanlock
+        (read from the lease area: the leader record's owner host_id, while its timestamp says held)."""
+        if self.lock_manager != "sanlock":
+            return lock_holder(path)
+        leader = sanlock_leader(path)
+        if leader is None or not leader["timestamp"]:
+            return None
+        return self.sanlock_hosts.get(leader["owner_id"], "host_id {}".format(leader["owner_id"]))
+
+    def sanlock_held(self, host):
+        """``sanlock client status`` on ``host``: {(lockspace, resource): (lease path, lver, pid)} of the
+        resource leases its daemon holds (the daemon's own view, beside the lease area's)."""
+        out = self.exec(host, "sanlock", "client", "status", timeout=30).stdout
+        held = {}
+        for line in out.splitlines():
+            m = re.match(r"^r (\S+?):(\S+?):(\S+):(\d+):(\d+) p (\d+)$", line.strip())
+            if m:
+                held[(m.group(1), m.group(2))] = (m.group(3), int(m.group(5)), int(m.group(6)))
+        return held
 
     def exec(self, host, *argv, check=True, input=None, timeout=120):
         res = subprocess.run(
@@ -225,6 +258,37 @@ def lock_holder(path):
         return None if l_type == fcntl.F_UNLCK else l_pid
     finally:
         os.close(fd)
+
+
+# sanlock's leader record at the start of a resource lease (sanlock's leader.h, little-endian): magic, version,
+# flags, sector_size, num_hosts, max_hosts, owner_id, owner_generation, lver, space_name[48],
+# resource_name[48], timestamp (0: free), ...
+SANLOCK_LEADER = struct.Struct("<IIIIQQQQQ48s48sQ")
+SANLOCK_PAXOS_MAGIC = 0x06152010
+
+
+def sanlock_leader(path):
+    """The leader record of a sanlock resource lease (offset 0 of ``path``), read from the shared storage as
+    any host would: {owner_id, owner_generation, lver, lockspace, resource, timestamp}; None when the file
+    is missing or holds no initialised lease."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(SANLOCK_LEADER.size)
+    except FileNotFoundError:
+        return None
+    if len(raw) < SANLOCK_LEADER.size:
+        return None
+    f = SANLOCK_LEADER.unpack(raw)
+    if f[0] != SANLOCK_PAXOS_MAGIC:
+        return None
+    return {
+        "owner_id": f[6],
+        "owner_generation": f[7],
+        "lver": f[8],
+        "lockspace": f[9].rstrip(b"\0").decode(),
+        "resource": f[10].rstrip(b"\0").decode(),
+        "timestamp": f[11],
+    }
 
 
 def tiny_domain_xml(name, disk=None, lease=None, lockspace_dir=None):

@@ -35,36 +35,85 @@ MIGRATION_PORTS = "49152:49215"
 BOOT_TIMEOUT = 120
 
 
+# the lab's lockspace for explicit <lease> elements (lab up --lock-manager sanlock)
+SANLOCK_VM_LOCKSPACE = "lockstep_vm"
+
+
 def lease_xml(key, lockspace_dir):
     return "<lease><lockspace>{}</lockspace><key>{}</key><target path='{}'/></lease>".format(
         os.path.basename(lockspace_dir), key, os.path.dirname(lockspace_dir)
     )
 
 
+def sanlock_lease_xml(key, lease_file):
+    return "<lease><lockspace>{}</lockspace><key>{}</key><target path='{}' offset='0'/></lease>".format(
+        SANLOCK_VM_LOCKSPACE, key, lease_file
+    )
+
+
 class Guest:
-    """A guest on ``host`` with a qcow2 disk on the shared directory (a disk lease) and a VM lease."""
+    """A guest on ``host`` with a qcow2 disk on the shared directory (a disk lease) and a VM lease, for the
+    lab's lock manager: on lockd the disk lease is virtlockd's file ``<lockspace_dir>/<sha256 of the path>``
+    and the VM lease ``<lockspace_dir>/<key>``; on sanlock the disk lease is libvirt's automatic one
+    (``<disk_lease_dir>/<md5 of the path>``, lockspace ``__LIBVIRT__DISKS__``) and the VM lease an explicit
+    ``<lease>`` in the lab's lockspace ``lockstep_vm``, its lease area made with ``sanlock direct init``.
+
+    ``holders()`` reads each lease's holder as ``lab.lease_holder`` does (virtlockd's pid, or on sanlock the
+    owner host from the lease area), comparable with ``lab.lease_holder_of(host)``."""
 
     def __init__(self, lab, name, host):
         self.lab = lab
         self.name = name
         self.host = host
+        self.sanlock = lab.lock_manager == "sanlock"
         self.disk = lab.new_disk(name)
         self.key = name + "-lease"
-        self.vm_lease = lab.lease_file(self.key)
-        self.disk_lease = os.path.join(lab.lockspace_dir, hashlib.sha256(self.disk.encode()).hexdigest())
+        if self.sanlock:
+            self.lockspace = SANLOCK_VM_LOCKSPACE
+            self.vm_lease = os.path.join(lab.sanlock["vm_lease_dir"], self.key)
+            with open(self.vm_lease, "wb") as fh:
+                fh.truncate(1024 * 1024)
+            spec = "{}:{}:{}:0".format(SANLOCK_VM_LOCKSPACE, self.key, self.vm_lease)
+            lab.exec(host, "sanlock", "direct", "init", "-r", spec)
+            self.disk_lease = os.path.join(lab.sanlock["disk_lease_dir"], hashlib.md5(self.disk.encode()).hexdigest())
+        else:
+            self.vm_lease = lab.lease_file(self.key)
+            self.disk_lease = os.path.join(lab.lockspace_dir, hashlib.sha256(self.disk.encode()).hexdigest())
         self.leases = [self.disk_lease, self.vm_lease]
+        # sanlock's names of the two leases, as `sanlock client status` lists them
+        self.resources = [
+            ("__LIBVIRT__DISKS__", os.path.basename(self.disk_lease)),
+            (SANLOCK_VM_LOCKSPACE, self.key),
+        ]
         res = define_and_start(lab, host, self.domain_xml())
         assert res.returncode == 0, res.stderr
 
+    def lease_element(self):
+        if self.sanlock:
+            return sanlock_lease_xml(self.key, self.vm_lease)
+        return lease_xml(self.key, self.lab.lockspace_dir)
+
     def domain_xml(self):
-        return tiny_domain_xml(self.name, disk=self.disk, lease=self.key, lockspace_dir=self.lab.lockspace_dir)
+        xml = tiny_domain_xml(self.name, disk=self.disk)
+        return xml.replace("<devices>", "<devices>" + self.lease_element(), 1)
 
     def holders(self):
-        return [lock_holder(p) for p in self.leases]
+        return [self.lab.lease_holder(p) for p in self.leases]
+
+    def daemon_holders(self):
+        """sanlock only: which host's daemon lists each of the two leases (``sanlock client status`` on every
+        locked host), [disk, VM], each a host name, None, or the hosts joined by '+' when several list it."""
+        held = dict((h, self.lab.sanlock_held(h)) for h in self.lab.hosts)
+        out = []
+        for res in self.resources:
+            hosts = [h for h in self.lab.hosts if res in held[h]]
+            out.append("+".join(hosts) if hosts else None)
+        return out
 
     def remove(self):
         self.lab.cleanup_domain(self.name)
-        for path in (self.disk, self.vm_lease):
+        paths = [self.disk, self.vm_lease] + ([self.disk_lease] if self.sanlock else [])
+        for path in paths:
             if os.path.exists(path):
                 os.unlink(path)
 
@@ -82,7 +131,7 @@ class LinuxGuest(Guest):
         # zero, so the first pass of a migration sends only what the guest uses
         cmdline = linux_image().get("cmdline", guest_image.CMDLINE) + " init_on_free=1"
         xml = guest_image.domain_xml(self.name, disk=self.disk, memory_mib=self.memory_mib, cmdline=cmdline)
-        return xml.replace("<devices>", "<devices>\n    " + lease_xml(self.key, self.lab.lockspace_dir), 1)
+        return xml.replace("<devices>", "<devices>\n    " + self.lease_element(), 1)
 
     def agent(self, command, host=None, timeout=10, check=True):
         """One agent command; with ``check``, retried for a while when the agent is not connected yet (it
@@ -219,7 +268,7 @@ def blocked_migration_ports(lab, host, target="REJECT", stall=False):
 def assert_runs_only_on(lab, guest, host, other):
     assert lab.domain_state(host, guest.name) == "running"
     assert lab.domain_state(other, guest.name) in (None, "shut off")
-    assert guest.holders() == [lab.virtlockd_pid(host)] * 2
+    assert guest.holders() == [lab.lease_holder_of(host)] * 2
 
 
 def assert_checkpoints_sound(lab, result, src, dst):

@@ -92,6 +92,8 @@ PACKAGES = (
     # and a C compiler for the lab's setrlimit shim
     "sanlock",
     "libvirt-sanlock",
+    # the fault harness's sanlock client on a lab host (a process that acquires a lease through the daemon)
+    "python3-sanlock",
     "gcc",
     "libc6-dev",
     # the XML corpus test (tests/integration/test_xml_corpus.py): guest XML written by a real client

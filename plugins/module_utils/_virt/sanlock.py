@@ -14,8 +14,10 @@ Who holds a lease, from two sources:
 
 - this host's daemon (``sanlock client status``): an ``r LOCKSPACE:NAME:PATH:OFFSET:LVER p PID`` line is a
   lease this host holds for process PID (the guest's QEMU);
-- the lease area on shared storage (``sanlock direct dump PATH:OFFSET``): the leader record names the
-  owner's host_id and generation, with timestamp 0 once released.  Every host reads the same area, so
+- the lease area on shared storage: the leader record names the owner's host_id and generation, with
+  timestamp 0 once released.  It is read directly (O_DIRECT, as sanlock reads and writes it: no page cache
+  between this host and the storage), and with ``sanlock direct dump PATH:OFFSET`` where that read is not
+  possible (a filesystem without O_DIRECT, an unaligned offset).  Every host reads the same area, so
   this tells the holder across hosts.  The owner's host_id is named through the lockspace's delta lease
   records (``sanlock direct dump`` of the lockspace), whose resource field is the daemon's host name
   ``<uuid>.<nodename>``.
@@ -26,9 +28,11 @@ A lease that cannot be read from either is reported with ``held`` null: unknown,
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import shutil
+import struct
 import subprocess
 
 DISK_LOCKSPACE = "__LIBVIRT__DISKS__"
@@ -166,6 +170,49 @@ def parse_direct_dump(text):
     return out
 
 
+# the paxos leader record at the start of a resource lease (sanlock's leader.h, little-endian): magic,
+# version, flags, sector_size, num_hosts, max_hosts, owner_id, owner_generation, lver, space_name[48],
+# resource_name[48], timestamp
+_LEADER = struct.Struct("<IIIIQQQQQ48s48sQ")
+PAXOS_DISK_MAGIC = 0x06152010
+_DIRECT_IO = 4096  # read size and alignment: a whole sector on 512 and 4096 byte sector storage
+
+
+def read_leader(path, offset=0):
+    """The leader record of the resource lease at ``offset`` of ``path``, read with O_DIRECT as sanlock does,
+    as a row of :func:`parse_direct_dump`; None when it cannot be read so (no O_DIRECT, an unaligned offset,
+    an error, no paxos leader there): the caller then asks ``sanlock direct dump``. Raises nothing."""
+    if not hasattr(os, "O_DIRECT") or not hasattr(os, "preadv") or offset % _DIRECT_IO:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        return None
+    try:
+        buf = mmap.mmap(-1, _DIRECT_IO)  # page-aligned, as O_DIRECT needs
+        try:
+            if os.preadv(fd, [buf], offset) < _LEADER.size:
+                return None
+            f = _LEADER.unpack(buf[: _LEADER.size])
+        finally:
+            buf.close()
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if f[0] != PAXOS_DISK_MAGIC:
+        return None
+    return {
+        "offset": offset,
+        "lockspace": f[9].rstrip(b"\0").decode("utf-8", "replace"),
+        "resource": f[10].rstrip(b"\0").decode("utf-8", "replace"),
+        "timestamp": f[11],
+        "owner_id": f[6],
+        "owner_generation": f[7],
+        "lver": f[8],
+    }
+
+
 def parse_host_status(text):
     """``sanlock client host_status -s LS [-D]``: {host_id: {timestamp, owner_name, owner_generation, ...}}."""
     out = {}
@@ -218,12 +265,24 @@ class SanlockProbe:
     """Reads this host's sanlock daemon and the shared lease areas once per :meth:`refresh`.
 
     ``runner(argv)`` -> (rc, stdout, stderr) runs the ``sanlock`` command (tests pass a fake one, fed with
-    output captured on the lab). ``host_id`` is this host's id in the disk lockspace (qemu-sanlock.conf),
-    ``host_name`` this host's name (for a lease this host holds).
+    output captured on the lab). ``leader_reader(path, offset)`` reads a resource lease's leader record
+    directly (default :func:`read_leader` with the real runner, none with a fake one); where it returns
+    None the probe asks ``sanlock direct dump``. ``host_id`` is this host's id in the disk lockspace
+    (qemu-sanlock.conf), ``host_name`` this host's name (for a lease this host holds).
     """
 
-    def __init__(self, host_id=None, host_name=None, disk_lease_dir=None, runner=None, binary=None, exists=None):
+    def __init__(
+        self,
+        host_id=None,
+        host_name=None,
+        disk_lease_dir=None,
+        runner=None,
+        binary=None,
+        exists=None,
+        leader_reader=None,
+    ):
         self.host_id = host_id
+        self.leader_reader = leader_reader or (read_leader if runner is None else None)
         self.exists = exists or os.path.exists
         self.host_name = host_name or os.uname()[1]
         self.disk_lease_dir = disk_lease_dir
@@ -341,13 +400,18 @@ class SanlockProbe:
             # sanlock keeps a lease only in its area: without the file nobody can hold it
             out.update(held=False, held_here=False if here_known else None, how="no lease file")
             return out
-        rows = [r for r in (self.dump(path, offset) or []) if r["lockspace"] == lockspace and r["resource"] == name]
+        rows = []
+        direct = self.leader_reader(path, offset) if self.leader_reader else None
+        if direct is not None and direct["lockspace"] == lockspace and direct["resource"] == name:
+            rows = [direct]
+        if not rows:
+            rows = [r for r in (self.dump(path, offset) or []) if r["lockspace"] == lockspace and r["resource"] == name]
         if not rows:
             out["error"] = self.errors[-1] if self.errors else "no leader record for {} in {}".format(name, path)
             return out
         leader = rows[0]
         out["lver"] = leader["lver"]
-        out["how"] = "sanlock direct dump"
+        out["how"] = "sanlock direct dump" if leader is not direct else "leader record (O_DIRECT read)"
         if leader["timestamp"] == 0 or leader["owner_id"] == 0:
             out.update(held=False, held_here=False if here_known else None)
             return out

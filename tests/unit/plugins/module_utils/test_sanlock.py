@@ -2,6 +2,10 @@
 
 import hashlib
 import os
+import struct
+import subprocess
+
+import pytest
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
     LockConfig,
@@ -26,6 +30,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.sanlock import
     parse_direct_dump,
     parse_host_status,
     parse_inquire,
+    read_leader,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import parse_xml
 
@@ -343,3 +348,50 @@ def test_lease_view_a_third_host_is_other_and_not_the_destination():
 def test_lockd_view_keeps_other_as_the_destinations_evidence():
     assert dest_holds({"holder": "other"}) is True
     assert dest_holds({"holder": "other", "sanlock": ("ls", "k", "/p", 0)}) is False
+
+
+def _init_lease(path, lockspace, name):
+    """A resource lease area made by sanlock itself (``sanlock direct init``), as the lab makes them."""
+    with open(path, "wb") as fh:
+        fh.truncate(1024 * 1024)
+    spec = "{}:{}:{}:0".format(lockspace, name, path)
+    try:
+        res = subprocess.run(["sanlock", "direct", "init", "-r", spec], capture_output=True, text=True, check=False)
+    except OSError:
+        pytest.skip("the sanlock command is not installed")
+    assert res.returncode == 0, res.stderr
+
+
+def test_read_leader_reads_what_sanlock_wrote_and_the_probe_uses_it(tmp_path):
+    path = str(tmp_path / "vm1-lease")
+    _init_lease(path, "lockstep_vm", "vm1-lease")
+    row = read_leader(path, 0)
+    if row is None:
+        with pytest.raises(OSError):  # only a filesystem without O_DIRECT may leave it to sanlock direct dump
+            os.close(os.open(path, os.O_RDONLY | os.O_DIRECT))
+        pytest.skip("no O_DIRECT on " + str(tmp_path))
+    assert (row["lockspace"], row["resource"], row["timestamp"], row["owner_id"], row["lver"]) == (
+        "lockstep_vm",
+        "vm1-lease",
+        0,
+        0,
+        0,
+    )
+    # an owned leader (what an acquire writes: owner host_id 2, generation 3, lver 7, a timestamp)
+    with open(path, "r+b") as fh:
+        raw = bytearray(fh.read(512))
+        struct.pack_into("<QQQ", raw, 32, 2, 3, 7)
+        struct.pack_into("<Q", raw, 152, 12345)
+        fh.seek(0)
+        fh.write(raw)
+    row = read_leader(path, 0)
+    assert (row["owner_id"], row["owner_generation"], row["lver"], row["timestamp"]) == (2, 3, 7, 12345)
+    assert read_leader(path, 512) is None  # not a leader there (and unaligned for O_DIRECT)
+    assert read_leader(str(tmp_path / "missing"), 0) is None
+
+    runner = hv2_runner()
+    probe = SanlockProbe(host_id=1, host_name="hv1", runner=runner, leader_reader=read_leader, exists=os.path.exists)
+    p = probe.probe("lockstep_vm", "vm1-lease", path, 0)
+    assert p["held"] is True and p["holder_host_id"] == 2 and p["lver"] == 7, p
+    assert p["how"] == "leader record (O_DIRECT read)"
+    assert not [c for c in runner.calls if c[:3] == ["direct", "dump", path + ":0"]]
