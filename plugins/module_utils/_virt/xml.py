@@ -291,8 +291,18 @@ def _domain_spice_auto_ports(root):
                         del g.attrib[attr]
 
 
+def _domain_lease_offset_zero(root):
+    # a <lease>'s target offset='0' is the default and is not written (offset is written only when set)
+    for devices in elements(root, "devices"):
+        for lease in elements(devices, "lease"):
+            for target in elements(lease, "target"):
+                if (target.get("offset") or "").strip() == "0":
+                    del target.attrib["offset"]
+
+
 # (root element, what libvirt does, the rule applied to a document of that root)
 LIBVIRT_NORMALISATIONS = (
+    ("domain", "a <lease>'s target offset='0' is left out", _domain_lease_offset_zero),
     ("domain", "a unix chardev's <source> without a path is left out", _domain_unix_chardev_source),
     ("domain", "a spice console's port='-1' and tlsPort='-1' are left out", _domain_spice_auto_ports),
     ("network", "<network ipv6='no'> is the default and is never written", _network_ipv6_default),

@@ -134,6 +134,22 @@ def test_network_ipv6_no_is_libvirts_default(hv, run_module):
     _assert_unchanged_everywhere(run_module, network_module.main, yes)
 
 
+def test_a_lease_at_offset_zero_is_libvirts_default(hv, run_module):
+    xml = """<domain type='test'><name>l0</name><memory unit='MiB'>64</memory><os><type>hvm</type></os>
+      <devices><lease><lockspace>ls</lockspace><key>l0-key</key><target path='/leases/l0' offset='0'/></lease>
+      </devices></domain>"""
+    args = {"uri": URI, "name": "l0", "xml": xml}
+    first = run_module(domain_module.main, args)
+    assert first["changed"] is True and not first.get("failed"), first.get("msg")
+    assert "<target path='/leases/l0'/>" in hv.lookupByName("l0").XMLDesc(0)
+    _assert_unchanged_everywhere(run_module, domain_module.main, args)
+    # another offset is kept by libvirt: a change, applied, then unchanged
+    moved = dict(args, xml=xml.replace("offset='0'", "offset='1048576'"))
+    assert run_module(domain_module.main, moved)["changed"] is True
+    assert "offset='1048576'" in hv.lookupByName("l0").XMLDesc(0)
+    _assert_unchanged_everywhere(run_module, domain_module.main, moved)
+
+
 @pytest.mark.parametrize(
     "name,xml",
     [
