@@ -203,6 +203,15 @@ def decide(src, dest, log_stop=None):
                 "{}; {}".format(dest.describe(), src.describe()),
                 "a post-copy migration did not finish: part of the guest's memory may be only on the other host",
             )
+    if src.state == "paused" and dest.state == "paused" and marker is not None:
+        # the source stopped for the send and a copy sits on the destination: the source's copy is whole,
+        # the destination's may be (Finish done) or not, and neither state tells whether one of them ran
+        # since - a paused copy is never proof of being current
+        return Verdict(
+            REFUSE,
+            "{}; {}".format(src.describe(), dest.describe()),
+            "both hosts hold a paused copy of a handoff that did not finish: nothing proves which one is current",
+        )
     if dest.active and not src.active:
         if dest.marker is None:
             return Verdict(GO_ON, "no handoff marker on {}".format(dest.host))

@@ -146,6 +146,13 @@ class Reconcile:
                 "recover it with libvirt's post-copy recovery (virsh migrate --postcopy --postcopy-resume) while "
                 "both copies exist"
             )
+        elif dest.state == "paused" and src.state == "paused":
+            advice = (
+                "if you know the guest did not run on {1} since {2}, destroy the copy on {1} and resume it on {0} "
+                "(its copy is whole); else destroy the copy on {0} and resume it on {1}".format(
+                    src.host, dest.host, (dest.marker or {}).get("started")
+                )
+            )
         elif dest.state == "paused":
             advice = (
                 "if you know it did not run on {0} since {2}, resume it on {1} (lockstep.virt.domain state=running "

@@ -66,3 +66,15 @@ def test_a_paused_destination_is_never_resumed_on_the_absence_of_a_lease_alone()
     assert decide(Copy("hv1", "shutoff", "shutdown"), dest).action == "refuse"
     assert decide(Copy("hv1", "shutoff", "migrated"), dest).action == "resume_dest"
     assert decide(Copy("hv1", "running", None, marker), dest).action == "stop_stale_dest"
+
+
+def test_two_paused_copies_are_refused_whatever_the_reasons():
+    # a Finish whose reply was lost with the source left paused: neither copy is proof of being current
+    marker = {"was": "running", "persist": "1", "started": "2026-12-04T22:37:43.000Z"}
+    for src_reason in ("migration", "user"):
+        v = decide(Copy("hv1", "paused", src_reason, marker), Copy("hv2", "paused", "user", marker))
+        assert v.action == "refuse" and "paused copy" in v.reason
+    v = decide(Copy("hv1", "paused", "migration", None), Copy("hv2", "paused", "user", marker))
+    assert v.action == "refuse"
+    # without a marker it is no interrupted handoff of this collection's: the run goes on (and refuses later)
+    assert decide(Copy("hv1", "paused", "user"), Copy("hv2", "paused", "user")).action == "go_on"
