@@ -27,6 +27,7 @@ also the timeline of the run again (``rerun_timeline``).
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -384,6 +385,16 @@ def modules_at_work(lab, host):
     return out
 
 
+def migration_job_active(lab, host, name):
+    """Whether libvirtd on ``host`` still runs a job for the guest: a peer-to-peer migration goes on inside
+    libvirtd after the module that started it was killed, so what it leaves is read once it is over."""
+    res = lab.virsh(host, "domjobinfo", name, check=False)
+    if res.returncode != 0:
+        return False  # no such guest (any more), or no libvirtd to ask
+    m = re.search(r"^Job type:\s*(\S+)", res.stdout, re.M)
+    return bool(m) and m.group(1) != "None"
+
+
 def kill_pids(pids, sig=signal.SIGKILL):
     for pid in pids:
         try:
@@ -581,6 +592,13 @@ def run_cell(lab, name, fault, phase):
                     elif time.monotonic() - waited > 0.5:
                         outcome["notes"].append(
                             "the module on hv1 ran on {:.1f} s after the controller".format(time.monotonic() - waited)
+                        )
+                    waited = time.monotonic()
+                    if not wait_for(lambda: not migration_job_active(lab, "hv1", guest.name), None, RUN_TIMEOUT):
+                        outcome["problems"].append("hv1 still ran a migration job {} s on".format(RUN_TIMEOUT))
+                    elif time.monotonic() - waited > 0.5:
+                        outcome["notes"].append(
+                            "hv1's migration job ran on {:.1f} s after the module".format(time.monotonic() - waited)
                         )
             finally:
                 if grab_cm is not None:
