@@ -195,7 +195,7 @@ EXAMPLES = r"""
     name: "{{ item }}"
     state: absent
     wipe: true
-  loop: [web1.qcow2, web2.qcow2, base.qcow2, debian-12.qcow2, debian-12.raw]
+  loop: [web1.qcow2, web2.qcow2, base.qcow2]
 """
 
 RETURN = r"""
