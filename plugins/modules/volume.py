@@ -223,7 +223,7 @@ image:
   returned: when a volume is created from an O(import_from) URL
   type: dict
   contains:
-    url: {description: The URL, its password masked., type: str, returned: success}
+    url: {description: "The URL, its password masked.", type: str, returned: success}
     checksum:
       description: V(sha256:<hex>) (or sha512); in check mode with a checksum file, V(sha256:<URL of the file>).
       type: str
