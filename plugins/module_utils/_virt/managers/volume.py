@@ -3,7 +3,9 @@
 """The storage volume manager: read -> desired -> apply (unless check mode) -> diff (in diff mode).
 
 A volume is created empty, as a copy-on-write overlay of a backing volume, as a clone of another
-volume, or with the content of a file on the host. Growing ``capacity`` resizes it; shrinking is
+volume, or with the content of an image: a file on the host, or an image fetched from an http(s) URL into
+the host's image cache and checked against its checksum (images.py), converted to the volume's format
+when it is in another one. Growing ``capacity`` resizes it; shrinking is
 refused unless ``allow_shrink``. Names that could leave the pool are refused, and before a volume
 is resized, wiped or deleted its path is checked to lie inside its pool's directory.
 It never calls exit_json/fail_json.
@@ -188,6 +190,12 @@ class VolumeManager(Manager):
         self.label = "volume {}/{}".format(params["pool"], self.name)
         self.upload_from = None  # the file an import uploads into the new volume
         self.converted = None  # a temporary copy of a fetched image in the volume's format, removed after
+
+    def with_result(self, err):
+        err = super().with_result(err)
+        if self.result.get("image"):
+            err.result["image"] = self.result["image"]  # what was fetched, also when the import failed after
+        return err
 
     # ------------------------------------------------------------------ validation
     def _validate(self):

@@ -10,7 +10,9 @@ import os
 import pytest
 from ansible.module_utils import basic
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt import images
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers import volume as volume_manager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume import validate_volume_name
 from ansible_collections.lockstep.virt.plugins.modules import volume as volume_module
 from ansible_collections.lockstep.virt.plugins.modules import volume_info as info_module
@@ -263,3 +265,21 @@ def test_url_password_never_shown(hv, run_module, server, tmp_path, monkeypatch)
         everything = json.dumps(r) + "".join(lines)
         assert "Vx9" not in everything and "Invoked with" in "".join(lines)
     assert r["failed"] and "HTTP 404" in r["msg"] and names(hv) == []
+
+
+def test_url_import_failing_after_the_fetch_removes_the_converted_copy(hv, run_module, server, tmp_path, monkeypatch):
+    # the test driver cannot upload: the import fails after the fetch and the conversion
+    copies = []
+
+    def convert(*args):
+        copies.append(images.convert_image(*args))
+        assert os.path.isfile(copies[-1])
+        return copies[-1]
+
+    monkeypatch.setattr(volume_manager, "convert_image", convert)
+    r = run_module(volume_module.main, url_args(server, tmp_path))
+    assert len(copies) == 1 and not os.path.exists(copies[0])
+    assert r["failed"] and "the new volume was removed again" in r["msg"] and names(hv) == [], r
+    assert r["image"]["cached"] is False and r["image"]["downloaded"] == MiB and r["image"]["format"] == "raw"
+    assert server.requests == ["/disk.img"]
+    assert os.listdir(tmp_path / "cache") == ["sha256-" + IMAGE_SHA256]  # the image stays cached; no copy left
