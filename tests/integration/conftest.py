@@ -2,11 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import uuid
 
 import pytest
-from labkit import LAB, Lab, lab_state, linux_image
+from labkit import LAB, SHARED_POOLS, Lab, lab_state, linux_image
 
 _LAB_LOCK_MANAGER = []
 
@@ -77,3 +78,17 @@ def two_guests(lab, guest_name):
     for name in names:
         lab.cleanup_domain(name)
         os.unlink(os.path.join(lab.images_dir, name + ".qcow2"))
+
+
+@pytest.fixture
+def active_pool(lab):
+    """A running dir pool on the shared storage, defined on hv1; removed with its volumes afterwards."""
+    name = "it-" + uuid.uuid4().hex[:8]
+    path = os.path.join(SHARED_POOLS, name)
+    r = lab.module(lab.hosts[0], "lockstep.virt.pool", {"name": name, "state": "active", "spec": {"path": path}})
+    assert r["changed"], r
+    yield {"name": name, "path": path}
+    host = lab.hosts[0]
+    lab.virsh(host, "pool-destroy", name, check=False)
+    lab.virsh(host, "pool-undefine", name, check=False)
+    shutil.rmtree(path, ignore_errors=True)

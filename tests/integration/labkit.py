@@ -38,6 +38,15 @@ def linux_image():
     return _LINUX_IMAGE[0]
 
 
+SHARED_POOLS = os.path.join(LAB_ROOT, "shared", "pools")
+
+
+def image_info(path):
+    """``qemu-img info`` of an image file (read while a guest may hold it)."""
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def lab_state():
     """The lab's recorded state: hosts, addresses, daemon pids (tests/lab/lab writes it)."""
     with open(os.path.join(LAB_ROOT, "state.json")) as fh:

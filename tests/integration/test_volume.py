@@ -1,36 +1,18 @@
 """lockstep.virt.volume and volume_info on the lab's hosts, and a guest booting from a volume."""
 
-import json
 import os
-import shutil
 import subprocess
-import uuid
 
 import pytest
-from labkit import LAB_ROOT
+from labkit import SHARED_POOLS, image_info
 
 MODULE = "lockstep.virt.volume"
-SHARED_POOLS = os.path.join(LAB_ROOT, "shared", "pools")
 MiB = 1024 * 1024
 
 
-def image_info(path):
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
-
 @pytest.fixture
-def pool(lab):
-    """A running dir pool on the shared storage, defined on hv1; removed with its volumes afterwards."""
-    name = "it-" + uuid.uuid4().hex[:8]
-    path = os.path.join(SHARED_POOLS, name)
-    r = lab.module(lab.hosts[0], "lockstep.virt.pool", {"name": name, "state": "active", "spec": {"path": path}})
-    assert r["changed"], r
-    yield {"name": name, "path": path}
-    host = lab.hosts[0]
-    lab.virsh(host, "pool-destroy", name, check=False)
-    lab.virsh(host, "pool-undefine", name, check=False)
-    shutil.rmtree(path, ignore_errors=True)
+def pool(active_pool):
+    return active_pool
 
 
 def vol(pool, name, **kw):

@@ -16,7 +16,8 @@ Its layers, from the top; a module imports only from its own layer or the ones b
 5. ``spec/``: structured options into libvirt XML (domain, network, pool, volume).
 6. The engine's parts, flat: ``connection``, ``profiles``, ``xml``, ``units``, ``objects``, ``leases`` and
    ``sanlock`` (one lease probe per lock manager), ``lifecycle``, ``live``, ``checkpoints``,
-   ``handoff_marker``, ``references``, ``cloudinit``, ``managed``, ``nolog`` (what is a secret), ``errors``
+   ``handoff_marker``, ``references``, ``cloudinit``, ``images`` (images imported from a URL, their cache),
+   ``managed``, ``nolog`` (what is a secret), ``errors``
    and ``_imports`` (the one
    leaf holding the optional imports).
 """

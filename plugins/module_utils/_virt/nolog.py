@@ -9,7 +9,8 @@ What counts as a secret here (options that *are* secrets are ``no_log`` in their
 * in any text that is XML: the value of every ``passwd`` or ``password`` attribute (graphics consoles),
   the text of every ``<passwd>`` or ``<password>`` element and of every ``<cookie>`` (a network disk's
   cookies);
-* in any text that is a URI: the password of its ``user:password@`` part (connection passwords);
+* in any text that is a URI: the password of its ``user:password@`` part (connection passwords, the URL a
+  volume is imported from and its checksum file), also percent-decoded;
 * in every ``cloud_init`` dictionary (``spec.cloud_init`` of a domain, also as an item of ``apply``):
   in its ``user_data``, ``meta_data`` and ``network_config`` - a dictionary, or YAML text - the values of
   ``password``, ``passwd``, ``hashed_passwd`` and ``plain_text_passwd`` at any depth (the default user's
@@ -20,6 +21,7 @@ What counts as a secret here (options that *are* secrets are ``no_log`` in their
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 try:
     import yaml
@@ -121,6 +123,7 @@ def uri_secrets(text):
     out = set()
     for pw in _URI_RE.findall(text):
         _keep(out, pw)
+        _keep(out, unquote(pw))  # as it is sent (an http URL's password may be percent-encoded)
     return out
 
 

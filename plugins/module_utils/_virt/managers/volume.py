@@ -3,7 +3,9 @@
 """The storage volume manager: read -> desired -> apply (unless check mode) -> diff (in diff mode).
 
 A volume is created empty, as a copy-on-write overlay of a backing volume, as a clone of another
-volume, or with the content of a file on the host. Growing ``capacity`` resizes it; shrinking is
+volume, or with the content of an image: a file on the host, or an image fetched from an http(s) URL into
+the host's image cache and checked against its checksum (images.py), converted to the volume's format
+when it is in another one. Growing ``capacity`` resizes it; shrinking is
 refused unless ``allow_shrink``. Names that could leave the pool are refused, and before a volume
 is resized, wiped or deleted its path is checked to lie inside its pool's directory.
 It never calls exit_json/fail_json.
@@ -12,7 +14,6 @@ It never calls exit_json/fail_json.
 from __future__ import annotations
 
 import os
-import struct
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
@@ -20,6 +21,19 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     ValidationError,
     VirtError,
     libvirt_errors,
+)
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.images import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_TIMEOUT,
+    ImageCache,
+    convert_image,
+    fetch_image,
+    file_format,
+    is_url,
+    parse_checksum,
+    plan_fetch,
+    redact_url,
+    validate_url,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.base import Manager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import pool_target, pool_type
@@ -42,13 +56,16 @@ VOLUME_ARGUMENT_SPEC = {
     "format": {"type": "str", "choices": VOLUME_FORMATS},
     "backing_volume": {"type": "str"},
     "clone_from": {"type": "str"},
-    "import_from": {"type": "path"},
+    "import_from": {"type": "str"},
+    "checksum": {"type": "str"},
+    "timeout": {"type": "int", "default": DEFAULT_TIMEOUT},
+    "validate_certs": {"type": "bool", "default": True},
+    "cache_dir": {"type": "path", "default": DEFAULT_CACHE_DIR},
     "wipe": {"type": "bool", "default": False},
     "allow_shrink": {"type": "bool", "default": False},
 }
 VOLUME_MUTUALLY_EXCLUSIVE = [("backing_volume", "clone_from", "import_from")]
 
-QCOW2_MAGIC = b"QFI\xfb"
 SECTOR = 512
 MAX_CHAIN = 32
 
@@ -135,16 +152,6 @@ def list_volumes(conn, pool_name=None, name=None):
     return out
 
 
-def file_format(path):
-    """(format, virtual size, has a backing file) of an image file: qcow2 from its header, raw otherwise."""
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-    if head[:4] == QCOW2_MAGIC and len(head) >= 32:
-        backing_offset = struct.unpack(">Q", head[8:16])[0]
-        return "qcow2", struct.unpack(">Q", head[24:32])[0], backing_offset != 0
-    return "raw", os.path.getsize(path), False
-
-
 # --------------------------------------------------------------------------- manager
 def _describe(facts, state):
     if facts is None:
@@ -161,6 +168,13 @@ def _describe(facts, state):
     return "\n".join(lines) + "\n"
 
 
+def _describe_image(image):
+    if not image:
+        return ""
+    cached = {True: "yes", False: "no", None: "unknown until the checksum file is read"}[image["cached"]]
+    return "image: {} ({}; cached: {})\n".format(image["url"], image["checksum"], cached)
+
+
 def _same_capacity(actual, desired):
     """libvirt rounds qcow2 sizes up to whole sectors."""
     return actual == desired or (desired < actual < desired + SECTOR and actual % SECTOR == 0)
@@ -174,6 +188,14 @@ class VolumeManager(Manager):
     def __init__(self, conn, params, check_mode=False, diff_mode=False, host=None, brief=False):
         super().__init__(conn, params, check_mode, diff_mode, host=host, brief=brief)
         self.label = "volume {}/{}".format(params["pool"], self.name)
+        self.upload_from = None  # the file an import uploads into the new volume
+        self.converted = None  # a temporary copy of a fetched image in the volume's format, removed after
+
+    def with_result(self, err):
+        err = super().with_result(err)
+        if self.result.get("image"):
+            err.result["image"] = self.result["image"]  # what was fetched, also when the import failed after
+        return err
 
     # ------------------------------------------------------------------ validation
     def _validate(self):
@@ -188,8 +210,38 @@ class VolumeManager(Manager):
             raise ValidationError("capacity must be larger than 0")
         if p.get("backing_volume") and p.get("format") == "raw":
             raise ValidationError("a volume with a backing volume (an overlay) must be qcow2, not raw")
-        if p.get("import_from") and not os.path.isabs(p["import_from"]):
-            raise ValidationError("import_from must be an absolute path, got {!r}".format(p["import_from"]))
+        self._validate_import(p.get("import_from"))
+
+    def _validate_import(self, source):
+        """``import_from``: an absolute path on the host, or an http(s) URL with a checksum."""
+        p = self.params
+        self.url = self.checksum = self.import_path = None
+        if source and is_url(source):
+            validate_url(source)
+            if not p.get("checksum"):
+                raise ValidationError(
+                    "import_from: {} is a URL and no checksum is given; an image that cannot be verified is not "
+                    "imported (checksum: sha256:<hex>, sha512:<hex>, or sha256:<URL of a checksum file>)".format(
+                        redact_url(source)
+                    )
+                )
+            self.checksum = parse_checksum(p["checksum"])
+            if p["timeout"] <= 0:
+                raise ValidationError("timeout must be a number of seconds larger than 0")
+            ImageCache(p["cache_dir"])
+            self.url = source
+            return
+        if source and "://" in source:
+            raise ValidationError(
+                "import_from: only http:// and https:// URLs can be fetched, not {}".format(redact_url(source))
+            )
+        if p.get("checksum"):
+            raise ValidationError("checksum goes with an http:// or https:// URL in import_from")
+        if not source:
+            return
+        self.import_path = os.path.expanduser(os.path.expandvars(source))
+        if not os.path.isabs(self.import_path):
+            raise ValidationError("import_from must be an absolute path or a URL, got {!r}".format(source))
 
     def _pool(self):
         reason = self.host.failure(POOL, self.params["pool"])
@@ -253,7 +305,9 @@ class VolumeManager(Manager):
             self.result["volume"] = after
         if self.diff_mode:
             self.result["diff"] = self._diff(
-                _describe(before, "present"), _describe(after, "present"), "absent" if after is None else "desired"
+                _describe(before, "present"),
+                _describe(after, "present") + _describe_image(self.result.get("image")),
+                "absent" if after is None else "desired",
             )
         return self.result
 
@@ -321,6 +375,14 @@ class VolumeManager(Manager):
         return facts
 
     def _create(self):
+        try:
+            return self._create_volume()
+        finally:
+            if self.converted:
+                os.unlink(self.converted)
+                self.converted = None
+
+    def _create_volume(self):
         p = self.params
         fmt = p.get("format")
         capacity = self.capacity
@@ -347,22 +409,19 @@ class VolumeManager(Manager):
             capacity = src["capacity"]
             self._act("clone")
         elif p.get("import_from"):
-            path = p["import_from"]
             if not self.conn.local:
-                raise ValidationError("import_from needs a local connection: the file must be on the hypervisor")
-            if not os.path.isfile(path):
-                raise ValidationError("import_from: {} is not a regular file on {}".format(path, self.conn.hostname))
-            found, virtual, has_backing = file_format(path)
-            if has_backing:
-                raise ValidationError(
-                    "import_from: {} is a qcow2 overlay that refers to a backing file; import a standalone "
-                    "image (qemu-img convert) or use backing_volume".format(path)
-                )
-            if fmt and fmt != found:
-                raise ValidationError("import_from: {} is a {} image, not {}".format(path, found, fmt))
-            fmt = found
-            how = self._check_capacity(virtual, capacity)
-            capacity = virtual
+                raise ValidationError("import_from needs a local connection: the image is read on the hypervisor")
+            if self.url:
+                found, virtual = self._fetch(fmt)
+            else:
+                found, virtual = self._image_format(self.import_path, self.import_path)
+                if fmt and fmt != found:
+                    raise ValidationError("import_from: {} is a {} image, not {}".format(self.import_path, found, fmt))
+                self.upload_from = self.import_path
+            fmt = fmt or found
+            if virtual is not None:
+                how = self._check_capacity(virtual, capacity)
+                capacity = virtual
             self._act("import")
         else:
             if capacity is None:
@@ -385,8 +444,13 @@ class VolumeManager(Manager):
         if self.check_mode:
             self.host.planned(VOLUME, self.name, p["pool"])
             return predicted
-        if p.get("import_from"):
-            xml = build_volume_xml(self.name, os.path.getsize(p["import_from"]), 0, "raw")
+        return self._make(source, capacity, fmt, backing, how)
+
+    def _make(self, source, capacity, fmt, backing, how):
+        """Create the volume (and fill it, and resize it); its facts."""
+        p = self.params
+        if self.upload_from:
+            xml = build_volume_xml(self.name, os.path.getsize(self.upload_from), 0, "raw")
         else:
             xml = build_volume_xml(self.name, capacity, self.allocation, fmt, backing)
         with libvirt_errors("cannot create volume {}".format(self.name)):
@@ -395,8 +459,8 @@ class VolumeManager(Manager):
             else:
                 vol = self.pool.createXML(to_text(xml), 0)
         try:
-            if p.get("import_from"):
-                vol = self._upload(vol, p["import_from"])
+            if self.upload_from:
+                vol = self._upload(vol, self.upload_from)
             if how:
                 with libvirt_errors("cannot resize volume {}".format(self.name)):
                     vol.resize(self.capacity, libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if how == "shrink" else 0)
@@ -411,6 +475,40 @@ class VolumeManager(Manager):
             raise
         self.host.put(VOLUME, self.name, vol, p["pool"])
         return volume_facts(vol, p["pool"])
+
+    def _image_format(self, path, what):
+        """(format, virtual size) of image file ``path``; an overlay with a backing file is refused."""
+        if not os.path.isfile(path):
+            raise ValidationError("import_from: {} is not a regular file on {}".format(what, self.conn.hostname))
+        found, virtual, has_backing = file_format(path)
+        if has_backing:
+            raise ValidationError(
+                "import_from: {} is a qcow2 overlay that refers to a backing file; import a standalone "
+                "image (qemu-img convert) or use backing_volume".format(what)
+            )
+        return found, virtual
+
+    def _fetch(self, fmt):
+        """The image of the import_from URL, from the cache or downloaded (in check mode only looked up),
+        converted to ``fmt`` when it is in another format: (its format, virtual size), None where not known."""
+        p = self.params
+        if self.check_mode:
+            image = plan_fetch(self.url, self.checksum, p["cache_dir"])
+        else:
+            image = fetch_image(self.url, self.checksum, p["cache_dir"], p["timeout"], p["validate_certs"])
+        self.result["image"] = image
+        if not image["cached"]:
+            self._act("fetch")
+        if not image["cached"] and self.check_mode:
+            return None, None  # its format and size are known once it is fetched
+        found, virtual = self._image_format(image["path"], "the image fetched from " + image["url"])
+        image["format"] = found
+        if fmt and fmt != found:
+            self._act("convert")
+            if not self.check_mode:
+                self.converted = convert_image(image["path"], found, fmt)
+        self.upload_from = self.converted or image["path"]
+        return found, virtual
 
     def _upload(self, vol, path):
         size = os.path.getsize(path)

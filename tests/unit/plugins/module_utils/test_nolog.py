@@ -28,6 +28,9 @@ def test_uri_password():
     assert nolog.uri_secrets("qemu+ssh://root:uriPW5@hv1/system") == {"uriPW5"}
     assert nolog.uri_secrets("qemu+ssh://root@hv1/system") == set()
     assert nolog.uri_secrets("qemu:///system") == set()
+    # an image URL and its checksum file (volume import_from, checksum): sent percent-decoded, masked both ways
+    assert nolog.uri_secrets("https://ops:img%2FPW@images.example.org/a.qcow2") == {"img%2FPW", "img/PW"}
+    assert nolog.param_secrets({"checksum": "sha256:https://u:sumPW@example.org/SHA256SUMS"}) == {"sumPW"}
 
 
 CLOUD_CONFIG = {

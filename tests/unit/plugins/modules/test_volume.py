@@ -1,13 +1,22 @@
-"""The volume and volume_info modules, run in-process against libvirt's test:///default driver.
+"""The volume and volume_info modules, run in-process against libvirt's test:///default driver; images
+imported from a URL are served by a real HTTP server on 127.0.0.1.
 
 The test driver cannot resize, wipe or upload; those paths run on the lab (tests/integration)."""
 
-import pytest
+import hashlib
+import json
+import os
 
+import pytest
+from ansible.module_utils import basic
+
+from ansible_collections.lockstep.virt.plugins.module_utils._virt import images
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers import volume as volume_manager
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume import validate_volume_name
 from ansible_collections.lockstep.virt.plugins.modules import volume as volume_module
 from ansible_collections.lockstep.virt.plugins.modules import volume_info as info_module
+from ansible_collections.lockstep.virt.tests.unit.fakes.image_server import serving
 
 URI = "test:///default"
 POOL = "default-pool"
@@ -157,3 +166,120 @@ def test_capacity_and_allocation_units(hv, run_module, capacity, allocation, exp
     assert r["changed"] and r["volume"]["capacity"] == expected_capacity, r
     info = hv.storagePoolLookupByName(POOL).storageVolLookupByName("v1").info()
     assert info[1] == expected_capacity and info[2] == expected_allocation
+
+
+# --------------------------------------------------------------------------- import_from a URL
+# (the test driver cannot upload: a fetched image reaching a volume is checked on the lab)
+IMAGE = b"\1" * MiB
+IMAGE_SHA256 = hashlib.sha256(IMAGE).hexdigest()
+
+
+@pytest.fixture
+def server(monkeypatch):
+    yield from serving(monkeypatch, {"/disk.img": IMAGE})
+
+
+def url_args(server, tmp_path, name="fetched.qcow2", **kw):
+    args = {
+        "capacity": None,
+        "format": "qcow2",
+        "import_from": server.url("/disk.img"),
+        "checksum": "sha256:" + IMAGE_SHA256,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    args.update(kw)
+    return vol_args(name, **args)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        ({"checksum": None}, "no checksum is given; an image that cannot be verified is not imported"),
+        ({"checksum": "md5:d41d8cd98f00b204e9800998ecf8427e"}, "algorithm must be one of"),
+        ({"checksum": "sha256:abc"}, "64 hexadecimal digits"),
+        ({"import_from": "/srv/disk.img"}, "checksum goes with an http:// or https:// URL"),
+        ({"import_from": "ftp://example.org/disk.img"}, "only http:// and https:// URLs"),
+        ({"import_from": "https://example.org/"}, "does not name a file"),
+        ({"timeout": 0}, "timeout must be"),
+        ({"cache_dir": "relative/cache"}, "cache_dir must be an absolute path"),
+    ],
+)
+def test_url_import_bad_input(hv, run_module, server, tmp_path, args, needle):
+    r = run_module(volume_module.main, url_args(server, tmp_path, **args))
+    assert r["failed"] and needle in r["msg"] and not r.get("changed"), r
+    assert names(hv) == [] and server.requests == [] and not (tmp_path / "cache").exists()
+
+
+def test_url_import_check_mode_reports_the_fetch_and_fetches_nothing(hv, run_module, server, tmp_path):
+    r = run_module(volume_module.main, url_args(server, tmp_path), check_mode=True, diff=True)
+    assert r["changed"] and r["actions"] == ["fetch", "import"], r
+    assert r["image"] == {
+        "url": server.url("/disk.img"),
+        "checksum": "sha256:" + IMAGE_SHA256,
+        "path": str(tmp_path / "cache" / ("sha256-" + IMAGE_SHA256)),
+        "cached": False,
+        "downloaded": 0,
+    }
+    assert "image: {} (sha256:{}; cached: no)".format(server.url("/disk.img"), IMAGE_SHA256) in r["diff"]["after"]
+    assert server.requests == [] and names(hv) == [] and not (tmp_path / "cache").exists()
+    # a checksum file is not read in check mode either
+    sums = "sha256:" + server.url("/SHA256SUMS")
+    r = run_module(volume_module.main, url_args(server, tmp_path, checksum=sums), check_mode=True)
+    assert r["image"]["cached"] is None and r["image"]["checksum"] == sums and server.requests == []
+
+
+def test_url_import_check_mode_with_the_image_cached(hv, run_module, server, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ("sha256-" + IMAGE_SHA256)).write_bytes(IMAGE)
+    r = run_module(volume_module.main, url_args(server, tmp_path), check_mode=True)
+    assert r["actions"] == ["convert", "import"] and r["image"]["cached"] is True, r
+    assert r["image"]["format"] == "raw" and r["volume"]["capacity"] == MiB and r["volume"]["format"] == "qcow2"
+    r = run_module(volume_module.main, url_args(server, tmp_path, format="raw"), check_mode=True)
+    assert r["actions"] == ["import"] and server.requests == []
+
+
+def test_url_import_of_a_present_volume_makes_no_request(hv, run_module, server, tmp_path):
+    run_module(volume_module.main, vol_args("fetched.qcow2"))
+    for check, diff in ((False, False), (True, False), (False, True), (True, True)):
+        r = run_module(volume_module.main, url_args(server, tmp_path), check_mode=check, diff=diff)
+        assert not r["changed"] and r["actions"] == [] and "image" not in r, (check, diff, r)
+    assert server.requests == [] and not (tmp_path / "cache").exists()
+
+
+def test_url_import_with_a_wrong_checksum_fails_and_leaves_nothing(hv, run_module, server, tmp_path):
+    wrong = hashlib.sha256(b"another image").hexdigest()
+    r = run_module(volume_module.main, url_args(server, tmp_path, checksum="sha256:" + wrong))
+    assert r["failed"] and not r["changed"] and "does not have the checksum given" in r["msg"], r
+    assert server.requests == ["/disk.img"] and names(hv) == [] and os.listdir(tmp_path / "cache") == []
+
+
+def test_url_password_never_shown(hv, run_module, server, tmp_path, monkeypatch):
+    lines = []
+    monkeypatch.setattr(basic, "has_journal", False)
+    monkeypatch.setattr(basic.AnsibleModule, "_log_to_syslog", lambda self, msg: lines.append(msg))
+    url = server.url("/missing.img", "ops:Vx9%2Fq7@")
+    for check in (True, False):
+        r = run_module(volume_module.main, url_args(server, tmp_path, import_from=url), check_mode=check)
+        assert "ops:********@127.0.0.1" in json.dumps(r), r
+        everything = json.dumps(r) + "".join(lines)
+        assert "Vx9" not in everything and "Invoked with" in "".join(lines)
+    assert r["failed"] and "HTTP 404" in r["msg"] and names(hv) == []
+
+
+def test_url_import_failing_after_the_fetch_removes_the_converted_copy(hv, run_module, server, tmp_path, monkeypatch):
+    # the test driver cannot upload: the import fails after the fetch and the conversion
+    copies = []
+
+    def convert(*args):
+        copies.append(images.convert_image(*args))
+        assert os.path.isfile(copies[-1])
+        return copies[-1]
+
+    monkeypatch.setattr(volume_manager, "convert_image", convert)
+    r = run_module(volume_module.main, url_args(server, tmp_path))
+    assert len(copies) == 1 and not os.path.exists(copies[0])
+    assert r["failed"] and "the new volume was removed again" in r["msg"] and names(hv) == [], r
+    assert r["image"]["cached"] is False and r["image"]["downloaded"] == MiB and r["image"]["format"] == "raw"
+    assert server.requests == ["/disk.img"]
+    assert os.listdir(tmp_path / "cache") == ["sha256-" + IMAGE_SHA256]  # the image stays cached; no copy left
