@@ -14,11 +14,14 @@ naming the object); transient objects are skipped (``apply`` would make them per
 
 from __future__ import annotations
 
+import copy
+
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError, VirtError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import read_lock_config
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.apply import KINDS, item_validator
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.pool import RUNTIME_TAGS
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.managers.volume import volume_facts
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import DOMAIN, POOL, VOLUME, HostCache
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.export import (
@@ -30,7 +33,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.reporters.expo
     selected,
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.volume import VOLUME_FORMATS
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import to_text
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, to_text
 
 EXPORT_ARGUMENT_SPEC = {
     "include": {"type": "list", "elements": "str", "choices": list(EXPORT_KINDS), "default": list(EXPORT_KINDS)},
@@ -134,7 +137,10 @@ class ExportManager:
             item_state = DOMAIN_STATES.get(state, "shutdown")
         else:
             item_state = "active" if active else "inactive"
-        root = self.host.read_xml(obj, kind, secure=kind is DOMAIN)
+        root = copy.deepcopy(self.host.read_xml(obj, kind, secure=kind is DOMAIN))
+        for tag in RUNTIME_TAGS if kind is POOL else ():  # how full the pool is: not part of a definition
+            for el in elements(root, tag):
+                root.remove(el)
         dropped = drop_secrets(root)
         if dropped:
             self.warnings.append(

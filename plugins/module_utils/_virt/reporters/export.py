@@ -12,6 +12,7 @@ a candidate: ``managers/export.py`` keeps it only when the kind's manager finds 
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.cloudinit import seed_of
@@ -31,6 +32,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import ele
 EXPORT_KINDS = ("networks", "pools", "volumes", "domains")
 SECRET_ATTRS = ("passwd", "password")
 SECRET_ELEMENTS = ("passwd", "password", "cookies")
+GENERATED_BRIDGE = re.compile(r"^virbr[0-9]+$")  # how libvirt names a network's bridge when it is given none
 
 
 class NoSpec(Exception):
@@ -163,7 +165,8 @@ def network_spec(root):
     bridge = _one(root, "bridge")
     if bridge is not None:
         _only(bridge, ("name", "stp", "delay"))
-        if bridge.get("name"):
+        # a virbrN name is libvirt's own pick: left to the host the export is applied to, where it may be taken
+        if bridge.get("name") and (spec["forward"] == "bridge" or not GENERATED_BRIDGE.match(bridge.get("name"))):
             spec["bridge"] = bridge.get("name")
     mtu = _one(root, "mtu")
     if mtu is not None:
