@@ -2,11 +2,13 @@
 change in any mode) and to hv2, which has none of them (all created, then no change)."""
 
 import json
+import os
 import random
 import uuid
 
 import pytest
 from labkit import define, tiny_domain_xml
+from test_xml_corpus import _virt_install
 
 EXPORT = "lockstep.virt.export"
 APPLY = "lockstep.virt.apply"
@@ -146,6 +148,60 @@ def test_export_applied_to_its_own_host_and_to_an_empty_one(lab, objects):
     uuid1 = lab.virsh(hv1, "domuuid", o["spec_guest"]).stdout.strip()
     assert lab.virsh(hv2, "domuuid", o["spec_guest"]).stdout.strip() == uuid1
     assert "passwd" not in lab.virsh(hv2, "dumpxml", "--security-info", o["xml_guest"]).stdout
+    for check, diff in ((False, False), (True, True)):
+        second = lab.module(hv2, APPLY, options, check=check, diff=diff)
+        assert not second.get("failed") and second["changed"] is False, (check, diff, second)
+
+
+# guests as virt-install writes them (tests/integration/test_xml_corpus.py), with no network to need elsewhere
+VIRT_INSTALL = [
+    ("debian", "--os-variant debian11 --memory 256 --disk path={disk},bus=virtio --network none"),
+    ("alpine", "--os-variant alpinelinux3.17 --memory 256 --disk path={disk} --graphics none --console pty"),
+    ("vncpw", "--os-variant win2k19 --memory 256 --disk path={disk},bus=sata --graphics vnc,password=" + PASSWORD),
+    ("generic", "--os-variant generic --memory 128 --disk none --graphics none"),
+]
+
+
+@pytest.fixture
+def written_by_virt_install(lab):
+    prefix = "ite-" + uuid.uuid4().hex[:6] + "-"
+    disk = lab.new_disk(prefix + "disk")
+    names = []
+    try:
+        docs = []  # all written before any is defined: virt-install refuses a disk another guest uses
+        for suffix, options in VIRT_INSTALL:
+            if "--network" not in options:
+                options += " --network none"
+            res = _virt_install(lab, lab.hosts[0], prefix + suffix, options.format(disk=disk), lab.images_dir)
+            assert res.returncode == 0, res.stderr
+            docs.append((prefix + suffix, res.stdout))
+        for name, xml in docs:
+            define(lab, lab.hosts[0], xml)
+            names.append(name)
+        yield prefix, names
+    finally:
+        for name in names:
+            lab.cleanup_domain(name)
+        os.unlink(disk)
+
+
+def test_guests_written_by_virt_install_round_trip(lab, written_by_virt_install):
+    hv1, hv2 = lab.hosts[0], lab.hosts[1]
+    prefix, names = written_by_virt_install
+    exported = lab.module(hv1, EXPORT, {"include": ["domains"], "names": [prefix + "*"]})
+    assert not exported.get("failed"), exported
+    assert PASSWORD not in json.dumps(exported)
+    assert sorted(d["name"] for d in exported["apply"]["domains"]) == sorted(names)
+    assert all(o.get("unchanged", True) for o in exported["objects"]), exported["objects"]
+    assert any(prefix + "vncpw" in w for w in exported["warnings"]), exported["warnings"]
+    options = exported["apply"]
+    for check, diff in ((False, False), (True, False), (False, True), (True, True)):
+        again = lab.module(hv1, APPLY, options, check=check, diff=diff)
+        assert not again.get("failed") and again["changed"] is False, (check, diff, again)
+    created = lab.module(hv2, APPLY, options)
+    assert not created.get("failed") and created["summary"]["created"] == len(names), created
+    for name in names:
+        assert lab.domain_state(hv2, name) == "shut off"
     for check, diff in ((False, False), (True, True)):
         second = lab.module(hv2, APPLY, options, check=check, diff=diff)
         assert not second.get("failed") and second["changed"] is False, (check, diff, second)
