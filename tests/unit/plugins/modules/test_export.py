@@ -60,10 +60,13 @@ def test_the_default_host_applied_back_is_unchanged_and_recreated_when_gone(hv, 
     dom.undefine()
     hv.networkLookupByName("default").destroy()
     hv.networkLookupByName("default").undefine()
+    hv.storagePoolLookupByName("default-pool").destroy()
+    hv.storagePoolLookupByName("default-pool").undefine()
     again = apply(run_module, r["apply"])
     assert again["changed"] is True
     created = dict((e["name"], e["outcome"]) for e in again["results"])
-    assert created == {"default": "created", "default-pool": "unchanged", "test": "created"}
+    assert created == {"default": "created", "default-pool": "created", "test": "created"}
+    assert hv.storagePoolLookupByName("default-pool").isActive()
     assert hv.lookupByName("test").isActive() and hv.networkLookupByName("default").isActive()
     assert hv.lookupByName("test").UUIDString() == "6695eb01-f6a4-8304-79aa-97f2502e193f"
     assert "aa:bb:cc:dd:ee:ff" in hv.lookupByName("test").XMLDesc(0) and "aa:bb:cc:dd:ee:ff" in before
