@@ -78,7 +78,9 @@ options:
     description:
       - Remove the objects of each kind given (O(networks), O(domains)) that carry the collection's managed
         mark (every object defined from a C(spec), or from C(xml), by this collection) and are not listed.
-      - An object without the mark is never touched.
+      - An object without the mark is never touched. An object defined by other means (taken under management
+        with M(lockstep.virt.export), for example) stays unmarked while its definition matches its item, and
+        is marked the first time its item redefines it.
       - Every marked object of those kinds counts, whoever defined it (another play, another team, the
         collection's demo); O(prune_pattern) limits the prune to the names that are yours.
     type: bool

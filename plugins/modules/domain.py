@@ -12,6 +12,9 @@ description:
     what libvirt fills in (a UUID you did not give, MAC and PCI addresses, aliases, controllers,
     default models) is never a difference. Devices you manage (disks, interfaces, leases, channels,
     graphics, ...) are compared as sets, so removing one from the definition is a change.
+  - A guest it defines carries the collection's managed mark in its C(<metadata>). A guest defined by other
+    means whose definition already matches is left as it is, unmarked; it gets the mark the first time this
+    module redefines it.
   - A running guest takes some changes live (libvirt's LIVE flag; the definition is updated first) -
     disks (C(device=disk) on a C(virtio) or C(scsi) bus) and C(virtio) interfaces added or removed are
     hot-plugged or unplugged, a disk whose O(spec.disks[].size) grew is resized online, the current memory

@@ -17,6 +17,8 @@ description:
     until restarted - RV(pending_restart) says so - unless O(restart_on_change=true), which restarts it
     (guests attached to it lose connectivity for a moment).
   - Networks defined from O(spec) or O(xml) carry the collection's managed mark in their C(<metadata>).
+    A network defined by other means whose definition already matches is left as it is, unmarked; it gets
+    the mark the first time this module redefines it.
 extends_documentation_fragment:
   - lockstep.virt.attributes
   - lockstep.virt.attributes.actiongroup_libvirt

@@ -8,6 +8,8 @@ A later prune touches only objects carrying this mark. Works for any libvirt obj
 
 from __future__ import annotations
 
+import copy
+
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import elements, etree, local
 
 MANAGED_NS = "https://lockstep.virt/ns/managed/1"
@@ -56,6 +58,22 @@ def is_managed(root):
     """True when ``root`` (a libvirt object's XML element) carries the collection's mark."""
     md = metadata_element(root, create=False)
     return md is not None and md.find(managed_tag()) is not None
+
+
+def compared_mark(desired, existing):
+    """``desired`` as it is compared with ``existing``: without the managed mark when ``existing`` is an
+    object that carries none (one defined by other means, adopted as it is). The mark is written when the
+    collection (re)defines the object for another difference; until then the object is left as it is - and,
+    unmarked, is never pruned."""
+    if desired is None or existing is None or is_managed(existing) or not is_managed(desired):
+        return desired
+    out = copy.deepcopy(desired)
+    md = metadata_element(out, create=False)
+    for old in md.findall(managed_tag()):
+        md.remove(old)
+    if not len(md) and not (md.text or "").strip():
+        out.remove(md)
+    return out
 
 
 def set_user_metadata(root, values):

@@ -78,7 +78,7 @@ MSG_OBJECTS = 10  # failed objects the message names (all are in the results)
 SUMMARY_KEYS = ("created", "changed", "unchanged", "removed", "failed", "skipped")
 
 
-def _item_validator(spec, mutually_exclusive):
+def item_validator(spec, mutually_exclusive):
     return ArgumentSpecValidator(dict((k, v) for k, v in spec.items() if k != "uri"), mutually_exclusive)
 
 
@@ -113,7 +113,7 @@ class ApplyManager:
 
     def _items(self, option, kind, spec, mutually_exclusive):
         """The items of ``option``, each validated by the single-object module's argument spec; the errors."""
-        validator = _item_validator(spec, mutually_exclusive)
+        validator = item_validator(spec, mutually_exclusive)
         items, errors, seen = [], [], set()
         for index, raw in enumerate(self.params.get(option) or []):
             where = "{}[{}]".format(option, index) + (" ({})".format(_label(kind, raw)) if _label(kind, raw) else "")
@@ -206,7 +206,7 @@ class ApplyManager:
                 raw = {"name": name, "state": "absent"}
                 if kind is DOMAIN:
                     raw["lock"] = self.params["lock"]
-                params = _item_validator(spec, exclusive).validate(raw).validated_parameters
+                params = item_validator(spec, exclusive).validate(raw).validated_parameters
                 manager = self._manager(kind, cls, params)
                 manager.pruned = True
                 out.append((kind, manager))
@@ -235,4 +235,4 @@ class ApplyManager:
         return result
 
 
-__all__ = ["APPLY_ARGUMENT_SPEC", "ApplyManager"]
+__all__ = ["APPLY_ARGUMENT_SPEC", "KINDS", "ApplyManager", "item_validator"]

@@ -24,6 +24,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
     from_libvirt_error,
     libvirt_errors,
 )
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.managed import compared_mark
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.objects import Host
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.common import validate_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
@@ -371,7 +372,7 @@ class DefinedManager(Manager):
         defined_now = False
         if desired is not None:
             self._check_desired(desired, existing)
-            drift = self._drift(desired, existing)
+            drift = self._drift(compared_mark(desired, existing), existing)
             obj, defined_now = self._define(obj, existing, desired, drift, before)
 
         predicted = {"state": self.NEW_STATE if obj is None or not self.existed else before["state"]}
@@ -385,7 +386,7 @@ class DefinedManager(Manager):
                 self._rollback(obj, err)
             raise
         if desired is not None and obj is not None and self._runs(obj, before, predicted):
-            self._pending_restart(obj, desired)
+            self._pending_restart(obj, compared_mark(desired, existing))
         self._after(obj, predicted)
 
         if self.diff_mode:
