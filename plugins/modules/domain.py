@@ -280,7 +280,8 @@ options:
         description:
           - A virtual TPM emulated by swtpm (C(<tpm><backend type='emulator'/></tpm>)); the hypervisor needs the
             C(swtpm) and C(swtpm-tools) packages. libvirt starts one swtpm per guest and keeps its state in
-            C(/var/lib/libvirt/swtpm/<uuid>/), removed with the guest (O(state=absent)).
+            C(/var/lib/libvirt/swtpm/<uuid>/), removed with the guest (O(state=absent)) unless
+            O(spec.tpm.persistent_state) keeps it.
           - A live migration with M(lockstep.virt.migrate) carries the TPM state to the destination in QEMU's
             migration stream; the state directory must not be on storage shared by the hosts (libvirt 9.0 has no
             shared-TPM-state migration).
@@ -298,7 +299,8 @@ options:
             default: '2.0'
           persistent_state:
             description:
-              - Keep the TPM state when the guest is undefined (C(persistent_state='yes')) - also a transient guest's.
+              - Keep the TPM state when the guest is undefined (C(persistent_state='yes')), and a transient
+                guest's when it stops; libvirt leaves it in C(/var/lib/libvirt/swtpm/<uuid>/) after O(state=absent).
             type: bool
             default: false
       lease:
