@@ -1,5 +1,10 @@
 """``wait_for: address`` of lockstep.virt.domain on the lab.
 
+The guest agent's address: the lab's Linux guest (tests/lab/guest_image.py: no network interface, an agent)
+started by the module with ``wait_for: address`` while this test, once the agent answers, adds an address
+on the guest's loopback device (192.0.2.0/24, TEST-NET-1): the wait goes on through "agent not connected"
+and "loopback only" until the agent reports it.
+
 The DHCP lease is a real one, from the dnsmasq libvirt runs for a network on hv1: a DHCP client in hv1's
 namespace (a few lines of Python below, on a veth plugged into the network's bridge) asks for an address
 for the guest's MAC while the module waits. The guest itself needs no operating system (a diskless BIOS
@@ -8,13 +13,20 @@ by the MAC of the guest's interface. A guest with no interface and no agent fail
 saying what each source answered.
 """
 
+import os
 import random
+import sys
 import threading
 import time
 import uuid
 
 import pytest
+from agent_helpers import agent_exec, agent_ping
+from labkit import REPO
 from migrate_helpers import failed
+
+sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
+import guest_image
 
 MODULE = "lockstep.virt.domain"
 
@@ -143,3 +155,42 @@ def test_wait_for_address_fails_after_the_timeout_saying_what_was_tried(lab, gue
     assert "lease: no address" in res["msg"], res["msg"]
     assert res["address_sources"]["lease"] == "no address" and res["addresses"] == []
     assert res["changed"] is True and lab.domain_state(hv1, guest_name) == "running"  # started, then waited
+
+
+def test_wait_for_address_reads_the_guest_agent(lab, lab_image, guest_name):
+    hv1 = lab.hosts[0]
+    address = "192.0.2.{}".format(10 + uuid.uuid4().int % 200)
+    spec = {
+        "type": "qemu",
+        "memory": guest_image.MEMORY_MIB,
+        "kernel": os.path.join(guest_image.IMAGE_DIR, "vmlinuz"),
+        "initrd": os.path.join(guest_image.IMAGE_DIR, "initrd.img"),
+        "cmdline": lab_image.get("cmdline", guest_image.CMDLINE),
+        "features": ["acpi"],
+        "serial_console": True,
+        "guest_agent": True,
+    }
+    args = {"name": guest_name, "state": "running", "spec": spec, "wait_for": "address", "wait_timeout": 300}
+    added = []
+
+    def add_address():  # once the agent answers, while the module waits
+        deadline = time.monotonic() + 280
+        while not agent_ping(lab, hv1, guest_name):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(1)
+        agent_exec(lab, hv1, guest_name, "ip addr add {}/24 dev lo".format(address))
+        added.append(address)
+
+    thread = threading.Thread(target=add_address)
+    thread.start()
+    try:
+        res = lab.module(hv1, MODULE, args)
+    finally:
+        thread.join(timeout=300)
+    assert added, "the guest agent never answered"
+    assert not failed(res), res.get("msg")
+    assert res["actions"] == ["define", "start"]
+    assert [(a["interface"], a["address"], a["prefix"], a["family"], a["source"]) for a in res["addresses"]] == [
+        ("lo", address, 24, "ipv4", "agent")
+    ], res["addresses"]
