@@ -283,8 +283,9 @@ options:
             C(/var/lib/libvirt/swtpm/<uuid>/), removed with the guest (O(state=absent)) unless
             O(spec.tpm.persistent_state) keeps it.
           - A live migration with M(lockstep.virt.migrate) carries the TPM state to the destination in QEMU's
-            migration stream; the state directory must not be on storage shared by the hosts (libvirt 9.0 has no
-            shared-TPM-state migration).
+            migration stream into the destination's own C(/var/lib/libvirt/swtpm/<uuid>/) (measured on libvirt 9.0 with
+            swtpm 0.7); keep that directory local to each host - libvirt 9.0 does not migrate a TPM state kept on
+            storage the hosts share.
         type: dict
         suboptions:
           model:

@@ -105,6 +105,17 @@ def network(lab):
     lab.virsh(hv1, "net-undefine", net["name"], check=False)
 
 
+def module_while(lab, host, args, meanwhile):
+    """The module's result on ``host``, run while ``meanwhile`` runs beside it (what the guest or its network
+    does while the module waits)."""
+    thread = threading.Thread(target=meanwhile)
+    thread.start()
+    try:
+        return lab.module(host, MODULE, args)
+    finally:
+        thread.join(timeout=300)
+
+
 def dhcp_for(lab, host, net, mac):
     """A real lease from the network's dnsmasq for ``mac``, asked from a veth on the network's bridge."""
     veth, peer = net["veth"], net["veth"] + "p"
@@ -127,12 +138,7 @@ def test_wait_for_address_returns_the_dhcp_lease(lab, network, guest_name):
             time.sleep(0.5)
         leased.append(dhcp_for(lab, hv1, network, mac))
 
-    thread = threading.Thread(target=client)
-    thread.start()
-    try:
-        first = lab.module(hv1, MODULE, args)
-    finally:
-        thread.join(timeout=180)
+    first = module_while(lab, hv1, args, client)
     assert leased and leased[0].startswith(network["net"] + "."), leased
     assert not failed(first), first.get("msg")
     assert first["changed"] is True and first["actions"] == ["define", "start"]
@@ -182,12 +188,7 @@ def test_wait_for_address_reads_the_guest_agent(lab, lab_image, guest_name):
         agent_exec(lab, hv1, guest_name, "ip addr add {}/24 dev lo".format(address))
         added.append(address)
 
-    thread = threading.Thread(target=add_address)
-    thread.start()
-    try:
-        res = lab.module(hv1, MODULE, args)
-    finally:
-        thread.join(timeout=300)
+    res = module_while(lab, hv1, args, add_address)
     assert added, "the guest agent never answered"
     assert not failed(res), res.get("msg")
     assert res["actions"] == ["define", "start"]
