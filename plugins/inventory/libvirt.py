@@ -188,6 +188,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.addresses import usable
 from ansible_collections.lockstep.virt.plugins.plugin_utils._agent_ssh import (
     close_all,
     hypervisor,
@@ -258,10 +259,8 @@ def choose_address(addresses, sources, family="ipv4"):
             for entry in addresses:
                 if entry["source"] != source or entry["family"] != fam:
                     continue
-                ip = ipaddress.ip_address(entry["address"])
-                if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
-                    continue
-                return entry["address"]
+                if usable(entry):
+                    return entry["address"]
     return None
 
 

@@ -69,6 +69,8 @@ options:
     description:
       - Domains (guests), each with the options of M(lockstep.virt.domain) (less O(uri)).
       - An item without C(lock) takes O(lock).
+      - An item with C(wait_for) (see M(lockstep.virt.domain)) is waited for before the next one; its result holds
+        its C(addresses).
       - Not given - domains are not looked at, nor pruned. Given, even empty, with O(prune=true) - every
         domain carrying the collection's managed mark that is not listed is destroyed and undefined (its
         storage is kept).

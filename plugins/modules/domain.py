@@ -111,10 +111,27 @@ options:
         description: Machine type, for example V(pc) or V(q35) (versioned names such as V(pc-i440fx-7.2) match V(pc)).
         type: str
       firmware:
-        description: V(bios) (SeaBIOS) or V(uefi) (OVMF, chosen by libvirt's firmware autoselection).
+        description:
+          - V(bios) (SeaBIOS) or V(uefi) (OVMF, chosen by libvirt's firmware autoselection, C(<os firmware='efi'>),
+            from the firmware descriptors in C(/usr/share/qemu/firmware); Debian's C(ovmf) package ships them).
+          - With V(uefi) libvirt gives the guest its own NVRAM (UEFI variables),
+            C(/var/lib/libvirt/qemu/nvram/<name>_VARS.fd), made from the firmware's template at the first start
+            and kept from then on (also when O(spec.secure_boot) changes; O(state=absent) removes it).
+          - The live XML of a running UEFI guest names the loader and NVRAM libvirt chose instead of C(firmware='efi');
+            that is not a difference.
         type: str
         choices: [bios, uefi]
         default: bios
+      secure_boot:
+        version_added: 0.3.0
+        description:
+          - UEFI Secure Boot, with O(spec.firmware=uefi) only (refused otherwise).
+          - V(true) - a Secure Boot firmware with Microsoft's keys enrolled (C(<feature name='secure-boot'/>) and
+            C(<feature name='enrolled-keys'/>) enabled) and SMM on (C(<features><smm state='on'/>)). It needs the
+            q35 machine type - O(spec.machine) is set to V(q35) when not given, and another machine type is refused.
+          - V(false) - a firmware without Secure Boot (C(<feature enabled='no' name='secure-boot'/>)).
+          - Not given - libvirt's first matching firmware (on Debian 12, a Secure Boot one when SMM is on).
+        type: bool
       boot:
         description: Boot device order. Mutually exclusive with O(spec.kernel) and per-disk O(spec.disks[].boot_order).
         type: list
@@ -261,6 +278,35 @@ options:
             type: str
             choices: [unix, pty, spicevmc]
             default: unix
+      tpm:
+        version_added: 0.3.0
+        description:
+          - A virtual TPM emulated by swtpm (C(<tpm><backend type='emulator'/></tpm>)); the hypervisor needs the
+            C(swtpm) and C(swtpm-tools) packages. libvirt starts one swtpm per guest and keeps its state in
+            C(/var/lib/libvirt/swtpm/<uuid>/), removed with the guest (O(state=absent)) unless
+            O(spec.tpm.persistent_state) keeps it.
+          - A live migration with M(lockstep.virt.migrate) carries the TPM state to the destination in QEMU's
+            migration stream into the destination's own C(/var/lib/libvirt/swtpm/<uuid>/) (measured on libvirt 9.0 with
+            swtpm 0.7); keep that directory local to each host - libvirt 9.0 does not migrate a TPM state kept on
+            storage the hosts share.
+        type: dict
+        suboptions:
+          model:
+            description: The TPM interface. V(tpm-crb) is TPM 2.0 only.
+            type: str
+            choices: [tpm-crb, tpm-tis]
+            default: tpm-crb
+          version:
+            description: TPM version; V(1.2) needs O(spec.tpm.model=tpm-tis).
+            type: str
+            choices: ['2.0', '1.2']
+            default: '2.0'
+          persistent_state:
+            description:
+              - Keep the TPM state when the guest is undefined (C(persistent_state='yes')), and a transient
+                guest's when it stops; libvirt leaves it in C(/var/lib/libvirt/swtpm/<uuid>/) after O(state=absent).
+            type: bool
+            default: false
       lease:
         description:
           - A VM lease held while the guest runs, whatever its disks (lockd never leases network disks such as rbd).
@@ -341,6 +387,25 @@ options:
         libvirt; plain files only on a local URI). Never done otherwise.
     type: bool
     default: false
+  wait_for:
+    version_added: 0.3.0
+    description:
+      - V(address) - with O(state=running), once the guest runs, wait up to O(wait_timeout) seconds for an address -
+        its guest agent's (C(virsh domifaddr --source agent); needs O(spec.guest_agent) and an agent in the guest),
+        else the DHCP lease of its libvirt network (C(--source lease)). Loopback and link-local addresses do not count.
+        They are returned in RV(addresses).
+      - A guest without one after O(wait_timeout) fails the task, saying what each source answered
+        (RV(address_sources)).
+      - Waiting is never a change. In check mode the addresses of a guest that already runs are read once, without
+        waiting or failing.
+      - In M(lockstep.virt.apply), a guest item with O(wait_for) is waited for before the next item.
+    type: str
+    choices: [address]
+  wait_timeout:
+    version_added: 0.3.0
+    description: Seconds O(wait_for) waits.
+    type: int
+    default: 300
   lock:
     description: How leases are taken and checked when the guest starts.
     type: dict
@@ -445,6 +510,37 @@ EXAMPLES = r"""
       serial_console: true
       lease: {}
   register: changed_web1   # changed_web1.pending_restart is true while web1 runs
+
+- name: A UEFI guest with Secure Boot and a TPM 2.0 (no disk - it stays in its firmware)
+  lockstep.virt.domain:
+    name: sb1
+    state: running
+    spec:
+      memory: 64
+      firmware: uefi
+      secure_boot: true   # q35 machine, SMM on
+      tpm:
+        persistent_state: true
+
+- name: Start a guest and wait for the address its network's DHCP (or its guest agent) gives it
+  lockstep.virt.domain:
+    name: web2
+    state: running
+    spec:
+      memory: 256
+      disks:
+        - path: /var/lib/lockstep-lab/shared/images/web2.qcow2
+          format: qcow2
+      interfaces:
+        - network: default
+      guest_agent: true
+    wait_for: address
+    wait_timeout: 300
+  register: web2
+
+- name: Its first address
+  ansible.builtin.debug:
+    msg: "{{ web2.addresses[0].address }}"
 
 - name: Shut down gracefully, destroying it after 30 seconds if it ignores ACPI
   lockstep.virt.domain:
@@ -583,6 +679,31 @@ leases:
       type: list
       elements: str
       version_added: 0.2.0
+addresses:
+  version_added: 0.3.0
+  description:
+    - With O(wait_for=address), the guest's addresses from the first source that had one (the guest agent, then the
+      DHCP lease); loopback and link-local addresses left out. Empty in check mode for a guest not yet running.
+  returned: when O(wait_for) is given
+  type: list
+  elements: dict
+  contains:
+    interface:
+      description: "The interface name (the guest's, e.g. C(eth0), from the agent; the host's, C(vnet0), from a lease)."
+      type: str
+    mac: {description: "Its MAC address.", type: str}
+    address: {description: "The address.", type: str}
+    prefix: {description: "Its prefix length.", type: int}
+    family: {description: "C(ipv4) or C(ipv6).", type: str}
+    source: {description: "C(agent) or C(lease).", type: str}
+  sample:
+    - {interface: eth0, mac: "52:54:00:12:34:56", address: 192.168.100.23, prefix: 24, family: ipv4, source: agent}
+address_sources:
+  version_added: 0.3.0
+  description: When O(wait_for) timed out, what each source answered the last time (no address, or libvirt's error).
+  returned: failure of O(wait_for)
+  type: dict
+  sample: {agent: "cannot read the agent addresses of web2: Guest agent is not responding", lease: no address}
 removed_storage:
   description: Storage removed with O(remove_storage=true).
   returned: when storage was removed

@@ -59,3 +59,23 @@ def inventory_of(lab, config):
     res = run(lab, ["ansible-inventory", "-i", config, "--list"])
     assert res.returncode == 0, res.stderr
     return plain(json.loads(res.stdout))
+
+
+def agent_exec(lab, host, name, command):
+    """Run ``command`` with /bin/sh in the guest through its agent (guest-exec), waiting for it to exit 0."""
+    res = lab.virsh(
+        host,
+        "qemu-agent-command",
+        name,
+        json.dumps({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", command]}}),
+    )
+    pid = json.loads(res.stdout)["return"]["pid"]
+    for _attempt in range(50):
+        res = lab.virsh(host, "qemu-agent-command", name, json.dumps({"execute": "guest-exec-status",
+                                                                     "arguments": {"pid": pid}}))  # fmt: skip
+        status = json.loads(res.stdout)["return"]
+        if status.get("exited"):
+            assert status.get("exitcode") == 0, status
+            return
+        time.sleep(0.2)
+    raise AssertionError("{!r} did not finish in the guest".format(command))

@@ -545,9 +545,20 @@ def test_examples_run_as_pasted_on_hv1(lab):
     """The EXAMPLES as pasted, but for their names: guests web1 and db1 are this run's own (a user's web1 on
     the lab is left alone), and the default lab's shared directory is this lab's."""
     tag = "ex" + os.urandom(3).hex().translate(str.maketrans("0123456789abcdef", "ghijklmnopqrstuv"))  # no b, d, 1
-    renames = {"/var/lib/lockstep-lab/shared": lab.shared_dir, "web1": tag + "web1", "db1": tag + "db1"}
-    web1, db1 = renames["web1"], renames["db1"]
-    tasks = rename(load_examples(), renames)
+    renames = {
+        "/var/lib/lockstep-lab/shared": lab.shared_dir,
+        "web1": tag + "web1",
+        "db1": tag + "db1",
+        "sb1": tag + "sb1",
+    }
+    web1, db1, sb1 = renames["web1"], renames["db1"], renames["sb1"]
+    # the wait_for example needs a guest whose OS asks its network's DHCP for an address, which a lab guest has
+    # not: test_wait_for_address.py runs the same options, with a lease the network really gave
+    waiting = (
+        "Start a guest and wait for the address its network's DHCP (or its guest agent) gives it",
+        "Its first address",
+    )
+    tasks = [t for t in rename(load_examples(), renames) if t["name"] not in waiting]
     images = [os.path.join(lab.images_dir, n + ".qcow2") for n in (web1, db1)]
     leftovers = []
 
@@ -555,14 +566,14 @@ def test_examples_run_as_pasted_on_hv1(lab):
         return run.task(rename(name, renames), HV1)
 
     def clean():
-        for name in (web1, db1):
+        for name in (web1, db1, sb1):
             lab.virsh(HV1, "destroy", name, check=False)
-            lab.virsh(HV1, "undefine", "--nvram", name, check=False)
+            lab.virsh(HV1, "undefine", "--nvram", "--tpm", name, check=False)
         for path in images + [disk_lease(lab, p) for p in images] + leftovers:
             if os.path.exists(path) and lock_holder(path) is None:
                 os.unlink(path)
 
-    for name in (web1, db1):
+    for name in (web1, db1, sb1):
         assert lab.domain_state(HV1, name) is None, "{} already exists on {}".format(name, HV1)
     assert not any(os.path.exists(p) for p in images), images
     try:
@@ -587,6 +598,10 @@ def test_examples_run_as_pasted_on_hv1(lab):
         defined = task("Define a guest from libvirt XML without starting it")
         assert defined["changed"] is True and defined["actions"] == ["define"]
         assert defined["domain"]["state"] == "shutoff"
+
+        secure = task("A UEFI guest with Secure Boot and a TPM 2.0 (no disk - it stays in its firmware)")
+        assert secure["changed"] is True and secure["actions"] == ["define", "start"]
+        assert "secure='yes'" in lab.virsh(HV1, "dumpxml", sb1).stdout
 
         grown = task("Give web1 more memory; it applies at the next boot unless restart_on_change is set")
         assert grown["changed"] is True and grown["actions"] == ["redefine"] and grown["pending_restart"] is True

@@ -9,12 +9,11 @@ other address, where 127.0.0.1 and ::1 are never chosen.
 
 import os
 import tempfile
-import time
 import uuid
 
 import pytest
 import yaml
-from agent_helpers import KEY, KNOWN_HOSTS, boot_guest, inventory_of, run
+from agent_helpers import KEY, KNOWN_HOSTS, agent_exec, boot_guest, inventory_of, run
 
 ADDRESS = "192.0.2.{}".format(10 + uuid.uuid4().int % 200)
 
@@ -39,27 +38,6 @@ def define(lab, host, name, channel):
         lab.virsh(host, "define", fh.name)
     finally:
         os.unlink(fh.name)
-
-
-def agent_exec(lab, host, name, command):
-    import json
-
-    res = lab.virsh(
-        host,
-        "qemu-agent-command",
-        name,
-        json.dumps({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", command]}}),
-    )
-    pid = json.loads(res.stdout)["return"]["pid"]
-    for _attempt in range(50):
-        res = lab.virsh(host, "qemu-agent-command", name, json.dumps({"execute": "guest-exec-status",
-                                                                     "arguments": {"pid": pid}}))  # fmt: skip
-        status = json.loads(res.stdout)["return"]
-        if status.get("exited"):
-            assert status.get("exitcode") == 0, status
-            return
-        time.sleep(0.2)
-    raise AssertionError("{!r} did not finish in the guest".format(command))
 
 
 @pytest.fixture(scope="module")

@@ -300,9 +300,54 @@ def _domain_lease_offset_zero(root):
                     del target.attrib["offset"]
 
 
+def _domain_autoselected_firmware(root):
+    # firmware autoselection (<os firmware='efi'>): a running guest's XML holds the pflash <loader> and the
+    # <nvram> libvirt chose instead of the firmware attribute (libvirt 9.0, qemuFirmwareFillDomain); the
+    # inactive definition keeps the attribute. A pflash loader is UEFI's, so it means firmware='efi'.
+    for os_el in elements(root, "os"):
+        if os_el.get("firmware"):
+            continue
+        if any(loader.get("type") == "pflash" for loader in elements(os_el, "loader")):
+            os_el.set("firmware", "efi")
+
+
+def _enabled(os_el, feature):
+    for fw in elements(os_el, "firmware"):
+        for f in elements(fw, "feature"):
+            if f.get("name") == feature:
+                return f.get("enabled") == "yes"
+    return None
+
+
+def as_running(desired, live):
+    """``desired`` as the live XML of a running guest can show it (``live``, both domains).
+
+    A guest migrated in keeps in its live XML only the pflash ``<loader>`` and ``<nvram>`` libvirt chose when
+    it started, without the ``<os><firmware>`` features they were chosen by (libvirt 9.0's migratable XML).
+    Where the live XML has no ``<firmware>`` and its loader is Secure Boot's (``secure='yes'``) exactly when
+    the desired features ask for Secure Boot, those features are what runs: ``desired`` without them.
+    Otherwise ``desired`` as it is."""
+    d_os, l_os = elements(desired, "os"), elements(live, "os")
+    if not d_os or not l_os or not elements(d_os[0], "firmware") or elements(l_os[0], "firmware"):
+        return desired
+    loaders = [x for x in elements(l_os[0], "loader") if x.get("type") == "pflash"]
+    if not loaders or (loaders[0].get("secure") == "yes") != bool(_enabled(d_os[0], "secure-boot")):
+        return desired
+    out = copy.deepcopy(desired)
+    os_el = elements(out, "os")[0]
+    for fw in elements(os_el, "firmware"):
+        os_el.remove(fw)
+    return out
+
+
 # (root element, what libvirt does, the rule applied to a document of that root)
 LIBVIRT_NORMALISATIONS = (
     ("domain", "a <lease>'s target offset='0' is left out", _domain_lease_offset_zero),
+    (
+        "domain",
+        "a running guest's autoselected firmware is its pflash <loader>, without <os firmware='efi'>",
+        _domain_autoselected_firmware,
+    ),
     ("domain", "a unix chardev's <source> without a path is left out", _domain_unix_chardev_source),
     ("domain", "a spice console's port='-1' and tlsPort='-1' are left out", _domain_spice_auto_ports),
     ("network", "<network ipv6='no'> is the default and is never written", _network_ipv6_default),
@@ -425,6 +470,7 @@ KEYS = {
     ("devices", "lease"): _texts("lockspace", "key"),
     ("devices", "filesystem"): _attr_of("target", "dir"),
     ("devices", "graphics"): lambda el: el.get("type"),
+    ("firmware", "feature"): lambda el: el.get("name"),
 }
 
 # Child tags compared as whole sets under a parent, even when the desired tree has none of them.

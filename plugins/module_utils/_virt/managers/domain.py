@@ -12,9 +12,14 @@ from __future__ import annotations
 import os
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.addresses import (
+    guest_addresses,
+    wait_for_addresses,
+)
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.checkpoints import CheckpointRecorder
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.cloudinit import ensure_seed, remove_seed, seed_of
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import (
+    ValidationError,
     VirtError,
     error_code,
     libvirt_errors,
@@ -48,7 +53,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.spec.domain im
     build_domain_xml,
     normalize_domain_spec,
 )
-from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import compare, elements, etree
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import as_running, compare, elements, etree
 
 DOMAIN_STATES = ["present", "absent", "running", "paused", "shutdown", "destroyed"]
 UNDEFINE_CHOICES = ["nvram", "managed_save", "snapshots_metadata", "checkpoints_metadata"]
@@ -68,6 +73,8 @@ DOMAIN_ARGUMENT_SPEC = definition_argument_spec(
     remove_storage={"type": "bool", "default": False},
     undefine={"type": "list", "elements": "str", "choices": UNDEFINE_CHOICES, "default": list(UNDEFINE_CHOICES)},
     lock={"type": "dict", "options": LOCK_OPTIONS, "default": {}, "apply_defaults": True},
+    wait_for={"type": "str", "choices": ["address"]},
+    wait_timeout={"type": "int", "default": 300},
 )
 DOMAIN_MUTUALLY_EXCLUSIVE = DEFINITION_MUTUALLY_EXCLUSIVE
 
@@ -144,6 +151,26 @@ class DomainManager(DefinedManager):
         self._spec = None
 
     # ------------------------------------------------------------------ the kind's steps
+    def _validate(self):
+        super()._validate()
+        p = self.params
+        if p.get("wait_for") and p["state"] != "running":
+            raise ValidationError("wait_for: {} needs state: running (got {})".format(p["wait_for"], p["state"]))
+        if (p.get("wait_timeout") or 0) < 0:
+            raise ValidationError("wait_timeout must be 0 or more seconds, got {}".format(p["wait_timeout"]))
+
+    def _after(self, obj, predicted):
+        """``wait_for: address``: the guest's addresses (agent, then DHCP lease), waited for up to
+        ``wait_timeout``; never a change. In check mode they are read once, without waiting or failing."""
+        if self.params.get("wait_for") != "address":
+            return
+        if self.check_mode:
+            runs = obj is not None and self.existed and is_active(obj)
+            self.result["addresses"] = guest_addresses(obj)[0] if runs else []
+            return
+        lc = self.lifecycle
+        self.result["addresses"] = wait_for_addresses(obj, self.params["wait_timeout"], sleep=lc.sleep, clock=lc.clock)
+
     def _from_xml(self, text):
         return desired_from_xml(self.name, text)
 
@@ -191,9 +218,8 @@ class DomainManager(DefinedManager):
 
     def _running_differences(self, obj, desired):
         # what the guest runs after the changes it takes live, seen through the desired definition
-        drift = compare(
-            desired, apply_live_changes(self, obj, desired, prepare_for_define), ignore=LIVE_IGNORE, texts=False
-        )
+        live = apply_live_changes(self, obj, desired, prepare_for_define)
+        drift = compare(as_running(desired, live), live, ignore=LIVE_IGNORE, texts=False)
         return drift.differences if drift.changed else []
 
     def _note_pending(self):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt._imports import libvirt
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.addresses import ADDRESS_SOURCES, read_addresses
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import VirtError, libvirt_errors
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.handoff_marker import describe_handoff, marker_in
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.leases import (
@@ -39,14 +40,13 @@ def domain_summary(dom, state=None):
 
 
 INFO_STATES = ["running", "paused", "shutoff", "crashed", "pmsuspended", "shutdown", "blocked", "nostate"]
-ADDRESS_SOURCES = ["none", "lease", "agent", "arp"]
 
 DOMAIN_INFO_ARGUMENT_SPEC = {
     "name": {"type": "str"},
     "pattern": {"type": "str"},
     "state": {"type": "list", "elements": "str", "choices": INFO_STATES},
     "managed": {"type": "bool"},
-    "addresses": {"type": "str", "choices": ADDRESS_SOURCES, "default": "none"},
+    "addresses": {"type": "str", "choices": ["none"] + list(ADDRESS_SOURCES), "default": "none"},
     "inactive_xml": {"type": "bool", "default": False},
 }
 DOMAIN_INFO_MUTUALLY_EXCLUSIVE = [("name", "pattern")]
@@ -89,26 +89,11 @@ def interfaces_of(root):
     return out
 
 
-def _address_source(name):
-    return {
-        "lease": getattr(libvirt, "VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE", 0),
-        "agent": getattr(libvirt, "VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT", 1),
-        "arp": getattr(libvirt, "VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP", 2),
-    }[name]
-
-
 def interface_addresses(dom, source):
     """{mac: [{address, prefix, type}]} from DHCP leases, the guest agent or ARP."""
-    with libvirt_errors("cannot read the addresses of {}".format(dom.name())):
-        raw = dom.interfaceAddresses(_address_source(source), 0) or {}
     out = {}
-    for _name, val in raw.items():
-        mac = (val.get("hwaddr") or "").lower()
-        addrs = []
-        for a in val.get("addrs") or []:
-            kind = "ipv4" if a.get("type") == getattr(libvirt, "VIR_IP_ADDR_TYPE_IPV4", 0) else "ipv6"
-            addrs.append({"address": a.get("addr"), "prefix": a.get("prefix"), "type": kind})
-        out.setdefault(mac, []).extend(addrs)
+    for a in read_addresses(dom, source):
+        out.setdefault(a["mac"] or "", []).append({"address": a["address"], "prefix": a["prefix"], "type": a["family"]})
     return out
 
 

@@ -78,6 +78,12 @@ CPU_OPTIONS = {
     "model": {"type": "str"},
 }
 
+TPM_OPTIONS = {
+    "model": {"type": "str", "choices": ["tpm-crb", "tpm-tis"], "default": "tpm-crb"},
+    "version": {"type": "str", "choices": ["2.0", "1.2"], "default": "2.0"},
+    "persistent_state": {"type": "bool", "default": False},
+}
+
 _LIFECYCLE_ACTIONS = ["destroy", "restart", "preserve", "rename-restart", "coredump-destroy", "coredump-restart"]
 
 DOMAIN_SPEC_OPTIONS = {
@@ -92,6 +98,7 @@ DOMAIN_SPEC_OPTIONS = {
     "arch": {"type": "str"},
     "machine": {"type": "str"},
     "firmware": {"type": "str", "choices": ["bios", "uefi"], "default": "bios"},
+    "secure_boot": {"type": "bool"},
     "boot": {"type": "list", "elements": "str", "choices": ["hd", "cdrom", "network", "fd"]},
     "kernel": {"type": "str"},
     "initrd": {"type": "str"},
@@ -106,6 +113,7 @@ DOMAIN_SPEC_OPTIONS = {
     "serial_console": {"type": "bool", "default": False},
     "guest_agent": {"type": "bool", "default": False},
     "channels": {"type": "list", "elements": "dict", "options": CHANNEL_OPTIONS, "default": []},
+    "tpm": {"type": "dict", "options": TPM_OPTIONS},
     "lease": {"type": "dict", "options": LEASE_OPTIONS},
     "metadata": {"type": "dict", "default": {}},
     "cloud_init": {"type": "dict", "options": CLOUD_INIT_OPTIONS},
@@ -175,6 +183,7 @@ def normalize_domain_spec(spec, validated=False):
         raise ValidationError("spec.boot and spec.kernel are mutually exclusive")
     if s.get("cpu") and s["cpu"].get("mode") == "custom" and not s["cpu"].get("model"):
         raise ValidationError("spec.cpu.model is required when spec.cpu.mode is custom")
+    _firmware(s)
     targets = set()
     for i, d in enumerate(s["disks"]):
         where = "spec.disks[{}]".format(i)
@@ -231,7 +240,37 @@ def normalize_domain_spec(spec, validated=False):
         _check_text(s.get(key), "spec." + key)
     if s.get("cloud_init") is not None:
         _cloud_init(s)
+    if s.get("tpm") and s["tpm"]["version"] == "1.2" and s["tpm"]["model"] == "tpm-crb":
+        raise ValidationError("spec.tpm.version 1.2 needs spec.tpm.model tpm-tis (a CRB TPM is TPM 2.0 only)")
     return s
+
+
+def _is_q35(machine):
+    return machine == "q35" or machine.startswith("pc-q35-")
+
+
+def _firmware(s):
+    """spec.secure_boot: UEFI only, on a q35 machine (the machine is set to q35 when the spec names none),
+    with SMM on (``<smm state='on'/>``, written by :func:`build_domain_xml`)."""
+    if s.get("secure_boot") is None:
+        return
+    if s["firmware"] != "uefi":
+        raise ValidationError(
+            "spec.secure_boot needs spec.firmware: uefi (Secure Boot is a UEFI feature; SeaBIOS has none)"
+        )
+    if not s["secure_boot"]:
+        return
+    if not s.get("machine"):
+        s["machine"] = "q35"
+    elif not _is_q35(s["machine"]):
+        raise ValidationError(
+            "spec.secure_boot needs the q35 machine type (OVMF's Secure Boot builds need SMM, which the pc "
+            "(i440fx) machine cannot give them); spec.machine is {!r}: set it to q35 or leave it out".format(
+                s["machine"]
+            )
+        )
+    if any(str(f).strip() == "smm" for f in s.get("features") or []):
+        s["features"] = [f for f in s["features"] if str(f).strip() != "smm"]
 
 
 def _cloud_init(s):
@@ -333,12 +372,22 @@ def build_domain_xml(name, spec, uuid=None, lock_config=None, normalized=False):
             sub(os_el, "initrd", s["initrd"])
         if s.get("cmdline"):
             sub(os_el, "cmdline", s["cmdline"])
+    if s["firmware"] == "uefi" and s.get("secure_boot") is not None:
+        # libvirt's firmware autoselection picks the firmware descriptor (/usr/share/qemu/firmware) with
+        # these features; libvirt writes them in this order
+        fw = sub(os_el, "firmware")
+        if s["secure_boot"]:
+            sub(fw, "feature", enabled="yes", name="enrolled-keys")
+        sub(fw, "feature", enabled="yes" if s["secure_boot"] else "no", name="secure-boot")
     for dev in s.get("boot") or []:
         sub(os_el, "boot", dev=dev)
-    if s.get("features"):
+    secure_boot = s["firmware"] == "uefi" and s.get("secure_boot")
+    if s.get("features") or secure_boot:
         feats = sub(root, "features")
-        for f in s["features"]:
+        for f in s.get("features") or []:
             sub(feats, f)
+        if secure_boot:
+            sub(feats, "smm", state="on")
     if s.get("cpu"):
         cpu = sub(root, "cpu", mode=s["cpu"]["mode"])
         if s["cpu"].get("model"):
@@ -387,6 +436,16 @@ def build_domain_xml(name, spec, uuid=None, lock_config=None, normalized=False):
     for c in channels:
         el = sub(devices, "channel", type_=c["type"])
         sub(el, "target", type_="virtio", name=c["name"])
+    if s.get("tpm"):
+        t = s["tpm"]
+        el = sub(devices, "tpm", model=t["model"])
+        sub(
+            el,
+            "backend",
+            type_="emulator",
+            version=t["version"],
+            persistent_state="yes" if t["persistent_state"] else None,
+        )
     return root
 
 

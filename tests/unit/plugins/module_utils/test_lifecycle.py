@@ -18,6 +18,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.profiles impor
 from ansible_collections.lockstep.virt.plugins.modules import domain as domain_module
 from ansible_collections.lockstep.virt.plugins.modules import domain_info as domain_info_module
 from ansible_collections.lockstep.virt.plugins.modules import lease_info as lease_info_module
+from ansible_collections.lockstep.virt.tests.unit.fakes.clock import FakeClock
 from ansible_collections.lockstep.virt.tests.unit.fakes.leases import HOLDER
 
 URI = "test:///default"
@@ -142,17 +143,6 @@ class Guest:
         if not self.ignore_shutdown:
             return self._dom.shutdown()
         return 0
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 def lifecycle(conn, clock):

@@ -260,3 +260,50 @@ def test_spec_defined_in_libvirt_reads_back_unchanged(hv, spec):
         assert compare(more, actual).changed is True
     finally:
         dom.undefine()
+
+
+def test_secure_boot_uefi_tpm_xml():
+    root = build_domain_xml(
+        "sb", {"memory": 64, "firmware": "uefi", "secure_boot": True, "tpm": {"persistent_state": True}}, uuid=None
+    )
+    assert root.find("os").get("firmware") == "efi"
+    assert root.find("os/type").get("machine") == "q35"  # Secure Boot needs SMM, which needs q35
+    assert [(f.get("name"), f.get("enabled")) for f in root.findall("os/firmware/feature")] == [
+        ("enrolled-keys", "yes"),
+        ("secure-boot", "yes"),
+    ]
+    assert root.find("features/smm").get("state") == "on"
+    tpm = root.find("devices/tpm")
+    assert tpm.get("model") == "tpm-crb"
+    assert dict(tpm.find("backend").attrib) == {"type": "emulator", "version": "2.0", "persistent_state": "yes"}
+
+
+def test_uefi_without_secure_boot_leaves_the_choice_to_libvirt_and_false_disables_it():
+    assert build_domain_xml("u", {"memory": 64, "firmware": "uefi"}).find("os/firmware") is None
+    off = build_domain_xml("u", {"memory": 64, "firmware": "uefi", "secure_boot": False, "features": ["acpi", "smm"]})
+    assert [(f.get("name"), f.get("enabled")) for f in off.findall("os/firmware/feature")] == [("secure-boot", "no")]
+    assert off.find("os/type").get("machine") is None
+    tis = build_domain_xml("u", {"memory": 64, "tpm": {"model": "tpm-tis", "version": "1.2"}}).find("devices/tpm")
+    assert tis.get("model") == "tpm-tis" and dict(tis.find("backend").attrib) == {"type": "emulator", "version": "1.2"}
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ({"secure_boot": True}, "spec.secure_boot needs spec.firmware: uefi"),
+        ({"firmware": "uefi", "secure_boot": True, "machine": "pc-i440fx-7.2"}, "needs the q35 machine type"),
+        ({"tpm": {"version": "1.2"}}, "spec.tpm.version 1.2 needs spec.tpm.model tpm-tis"),
+    ],
+)
+def test_firmware_refusals(spec, message):
+    with pytest.raises(ValidationError, match=message):
+        normalize_domain_spec(dict(spec, memory=64))
+
+
+def test_secure_boot_keeps_a_given_q35_machine_and_one_smm():
+    s = normalize_domain_spec(
+        {"memory": 64, "firmware": "uefi", "secure_boot": True, "machine": "pc-q35-7.2", "features": ["acpi", "smm"]}
+    )
+    root = build_domain_xml("q", s, normalized=True)
+    assert root.find("os/type").get("machine") == "pc-q35-7.2"
+    assert [f.tag for f in root.find("features")] == ["acpi", "smm"] and root.find("features/smm").get("state") == "on"

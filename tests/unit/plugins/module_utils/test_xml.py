@@ -4,6 +4,7 @@ import pytest
 
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import ValidationError
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.xml import (
+    as_running,
     canonical_text,
     compare,
     parse_xml,
@@ -202,3 +203,47 @@ def test_libvirt_normalisations_table_is_documented():
 
     for root, what, rule in LIBVIRT_NORMALISATIONS:
         assert root in ("domain", "network", "pool") and what and rule.__code__.co_argcount == 1
+
+
+def test_a_running_guests_autoselected_firmware_is_no_drift():
+    # libvirt 9.0: the inactive definition keeps <os firmware='efi'>; the live XML of the running guest has the
+    # loader and nvram the autoselection chose instead, and the features in its own order
+    desired = parse_xml(
+        "<domain><os firmware='efi'><type machine='q35'>hvm</type><firmware>"
+        "<feature enabled='yes' name='secure-boot'/><feature enabled='yes' name='enrolled-keys'/></firmware></os>"
+        "<devices><tpm model='tpm-crb'><backend type='emulator' version='2.0' persistent_state='yes'/></tpm>"
+        "</devices></domain>"
+    )
+    live = parse_xml(
+        "<domain><os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><firmware>"
+        "<feature enabled='yes' name='enrolled-keys'/><feature enabled='yes' name='secure-boot'/></firmware>"
+        "<loader readonly='yes' secure='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.ms.fd</loader>"
+        "<nvram template='/usr/share/OVMF/OVMF_VARS_4M.ms.fd'>/var/lib/libvirt/qemu/nvram/g_VARS.fd</nvram>"
+        "<boot dev='hd'/></os><devices><tpm model='tpm-crb'>"
+        "<backend type='emulator' version='2.0' persistent_state='yes'/><alias name='tpm0'/></tpm></devices></domain>"
+    )
+    assert compare(desired, live).differences == []
+    bios = parse_xml(
+        "<domain><os><type>hvm</type><loader type='rom'>/usr/share/seabios/bios.bin</loader></os></domain>"
+    )
+    assert compare(desired, bios).changed
+
+
+def test_a_migrated_guest_runs_its_firmware_features_as_the_loader_libvirt_chose():
+    desired = parse_xml(
+        "<domain><os firmware='efi'><type>hvm</type><firmware><feature enabled='yes' name='enrolled-keys'/>"
+        "<feature enabled='yes' name='secure-boot'/></firmware></os></domain>"
+    )
+
+    def live(secure):  # libvirt 9.0, the live XML on the destination of a migration: no <firmware>
+        return parse_xml(
+            "<domain><os><type machine='pc-q35-7.2'>hvm</type><loader readonly='yes' {} type='pflash'>/c.fd</loader>"
+            "<nvram>/var/lib/libvirt/qemu/nvram/g_VARS.fd</nvram></os></domain>".format(secure)
+        )
+
+    assert compare(desired, live("secure='yes'")).differences == ["/domain/os/firmware[1] (missing)"]
+    assert compare(as_running(desired, live("secure='yes'")), live("secure='yes'")).differences == []
+    # a loader without Secure Boot does not run what is asked
+    assert compare(as_running(desired, live("")), live("")).changed
+    # a live XML that names its features is compared with them
+    assert as_running(desired, desired) is desired

@@ -204,3 +204,16 @@ def test_lock_for_all_and_per_item(hv, run_module):
     assert r["failed"] and out["l1"]["outcome"] == "failed" and "lock.required" in out["l1"]["msg"]
     assert out["l2"]["outcome"] == "created" and hv.lookupByName("l2").isActive()
     assert not hv.lookupByName("l1").isActive()
+
+
+def test_a_guest_item_waits_for_its_address_like_the_domain_module(hv, run_module):
+    # the test driver knows no address from any source: the item fails after its wait_timeout, the others converge
+    spec = {"memory": 32, "firmware": "uefi", "secure_boot": True, "tpm": {}}
+    r = run(run_module, domains=[dom("w1", spec=spec, wait_for="address", wait_timeout=0), dom("w2", state="present")])
+    out = by_name(r)
+    assert r["failed"] is True
+    assert out["w1"]["outcome"] == "failed" and out["w1"]["actions"] == ["define", "start"]
+    assert "w1 has no address after 0 s" in out["w1"]["msg"] and out["w1"]["addresses"] == []
+    assert out["w2"]["outcome"] == "created"
+    bad = run(run_module, domains=[dom("w3", state="present", wait_for="address")])
+    assert bad["failed"] is True and "wait_for: address needs state: running" in bad["msg"]
