@@ -48,6 +48,7 @@ def cut_link(lab, guest, ctx):
 
 
 LINK_DOWN = 40
+SETTLE = 30  # seconds hv2 gets to leave post-copy once the fault is over
 FAULTS = {"source QEMU killed": kill_source_qemu, "link cut": cut_link}
 RESTORE = {"link cut": LinkCut().restore}
 
@@ -110,6 +111,8 @@ def test_a_failed_post_copy_is_reported_and_never_resumed(lab, matrix, fault):
                 for t in ctx.timers:
                     t.cancel()
                 RESTORE.get(fault, lambda ctx: None)(ctx)
+            # the link back, QEMU's stream may go on where it stopped: wait until hv2 is out of post-copy
+            wait_for(lambda: "(post-copy)" not in (state_and_reason(lab, "hv2", guest.name) or ""), None, SETTLE)
             time.sleep(1)
             observer.settle()
             overlaps = observer.overlaps(guest.name)
@@ -127,13 +130,19 @@ def test_a_failed_post_copy_is_reported_and_never_resumed(lab, matrix, fault):
         msg = (first or {}).get("msg") or ""
         if first is None or not first.get("failed"):
             outcome["problems"].append("the run did not fail after the post-copy fault: {}".format(outcome["first"]))
-        elif first.get("outcome") != "postcopy_failed" and "post-copy" not in msg:
-            outcome["problems"].append("the failure does not name post-copy: {}".format(msg))
+        elif first.get("outcome") != "postcopy_failed" or "post-copy" not in msg:
+            outcome["problems"].append("the failure does not say post-copy failed: {}".format(outcome["first"]))
         if overlaps:
             outcome["problems"].append("two hosts ran the guest at one instant: {}".format(overlaps))
-        # libvirt 9.0 with QEMU 7.2 leaves hv2 "running (post-copy failed)": its vCPUs run and wait for every page
-        # still on hv1; pausing it waits for the incoming job libvirt keeps for a recovery (and times out)
-        if "(post-copy failed)" not in (states["hv2"] or ""):
+        # once the link is back QEMU's stream goes on where it stopped, and libvirt finishes the migration by itself
+        completed = states["hv2"] == "running (migrated)"
+        if completed:
+            outcome["notes"].append(
+                "the post-copy completed by itself once the link was back: hv1 {hv1}, hv2 {hv2}".format(**states)
+            )
+        elif "(post-copy failed)" not in (states["hv2"] or ""):
+            # libvirt 9.0 with QEMU 7.2 leaves hv2 "running (post-copy failed)": its vCPUs run and wait for every
+            # page still on hv1; pausing it waits for the incoming job libvirt keeps for a recovery (and times out)
             outcome["problems"].append(
                 "hv2's copy is not in libvirt's post-copy-failed state: {}".format(states["hv2"])
             )
@@ -145,7 +154,8 @@ def test_a_failed_post_copy_is_reported_and_never_resumed(lab, matrix, fault):
         if (states["hv1"] or "").startswith("running"):
             outcome["problems"].append("hv1 runs the guest again after the switch: {}".format(states))
 
-        # the same task again: it must say post-copy failed, change nothing, resume nothing
+        # the same task again: after a failed post-copy it must say so, change nothing and resume nothing; after
+        # a completed one it finds the guest on hv2 and resumes nothing either
         with EventObserver(lab, ("hv1", "hv2"), [guest.name]) as observer:
             since = time.monotonic()
             again = Run(lab, "hv1", args).wait()
@@ -154,11 +164,14 @@ def test_a_failed_post_copy_is_reported_and_never_resumed(lab, matrix, fault):
             outcome["rerun_timeline"] = observer.timeline(guest.name, since=since)
         after = dict((h, state_and_reason(lab, h, guest.name)) for h in ("hv1", "hv2"))
         outcome["rerun"] = dict((k, (again or {}).get(k)) for k in ("failed", "changed", "outcome", "state", "msg"))
-        if again is None or not again.get("failed"):
+        if completed:
+            if again is None or again.get("failed") or again.get("state") != "running":
+                outcome["problems"].append("the re-run did not find the guest on hv2: {}".format(outcome["rerun"]))
+        elif again is None or not again.get("failed"):
             outcome["problems"].append("the re-run did not refuse: {}".format(outcome["rerun"]))
         elif again.get("outcome") != "postcopy_failed":
             outcome["problems"].append("the re-run's outcome is not postcopy_failed: {}".format(outcome["rerun"]))
-        if (again or {}).get("changed"):
+        if (again or {}).get("changed") and not completed:
             outcome["problems"].append("the re-run reports changed")
         if resumed:
             outcome["problems"].append("the re-run resumed or started a copy: {}".format(resumed))
