@@ -129,11 +129,24 @@ options:
     default: false
   postcopy:
     description:
-      - Switch to post-copy after this many seconds without convergence (C(VIR_MIGRATE_POSTCOPY)).
+      - Switch to post-copy after this many seconds without convergence (C(VIR_MIGRATE_POSTCOPY)). The seconds
+        count from the migration call; QEMU refuses the switch until libvirt has set the migration up on both
+        hosts, so the module asks again until it is taken, or the job ended.
       - Post-copy runs the guest on the destination as soon as it switches, so the destination cannot be
         kept paused - the lease handoff is then libvirt's own and the module verifies it afterwards.
       - Needs O(live=true).
     type: int
+  postcopy_bandwidth:
+    description:
+      - Maximum bandwidth in MiB/s of the post-copy phase (libvirt's C(bandwidth.postcopy) parameter, QEMU's
+        C(max-postcopy-bandwidth)); without it the post-copy phase is not limited. O(bandwidth) limits only
+        the phase before the switch.
+      - The guest runs on the destination during the post-copy phase and waits for every page it touches
+        that has not arrived yet, so a low limit makes that phase, and with it the time in which a failure
+        cannot be undone, longer.
+      - Only valid with O(postcopy) or O(convergence.timeout_action=postcopy); refused otherwise. Greater than 0.
+    type: int
+    version_added: 0.3.0
   compressed:
     description: Compress the migration data (C(VIR_MIGRATE_COMPRESSED)).
     type: bool
@@ -450,8 +463,11 @@ outcome:
     - How the job ended under O(convergence) - C(converged) (at the first allowed downtime),
       C(converged_after_steps) (after the allowed downtime was raised), C(switched_to_postcopy),
       C(forced_by_pause), C(aborted_no_progress), C(aborted_timeout), C(postcopy_failed) (failed after the
-      switch - the guest is left paused where libvirt left it and runs nowhere), C(failed) (any other failure).
-  returned: when O(convergence) is set and the migration started
+      switch - the guest is left where libvirt left it, paused by the module where libvirt lets it; the message
+      says what each host reports), C(failed) (any other failure).
+    - C(postcopy_failed) is also returned by a post-copy migration without O(convergence) (O(postcopy)) that
+      failed after the switch, and by a run that finds a copy left in post-copy or after a failed post-copy.
+  returned: when O(convergence) is set and the migration started, and whenever a post-copy failed
   type: str
   sample: converged_after_steps
 progress:

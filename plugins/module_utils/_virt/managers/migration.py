@@ -365,7 +365,12 @@ class MigrationManager:
                 if after.result:
                     raise
                 # the checks after a failed send broke too (a restarted libvirtd): say what is known
-                after.msg = "perform: sending {} failed ({}), then: {}".format(self.name, err.msg, after.msg)
+                after.msg = "perform: sending {} failed{} ({}), then: {}".format(
+                    self.name,
+                    " after the switch to post-copy" if "postcopy" in run.marks else "",
+                    err.msg,
+                    after.msg,
+                )
                 self.handoff.fail_after_send(after, phase="perform", changed="prepare" in run.marks)
         run.send_over.set()
         if run.monitor is not None:

@@ -39,6 +39,7 @@ MIGRATE_ARGUMENT_SPEC = {
     "max_downtime": {"type": "int"},
     "auto_converge": {"type": "bool", "default": False},
     "postcopy": {"type": "int"},
+    "postcopy_bandwidth": {"type": "int"},
     "compressed": {"type": "bool", "default": False},
     "parallel_connections": {"type": "int"},
     "unsafe": {"type": "bool", "default": False},
@@ -60,11 +61,14 @@ _QEMU_PARAMS = (
     "parallel.connections",
     "max_downtime",
     "postcopy",
+    "bandwidth.postcopy",
     "convergence",
     "auto_converge.initial",
     "auto_converge.increment",
 )
 _PARAMS_BY_PROFILE = {"qemu": _QEMU_PARAMS, "test": _QEMU_PARAMS}
+# the module's option for each typed parameter whose name differs from it, for messages
+_OPTION_OF_PARAM = {"parallel.connections": "parallel_connections", "bandwidth.postcopy": "postcopy_bandwidth"}
 
 
 class Plan:
@@ -127,7 +131,7 @@ def build_plan(params, profile):
     live = params.get("live", True)
     mode = params.get("mode") or "peer2peer"
     postcopy = _positive(params, "postcopy")
-    for key in ("bandwidth", "max_downtime", "parallel_connections", "timeout"):
+    for key in ("bandwidth", "postcopy_bandwidth", "max_downtime", "parallel_connections", "timeout"):
         _positive(params, key)
     if postcopy is not None and not live:
         raise ValidationError("postcopy needs a live migration: set live: true or drop postcopy")
@@ -158,6 +162,11 @@ def build_plan(params, profile):
         postcopy_flag = conv.get("timeout_action") == "postcopy"
     else:
         postcopy_flag = postcopy is not None
+    if params.get("postcopy_bandwidth") and not postcopy_flag:
+        raise ValidationError(
+            "postcopy_bandwidth limits the post-copy phase, which this migration does not have: set postcopy (or "
+            "convergence.timeout_action: postcopy) too, or drop postcopy_bandwidth"
+        )
 
     names = []
     if live:
@@ -207,6 +216,9 @@ def build_plan(params, profile):
     if params.get("bandwidth"):
         typed["bandwidth"] = params["bandwidth"]
         wanted_params.append("bandwidth")
+    if params.get("postcopy_bandwidth"):
+        typed["bandwidth.postcopy"] = params["postcopy_bandwidth"]
+        wanted_params.append("bandwidth.postcopy")
     if params.get("parallel_connections"):
         typed["parallel.connections"] = params["parallel_connections"]
         wanted_params.append("parallel.connections")
@@ -225,7 +237,7 @@ def build_plan(params, profile):
     if refused:
         raise ValidationError(
             "option(s) {} not supported by the {} driver".format(
-                ", ".join(p.replace("parallel.connections", "parallel_connections") for p in refused), profile.name
+                ", ".join(_OPTION_OF_PARAM.get(p, p) for p in refused), profile.name
             )
         )
     return Plan(

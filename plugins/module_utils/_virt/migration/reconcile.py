@@ -82,8 +82,10 @@ class Reconcile:
             with libvirt_errors("cannot read the state of {} on {}".format(self.run.name, host)):
                 return evidence.read_copy(lookup(conn, DOMAIN, self.run.name), host, read_marker, job_active)
 
-    def guard_busy(self, src_dom, dest_dom):
-        """Refuse (changing nothing) while another run or a migration job is at work on this guest."""
+    def guard_busy(self, src_dom, dest_dom, jobs=True):
+        """Refuse (changing nothing) while another run or a migration job is at work on this guest; with
+        ``jobs=False`` a migration job alone is no reason (the job libvirt keeps after a failed post-copy, for
+        its recovery)."""
         for dom, host in ((src_dom, self.run.src_name), (dest_dom, self.run.dest_name)):
             if dom is None or not self.run.active(dom):
                 continue
@@ -94,7 +96,7 @@ class Reconcile:
                         marker["pid"], self.run.name, marker["source"], marker["dest"]
                     )
                 )
-            if job_active(dom):
+            if jobs and job_active(dom):
                 raise self.run.failure(
                     "begin: a migration job of {} is active on {}; nothing was changed".format(self.run.name, host)
                 )
@@ -108,11 +110,13 @@ class Reconcile:
         dest = self._copy(dest_dom, self.run.dest_name)
         if not src.active and not dest.active:
             return None
-        self.guard_busy(src_dom, dest_dom)
         log_stop = None
         if dest.state == "paused" and src.state == "absent" and dest.marker and self.run.src.local:
             log_stop = self.source_log(self.run.name, dest.marker.get("started"))
         verdict = evidence.decide(src, dest, log_stop)
+        # libvirt keeps the incoming job of a failed post-copy (for its recovery): that job is what the verdict
+        # reports, not another migration at work
+        self.guard_busy(src_dom, dest_dom, jobs=verdict.action != evidence.POSTCOPY_FAILED)
         action = verdict.action
         if action == evidence.GO_ON:
             return None
@@ -140,7 +144,15 @@ class Reconcile:
             check="domain states, reasons and handoff marker read on both hosts: " + verdict.evidence,
             detail=verdict.reason,
         )
-        if verdict.action == evidence.POSTCOPY_FAILED:
+        if verdict.action == evidence.POSTCOPY_FAILED and not src.active:
+            self.run.outcome = "postcopy_failed"
+            advice = (
+                "{} has no running copy left, so the pages that stayed there are lost and libvirt's post-copy "
+                "recovery cannot help: destroy the copy on {} and start the guest again from its disks".format(
+                    src.host, dest.host
+                )
+            )
+        elif verdict.action == evidence.POSTCOPY_FAILED:
             self.run.outcome = "postcopy_failed"
             advice = (
                 "recover it with libvirt's post-copy recovery (virsh migrate --postcopy --postcopy-resume) while "

@@ -22,6 +22,7 @@ from ansible_collections.lockstep.virt.plugins.module_utils._virt.errors import 
 )
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.lifecycle import state_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.convergence import ConvergenceMonitor
+from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.evidence import reason_name
 from ansible_collections.lockstep.virt.plugins.module_utils._virt.migration.leaseview import (
     blocks_dest,
     describe,
@@ -150,6 +151,7 @@ class Transfer:
         worker = threading.Thread(target=work, name="migrate", daemon=True)
         worker.start()
         aborted = switched = False
+        switch_error = None
         stats_at = None
         while worker.is_alive():
             worker.join(0.1)
@@ -163,8 +165,10 @@ class Transfer:
                         "could not abort the migration job after {}s: {}".format(plan.timeout, exc)
                     )
             if plan.postcopy_after and elapsed > plan.postcopy_after and not switched and worker.is_alive():
-                switched = True
-                self._start_postcopy(src_dom, "after {}s (postcopy)".format(plan.postcopy_after))
+                # QEMU refuses the switch until libvirt has set its migration up (after Begin and Prepare,
+                # which reach the destination first): tried again at each turn until it is taken
+                switch_error = self._start_postcopy(src_dom, "after {}s (postcopy)".format(plan.postcopy_after))
+                switched = switch_error is None
             if (
                 self.run.monitor is not None
                 and worker.is_alive()
@@ -178,6 +182,8 @@ class Transfer:
                 self._carry_out(src_dom, self.run.monitor.observe(elapsed, stats), elapsed)
         self.run.marks.set("send_end", self.run.clock())
         self.run.send_over.set()
+        if switch_error is not None and not switched:
+            self.run.warnings.append("could not switch to post-copy: {}".format(switch_error))
         if "error" in outcome:
             exc = outcome["error"]
             if libvirt is not None and isinstance(exc, libvirt.libvirtError):
@@ -217,13 +223,13 @@ class Transfer:
                     self.run.warnings.append("convergence: could not {} the migration job: {}".format(d["do"], exc))
 
     def _start_postcopy(self, src_dom, why, raise_error=False):
+        """Switch the job to post-copy; None once switched, else (without ``raise_error``) libvirt's refusal."""
         try:
             src_dom.migrateStartPostCopy(0)
         except Exception as exc:
             if raise_error:
                 raise
-            self.run.warnings.append("could not switch to post-copy: {}".format(exc))
-            return
+            return exc
         self.run.marks.set("postcopy", self.run.clock())
         leases = self.run.probe()
         self.run.record(
@@ -253,23 +259,35 @@ class Transfer:
         )
 
     def postcopy_failed(self, err):
-        """The job failed after the switch to post-copy: nothing can be taken back."""
-        if self.run.monitor is not None:
-            self.run.outcome = "postcopy_failed"
+        """The job failed after the switch to post-copy: nothing can be taken back.
+
+        libvirt 9.0 with QEMU 7.2 leaves the destination *running* with reason post-copy failed (its vCPUs run
+        and wait for every page that stayed on the source) and keeps its incoming job for a post-copy
+        recovery; pausing it then waits for that job (libvirt's "cannot acquire state change lock") and fails.
+        The message says what each host reports, and whether the source still has the pages a recovery needs.
+        """
+        self.run.outcome = "postcopy_failed"
         leases = self.run.probe()
         where = []
         paused_now = []
+        running = []
+        source_alive = False
         for conn, host in ((self.run.src, self.run.src_name), (self.run.dest, self.run.dest_name)):
             dom = lookup(conn, DOMAIN, self.run.name)
             state = self.run.state(conn, dom)
             if state == "running":
-                # running nowhere: a copy whose memory is partly on the other host must not run on
+                # a copy whose memory is partly on the other host must not run on: paused if libvirt lets us
                 try:
                     dom.suspend()
                     paused_now.append(host)
                     state = state_name(dom)
-                except Exception:
-                    pass
+                except Exception as exc:  # libvirtError
+                    state = "{}, could not be paused: {}".format(self._state_reason(dom, state), exc)
+                    running.append(host)
+            elif dom is not None:
+                state = self._state_reason(dom, state)
+            if host == self.run.src_name and state.split(" ")[0] in ("running", "paused"):
+                source_alive = True
             where.append("{}: {}".format(host, state))
         self.run.record(
             "perform/postcopy_failed",
@@ -278,22 +296,52 @@ class Transfer:
             detail="{}; {}".format(", ".join(where), describe(leases, self.run.src_name, self.run.dest_name)),
         )
         dest_dom = lookup(self.run.dest, DOMAIN, self.run.name)
+        if running:
+            runs = (
+                "runs on {} only as far as its memory arrived there (its vCPUs wait for every page still on {})".format(
+                    ", ".join(running), self.run.src_name
+                )
+            )
+        else:
+            runs = "runs nowhere"
+        if source_alive:
+            advice = (
+                "Recover it with a post-copy resume (virsh migrate --postcopy --postcopy-resume) once {} is reachable "
+                "again, or destroy both copies and start it again from its disks.".format(self.run.dest_name)
+            )
+        else:
+            advice = (
+                "{} has no running copy left, so the pages that were still there are lost and a post-copy resume "
+                "cannot help: destroy the copy on {} and start the guest again from its disks.".format(
+                    self.run.src_name, self.run.dest_name
+                )
+            )
         msg = (
             "perform: the migration of {0} failed after the switch to post-copy: {1}. This cannot be undone: the "
             "guest's memory is split between {2} and {3}, neither copy can run alone. {0} is left where libvirt "
-            "left it ({4}){5} and runs nowhere; leases: {6}. Recover it with a post-copy resume "
-            "(virsh migrate --postcopy-resume) once {3} is reachable again, or destroy both copies and start it "
-            "again from its disks.".format(
+            "left it ({4}){5} and {6}; leases: {7}. {8}".format(
                 self.run.name,
                 err.msg,
                 self.run.src_name,
                 self.run.dest_name,
                 "; ".join(where),
                 " (paused by the module on {})".format(", ".join(paused_now)) if paused_now else "",
+                runs,
                 describe(leases, self.run.src_name, self.run.dest_name),
+                advice,
             )
         )
         raise self.run.failure(msg, changed=True, state=self.run.state(self.run.dest, dest_dom), leases=leases, err=err)
+
+    @staticmethod
+    def _state_reason(dom, state):
+        """``state`` with libvirt's reason for it, as far as it can be read ("running (post-copy failed)")."""
+        try:
+            code, reason = dom.state()
+        except Exception:  # libvirtError
+            return state
+        words = reason_name(code, reason)
+        return "{} ({})".format(state, words) if words else state
 
     def send_failed(self, src_dom, err):
         run = self.run

@@ -443,6 +443,74 @@ def test_manager_reports_a_failure_after_the_switch_plainly_and_touches_nothing(
     assert hv1.domains["g1"]._state == "paused" and hv2.domains["g1"]._state == "paused"
 
 
+def test_a_destination_libvirt_cannot_pause_after_a_failed_post_copy_is_reported_running_there():
+    # libvirt 9.0: the destination runs with reason post-copy failed, and pausing it waits for the incoming
+    # job that libvirt keeps; the source's QEMU is gone
+    w, hv1, hv2 = busy_world(fail_after_switch=True)
+
+    def refuse():
+        raise libvirt.libvirtError("Timed out during operation: cannot acquire state change lock")
+
+    def leave(**_kw):
+        hv1.domains["g1"]._state = "shutoff"
+        hv1.domains["g1"].reason = 3
+        hv2.domains["g1"].set("running", 11)
+        hv2.domains["g1"].suspend = refuse
+        raise libvirt.libvirtError("End of file while reading data: Input/output error")
+
+    src = hv1.domains["g1"]
+    plain = src.migrateToURI3
+
+    def send(uri, params, flags):
+        try:
+            plain(uri, params, flags)
+        except libvirt.libvirtError:
+            leave()
+
+    src.migrateToURI3 = send
+    with pytest.raises(VirtError) as info:
+        busy_manager(w, completion_timeout=16, timeout_action="postcopy").run()
+    msg = info.value.msg
+    assert info.value.result["outcome"] == "postcopy_failed"
+    assert "hv2: running (post-copy failed), could not be paused: " in msg and "shutoff (crashed)" in msg
+    assert "runs on hv2 only as far as its memory arrived there" in msg and "runs nowhere" not in msg
+    assert "a post-copy resume cannot help" in msg
+
+
+class EarlySwitchDomain(BusyDomain):
+    """A source whose QEMU refuses the switch until libvirt has set its migration up (Begin and Prepare first)."""
+
+    refusals = 2
+
+    def migrateStartPostCopy(self, _flags=0):
+        if self.refusals:
+            self.refusals -= 1
+            raise libvirt.libvirtError(
+                "internal error: unable to execute QEMU command 'migrate-start-postcopy': Enable postcopy with "
+                "migrate_set_capability before the start of migration"
+            )
+        super().migrateStartPostCopy(_flags)
+
+
+@pytest.mark.parametrize("fail_after_switch", [False, True])
+def test_a_postcopy_switch_refused_before_the_job_began_is_tried_again(fail_after_switch):
+    w, hv1, hv2 = make_world("qemu")
+    src = hv1.domains["g1"] = EarlySwitchDomain(w, "hv1", fail_after_switch=fail_after_switch)
+    m = manager(w, postcopy=1, postcopy_bandwidth=1)
+    m.clock = Clock()
+    if not fail_after_switch:
+        result = m.run()
+        assert hv2.domains["g1"]._state == "running" and not result.get("warnings")
+    else:
+        with pytest.raises(VirtError) as info:
+            m.run()
+        result = info.value.result
+        # a plain ``postcopy`` run reports the failed post-copy as its outcome too
+        assert result["outcome"] == "postcopy_failed" and "cannot be undone" in info.value.msg
+    assert src.refusals == 0 and src.how == "postcopy"
+    assert "perform/postcopy_switch" in [c["name"] for c in result["lock_checkpoints"]]
+
+
 def test_check_mode_prints_the_plan_for_the_guest_size():
     w, _hv1, _hv2 = make_world("qemu")
     result = manager(w, check_mode=True, convergence=conv(completion_timeout=64)).run()

@@ -98,6 +98,34 @@ def test_postcopy_hands_the_leases_to_libvirt():
     assert plan.handoff == "libvirt_postcopy"
 
 
+def test_postcopy_bandwidth_is_libvirts_postcopy_parameter():
+    plan = build_plan(params(postcopy=1, bandwidth=2, postcopy_bandwidth=1), QEMU)
+    assert plan.params == {"bandwidth": 2, "bandwidth.postcopy": 1}
+    assert "POSTCOPY" in plan.flags
+    conv = build_plan(params(postcopy_bandwidth=5, convergence={"timeout_action": "postcopy"}), QEMU)
+    assert conv.params["bandwidth.postcopy"] == 5 and "POSTCOPY" in conv.flags
+
+
+@pytest.mark.parametrize(
+    "kw, text",
+    [
+        ({}, "postcopy_bandwidth limits the post-copy phase, which this migration does not have"),
+        ({"convergence": {"timeout_action": "abort"}}, "set postcopy \\(or convergence.timeout_action: postcopy\\)"),
+        ({"postcopy": 1, "postcopy_bandwidth": 0}, "postcopy_bandwidth must be a positive number, not 0"),
+        ({"postcopy": 1, "postcopy_bandwidth": -3}, "postcopy_bandwidth must be a positive number"),
+    ],
+)
+def test_postcopy_bandwidth_without_a_post_copy_phase_is_refused(kw, text):
+    kw.setdefault("postcopy_bandwidth", 10)
+    with pytest.raises(ValidationError, match=text):
+        build_plan(params(**kw), QEMU)
+
+
+def test_postcopy_bandwidth_is_refused_by_a_driver_without_post_copy():
+    with pytest.raises(ValidationError, match="not supported by the libxl driver"):
+        build_plan(params(postcopy=1, postcopy_bandwidth=1), LIBXL)
+
+
 def test_libxl_profile_allows_only_its_subset():
     plan = build_plan(params(), LIBXL)
     assert plan.flags == ["LIVE", "PEER2PEER", "PERSIST_DEST", "UNDEFINE_SOURCE", "PAUSED"]
@@ -427,6 +455,21 @@ def test_a_failed_post_copy_is_its_own_outcome_never_ok():
     assert "post-copy migration did not finish" in info.value.msg and "postcopy-resume" in info.value.msg
     assert info.value.result["outcome"] == "postcopy_failed" and info.value.result["changed"] is False
     assert hv2.domains["g1"].metadata_xml is not None and hv1.domains["g1"]._state == "paused"
+
+
+def test_a_failed_post_copy_whose_source_died_is_reported_as_such_despite_libvirts_kept_job():
+    # libvirt 9.0 + QEMU 7.2, the source's QEMU killed after the switch: the source is shut off (crashed), the
+    # destination runs with reason post-copy failed and keeps its incoming job for a recovery
+    w, hv1, hv2 = interrupted_world(src_state="shutoff", src_reason=3, dest_state="running")
+    hv2.domains["g1"].reason = 11  # VIR_DOMAIN_RUNNING_POSTCOPY_FAILED
+    err = libvirt.libvirtError("Operation not supported: migration statistics are available only on the source host")
+    err.err = (libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_FROM_QEMU, err.args[0], 2, None, None, None, 0, 0)
+    hv2.domains["g1"].job_error = err
+    with pytest.raises(VirtError) as info:
+        manager(w).run()
+    assert info.value.result["outcome"] == "postcopy_failed" and info.value.result["changed"] is False
+    assert "post-copy migration did not finish" in info.value.msg and "recovery cannot help" in info.value.msg
+    assert w.log == [] and hv2.domains["g1"]._state == "running" and hv1.domains["g1"]._state == "shutoff"
 
 
 def test_an_incoming_job_on_the_destination_blocks_the_rerun():
