@@ -34,6 +34,7 @@ class LocalDiskGuest(Guest):
 
     def __init__(self, lab, name, host, backing=None):
         self.lab, self.name, self.host = lab, name, host
+        self.sanlock = False  # virtlockd's leases: this module's tests run on a virtlockd lab
         self.disk = os.path.join(LOCAL_DIR, name + ".qcow2")
         self.backing = backing
         self.create_disk(host)
