@@ -281,6 +281,20 @@ CASES = [
         False,
     ),
     (
+        "volume-url-without-checksum",
+        "volume",
+        {"pool": "POOL", "name": "bad-url.qcow2", "format": "qcow2", "import_from": "http://127.0.0.1:9/i.img"},
+        "no checksum is given",
+        False,
+    ),
+    (
+        "volume-url-scheme",
+        "volume",
+        {"pool": "POOL", "name": "bad-url.qcow2", "import_from": "ftp://user:S3cretPW@127.0.0.1/i.img"},
+        "only http:// and https:// URLs can be fetched",
+        False,
+    ),
+    (
         "volume-name-traversal",
         "volume",
         {"pool": "POOL", "name": "../escape.qcow2", "capacity": "16M", "format": "qcow2"},
@@ -468,6 +482,11 @@ CASES = [
         "'placement' is of type str",
         False,
     ),
+    # ---- export
+    ("export-unreachable-uri", "export", {"uri": CLOSED}, "cannot connect", False),
+    ("export-include-choice", "export", {"include": ["guests"]}, "value of include must be one or more of", False),
+    ("export-names-type", "export", {"names": 5}, "names must be a list of names or patterns", False),
+    ("export-names-kind", "export", {"names": {"disks": ["a"]}}, "names: unknown kinds disks", False),
     # ---- lease_info
     ("lease_info-names-type", "lease_info", {"names": {"a": 1}}, "'names' is of type dict", False),
     ("lease_info-name-nul", "lease_info", {"names": ["a\0b"]}, "names must not contain a NUL character", False),
