@@ -195,7 +195,9 @@ def test_bad_input_changes_nothing(lab, tiny_guest, args, message):
 
 
 def test_idempotent_once_moved(lab, tiny_guest):
-    conv = {"completion_timeout": 100}  # steps every 2.3 s: this idle guest moves before the first raise
+    # steps every 23 s (750 s per GiB of a 32 MiB guest): this idle guest moves before the first raise, even
+    # on a loaded machine
+    conv = {"downtime_delay": 750, "completion_timeout": 8000}
     moved = migrate(lab, "hv1", "hv2", tiny_guest.name, convergence=conv)
     assert not failed(moved), moved.get("msg")
     assert moved["outcome"] == "converged" and moved["changed"] is True
