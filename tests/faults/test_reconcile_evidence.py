@@ -286,9 +286,10 @@ class CounterGuest(LinuxGuest):
         return read_counter(self.counter_disk)
 
     def start_counter(self):
-        """Start the loop (detached from the agent: its own session, hangups ignored) and see the number grow
+        """Start the loop (detached from the agent, in a session of its own: the image's busybox has no nohup)
+        and see the number grow
         in the file on the shared storage; returns two readings half a second apart."""
-        pid = self.spawn(["/bin/sh", "-c", 'setsid nohup python3 -c "$0" </dev/null >/dev/null 2>&1 &', COUNTER_LOOP])
+        pid = self.spawn(["/bin/sh", "-c", 'setsid python3 -c "$0" </dev/null >/dev/null 2>&1 &', COUNTER_LOOP])
         assert self.exec_status(pid) == 0, "the counter loop did not start"
         assert wait_for(lambda: self.counter() is not None, None, timeout=30), "the guest wrote no counter"
         first = self.counter()
