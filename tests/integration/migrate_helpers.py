@@ -51,6 +51,15 @@ def sanlock_lease_xml(key, lease_file):
     )
 
 
+def auto_disk_lease(lab, path):
+    """The lease file of the lock manager's automatic lease on the disk ``path``: virtlockd's
+    ``<lockspace_dir>/<sha256 of the path>``, or sanlock's ``<disk_lease_dir>/<md5 of the path>`` (libvirt's
+    lockspace ``__LIBVIRT__DISKS__``)."""
+    if lab.lock_manager == "sanlock":
+        return os.path.join(lab.sanlock["disk_lease_dir"], hashlib.md5(path.encode()).hexdigest())
+    return os.path.join(lab.lockspace_dir, hashlib.sha256(path.encode()).hexdigest())
+
+
 class Guest:
     """A guest on ``host`` with a qcow2 disk on the shared directory (a disk lease) and a VM lease, for the
     lab's lock manager: on lockd the disk lease is virtlockd's file ``<lockspace_dir>/<sha256 of the path>``
@@ -75,10 +84,9 @@ class Guest:
                 fh.truncate(1024 * 1024)
             spec = "{}:{}:{}:0".format(SANLOCK_VM_LOCKSPACE, self.key, self.vm_lease)
             lab.exec(host, "sanlock", "direct", "init", "-r", spec)
-            self.disk_lease = os.path.join(lab.sanlock["disk_lease_dir"], hashlib.md5(self.disk.encode()).hexdigest())
         else:
             self.vm_lease = lab.lease_file(self.key)
-            self.disk_lease = os.path.join(lab.lockspace_dir, hashlib.sha256(self.disk.encode()).hexdigest())
+        self.disk_lease = auto_disk_lease(lab, self.disk)
         self.leases = [self.disk_lease, self.vm_lease]
         # sanlock's names of the two leases, as `sanlock client status` lists them
         self.resources = [
