@@ -311,14 +311,12 @@ def test_vm_lease_held_on_hv1_refuses_the_start_on_hv2_until_released(lab, guest
 
     destroyer = threading.Thread(target=destroy_on_hv1_after_a_refusal, daemon=True)
     destroyer.start()
-    began = time.monotonic()
     try:
         r = lab.module("hv2", MODULE, dict(args, lock={"acquire_timeout": 20}))
     finally:
         events.terminate()
         events.wait(timeout=10)
         destroyer.join(timeout=30)
-    elapsed = time.monotonic() - began
     assert "res" in destroyed, r.get("lock_checkpoints")
     assert destroyed["res"].returncode == 0, destroyed["res"].stderr
     assert r.get("failed") is not True, r.get("msg")
@@ -330,7 +328,6 @@ def test_vm_lease_held_on_hv1_refuses_the_start_on_hv2_until_released(lab, guest
     assert at(checkpoint(r, "resumed")) > destroyed["before"]
     assert names(r)[-len(START_ORDER) :] == START_ORDER
     assert_in_order(r, START_ORDER)
-    assert elapsed < 20, elapsed
     assert lab.domain_state("hv1", guest_name) == "shut off"
     assert lab.domain_state("hv2", guest_name) == "running"
     assert_held_on(lab, "hv2", r, [vm_lease])
