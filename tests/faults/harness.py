@@ -34,11 +34,10 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
 
 import yaml
 from labkit import LAB, REPO, lab_state, sanlock_leader
-from migrate_helpers import MIGRATION_PORTS, MODULE, Guest, lease_grabber
+from migrate_helpers import MIGRATION_PORTS, MODULE, Guest, lease_grabber, sanlock_lease_grabber
 from observe import EventObserver
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
@@ -223,58 +222,6 @@ def lease_holders_agree(lab, guest, host):
         if daemons != [host, host]:
             problems.append("sanlock daemons list the leases held by {} while it runs on {}".format(daemons, host))
     return problems
-
-
-# the sanlock counterpart of test_migrate's fcntl holder: registers with the host's sanlock daemon and acquires
-# the resource for itself the instant it is free, writes "<pid> <lease version>" to the marker, holds it
-SANLOCK_HOLDER = r"""
-import os, struct, sys, time
-import sanlock
-ls, res, path, marker = sys.argv[1].encode(), sys.argv[2].encode(), sys.argv[3], sys.argv[4]
-hold, limit = float(sys.argv[5]), float(sys.argv[6])
-fd = sanlock.register()
-end = time.time() + limit
-while True:
-    try:
-        sanlock.acquire(ls, res, [(path, 0)], slkfd=fd)
-        break
-    except sanlock.SanlockException:
-        if time.time() > end or os.path.exists(marker + ".release"):
-            sys.exit(3)
-        time.sleep(0.002)
-with open(path, "rb") as fh:
-    lver = struct.unpack_from("<Q", fh.read(56), 48)[0]
-with open(marker + ".tmp", "w") as fh:
-    fh.write("{} {}".format(os.getpid(), lver))
-os.rename(marker + ".tmp", marker)
-stop = time.time() + hold
-while time.time() < stop and not os.path.exists(marker + ".release"):
-    time.sleep(0.02)
-sanlock.release(ls, res, [(path, 0)], slkfd=fd)
-"""
-
-
-@contextmanager
-def sanlock_lease_grabber(lab, host, guest, hold, limit=60):
-    """A process on ``host`` that acquires the guest's VM lease through ``host``'s sanlock as soon as it is
-    free and keeps it ``hold`` seconds."""
-    marker = os.path.join(lab.shared_dir, ".grab-{}-{}".format(guest.key, os.getpid()))
-    for p in (marker, marker + ".release", marker + ".tmp"):
-        if os.path.exists(p):
-            os.unlink(p)
-    argv = ["python3", "-c", SANLOCK_HOLDER, guest.lockspace, guest.key, guest.vm_lease, marker, str(hold), str(limit)]
-    proc = subprocess.Popen([LAB, "exec", host, "--"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    grab = {"marker": marker, "proc": proc}
-    try:
-        yield grab
-    finally:
-        open(marker + ".release", "w").close()
-        try:
-            proc.wait(timeout=30)
-        finally:
-            for p in (marker, marker + ".release", marker + ".tmp"):
-                if os.path.exists(p):
-                    os.unlink(p)
 
 
 def grabber(lab, host, guest, hold):

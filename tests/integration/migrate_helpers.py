@@ -327,17 +327,17 @@ while time.time() < stop and not os.path.exists(marker + ".release"):
 
 
 @contextmanager
-def lease_grabber(lab, host, path, hold, limit=60):
-    """A process on ``host`` that takes ``path`` as soon as it is free and keeps it ``hold`` seconds."""
-    marker = os.path.join(lab.shared_dir, ".grab-{}-{}".format(os.path.basename(path), os.getpid()))
-    for p in (marker, marker + ".release"):
+def _holder(lab, host, name, script, *args):
+    """A lease holder on ``host``: ``python3 -c script *args`` (the marker path in place of ``MARKER``) writes
+    the marker once it holds its lease and lets go when ``<marker>.release`` appears or its hold ends; the
+    marker files are removed."""
+    marker = os.path.join(lab.shared_dir, ".grab-{}-{}".format(name, os.getpid()))
+    files = (marker, marker + ".release", marker + ".tmp")
+    for p in files:
         if os.path.exists(p):
             os.unlink(p)
-    proc = subprocess.Popen(
-        [LAB, "exec", host, "--", "python3", "-c", GRABBER_HOLDER, path, marker, str(hold), str(limit)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [LAB, "exec", host, "--", "python3", "-c", script] + [marker if a is MARKER else a for a in args]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     grab = {"marker": marker, "proc": proc}
     try:
         yield grab
@@ -346,6 +346,50 @@ def lease_grabber(lab, host, path, hold, limit=60):
         try:
             proc.wait(timeout=30)
         finally:
-            for p in (marker, marker + ".release"):
+            for p in files:
                 if os.path.exists(p):
                     os.unlink(p)
+
+
+MARKER = object()  # where a holder's marker path goes among its arguments
+
+
+def lease_grabber(lab, host, path, hold, limit=60):
+    """A process on ``host`` that takes ``path`` as soon as it is free and keeps it ``hold`` seconds."""
+    return _holder(lab, host, os.path.basename(path), GRABBER_HOLDER, path, MARKER, str(hold), str(limit))
+
+
+# the sanlock counterpart of test_migrate's fcntl holder: registers with the host's sanlock daemon and acquires
+# the resource for itself the instant it is free, writes "<pid> <lease version>" to the marker, holds it
+SANLOCK_HOLDER = r"""
+import os, struct, sys, time
+import sanlock
+ls, res, path, marker = sys.argv[1].encode(), sys.argv[2].encode(), sys.argv[3], sys.argv[4]
+hold, limit = float(sys.argv[5]), float(sys.argv[6])
+fd = sanlock.register()
+end = time.time() + limit
+while True:
+    try:
+        sanlock.acquire(ls, res, [(path, 0)], slkfd=fd)
+        break
+    except sanlock.SanlockException:
+        if time.time() > end or os.path.exists(marker + ".release"):
+            sys.exit(3)
+        time.sleep(0.002)
+with open(path, "rb") as fh:
+    lver = struct.unpack_from("<Q", fh.read(56), 48)[0]
+with open(marker + ".tmp", "w") as fh:
+    fh.write("{} {}".format(os.getpid(), lver))
+os.rename(marker + ".tmp", marker)
+stop = time.time() + hold
+while time.time() < stop and not os.path.exists(marker + ".release"):
+    time.sleep(0.02)
+sanlock.release(ls, res, [(path, 0)], slkfd=fd)
+"""
+
+
+def sanlock_lease_grabber(lab, host, guest, hold, limit=60):
+    """A process on ``host`` that acquires the guest's VM lease through ``host``'s sanlock as soon as it is
+    free and keeps it ``hold`` seconds."""
+    args = (guest.lockspace, guest.key, guest.vm_lease, MARKER, str(hold), str(limit))
+    return _holder(lab, host, guest.key, SANLOCK_HOLDER, *args)
