@@ -27,7 +27,6 @@ also the timeline of the run again (``rerun_timeline``).
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import tempfile
 import threading
 import time
 
+import libvirt
 import yaml
 from labkit import LAB, REPO, lab_state, sanlock_leader
 from migrate_helpers import MIGRATION_PORTS, MODULE, Guest, lease_grabber, sanlock_lease_grabber
@@ -113,15 +113,15 @@ class Watch:
     clock for every host, so "two running copies" means two hosts ran it at the same instant), and the lease
     holders sampled every few ms (F_GETLK), until stopped.
 
-    Both hosts' states are also sampled with virsh, one host after the other, for notes only: two sequential
-    samples are tens to hundreds of ms apart, so they can see the source running and, one call later, the
+    Both hosts' states are also sampled (virDomainGetState, as ``virsh domstate``), one host after the other,
+    for notes only: two sequential samples are ms apart, so they can see the source running and, one call later, the
     destination running when no instant had both, and miss a short real overlap.
     """
 
     def __init__(self, lab, guest, hosts=("hv1", "hv2")):
         self.lab, self.guest, self.hosts = lab, guest, hosts
         self.observer = EventObserver(lab, hosts, [guest.name])
-        self.states = []  # {host: state}, virsh, sequential
+        self.states = []  # {host: state}, sequential reads
         self.holders = []  # (disk lease holder, VM lease holder)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._states, daemon=True), threading.Thread(target=self._leases)]
@@ -130,6 +130,7 @@ class Watch:
     def _states(self):
         while not self._stop.is_set():
             self.states.append(dict((h, self.lab.domain_state(h, self.guest.name)) for h in self.hosts))
+            self._stop.wait(0.02)  # a read is a local RPC of a few ms: this is tens of samples a second
 
     def _leases(self):
         while not self._stop.is_set():
@@ -174,7 +175,7 @@ class Watch:
         return self._describe([o for o in self.observer.possible_overlaps(self.guest.name) if o not in certain])
 
     def sampled_two_running(self):
-        """The virsh samples that saw the guest running on two hosts (sequential reads: not one instant)."""
+        """The state samples that saw the guest running on two hosts (sequential reads: not one instant)."""
         return [s for s in self.states if sum(1 for v in s.values() if v == "running") > 1]
 
     def two_holders(self, ignore=()):
@@ -335,11 +336,8 @@ def modules_at_work(lab, host):
 def migration_job_active(lab, host, name):
     """Whether libvirtd on ``host`` still runs a job for the guest: a peer-to-peer migration goes on inside
     libvirtd after the module that started it was killed, so what it leaves is read once it is over."""
-    res = lab.virsh(host, "domjobinfo", name, check=False)
-    if res.returncode != 0:
-        return False  # no such guest (any more), or no libvirtd to ask
-    m = re.search(r"^Job type:\s*(\S+)", res.stdout, re.M)
-    return bool(m) and m.group(1) != "None"
+    job = lab.connections.job_type(host, name)  # None: no such guest (any more), or no libvirtd to ask
+    return job not in (None, libvirt.VIR_DOMAIN_JOB_NONE)
 
 
 def kill_pids(pids, sig=signal.SIGKILL):
@@ -634,7 +632,7 @@ def check_invariants(lab, guest, watch, result, fault, outcome, ignore=()):
         )
     if watch.sampled_two_running() and not watch.two_running():
         outcome["notes"].append(
-            "{} of {} sequential virsh samples saw it running on both hosts, at no instant by the events".format(
+            "{} of {} sequential state samples saw it running on both hosts, at no instant by the events".format(
                 len(watch.sampled_two_running()), len(watch.states)
             )
         )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import libvirt
 from labkit import LAB_ROOT, REPO, define
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
@@ -22,8 +23,11 @@ BOOT_TIMEOUT = 90
 
 
 def agent_ping(lab, host, name):
-    res = lab.virsh(host, "qemu-agent-command", "--timeout", "5", name, '{"execute":"guest-ping"}', check=False)
-    return res.returncode == 0
+    try:
+        lab.agent(host, name, {"execute": "guest-ping"}, timeout=5)
+    except libvirt.libvirtError:
+        return False
+    return True
 
 
 def boot_guest(lab, host, name):
@@ -63,17 +67,9 @@ def inventory_of(lab, config):
 
 def agent_exec(lab, host, name, command):
     """Run ``command`` with /bin/sh in the guest through its agent (guest-exec), waiting for it to exit 0."""
-    res = lab.virsh(
-        host,
-        "qemu-agent-command",
-        name,
-        json.dumps({"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", command]}}),
-    )
-    pid = json.loads(res.stdout)["return"]["pid"]
+    pid = lab.agent(host, name, {"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", command]}})
     for _attempt in range(50):
-        res = lab.virsh(host, "qemu-agent-command", name, json.dumps({"execute": "guest-exec-status",
-                                                                     "arguments": {"pid": pid}}))  # fmt: skip
-        status = json.loads(res.stdout)["return"]
+        status = lab.agent(host, name, {"execute": "guest-exec-status", "arguments": {"pid": pid["pid"]}})
         if status.get("exited"):
             assert status.get("exitcode") == 0, status
             return

@@ -7,7 +7,6 @@ for example a load that dirties memory faster than a capped migration link can c
 """
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+import libvirt
 from labkit import LAB, REPO, define_and_start, linux_image, lock_holder, tiny_domain_xml
 
 sys.path.insert(0, os.path.join(REPO, "tests", "lab"))
@@ -146,21 +146,13 @@ class LinuxGuest(Guest):
         reconnects after a migration, and may answer a ping before it takes commands)."""
         deadline = time.monotonic() + (30 if check else 0)
         while True:
-            res = self.lab.virsh(
-                host or self.host,
-                "qemu-agent-command",
-                "--timeout",
-                str(timeout),
-                self.name,
-                json.dumps(command),
-                check=False,
-            )
-            if res.returncode == 0:
-                return json.loads(res.stdout)["return"]
-            if not check:
-                return None
-            if "agent" not in res.stderr.lower() or time.monotonic() > deadline:
-                raise AssertionError("{} on {}: {}".format(command, host or self.host, res.stderr))
+            try:
+                return self.lab.agent(host or self.host, self.name, command, timeout=timeout)
+            except libvirt.libvirtError as exc:
+                if not check:
+                    return None
+                if "agent" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise AssertionError("{} on {}: {}".format(command, host or self.host, exc)) from exc
             time.sleep(0.25)
 
     def wait_agent(self, host=None, timeout=BOOT_TIMEOUT):

@@ -403,10 +403,15 @@ def nsenter(anchor, argv):
     return ["nsenter", "-t", str(anchor), "-m", "-u", "-n", "--"] + list(argv)
 
 
+def host_argv(anchor, argv):
+    """``argv`` as run inside a lab host (the namespaces of its anchor), with a clean environment."""
+    return nsenter(
+        anchor, ["env", "-i", "HOME=/root", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"] + list(argv)
+    )
+
+
 def host_run(state, name, argv, check=True, input=None, timeout=120):
-    anchor = state["hosts"][name]["anchor"]
-    env_argv = ["env", "-i", "HOME=/root", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"] + list(argv)
-    return run(nsenter(anchor, env_argv), check=check, input=input, timeout=timeout)
+    return run(host_argv(state["hosts"][name]["anchor"], argv), check=check, input=input, timeout=timeout)
 
 
 def qemu_conf(locked, lock_manager="lockd"):
@@ -1030,9 +1035,7 @@ def cmd_exec(args):
     argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
     if not argv:
         raise SystemExit("lab: exec needs a command")
-    anchor = state["hosts"][args.host]["anchor"]
-    env_argv = ["env", "-i", "HOME=/root", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"] + argv
-    os.execvp("nsenter", nsenter(anchor, env_argv))
+    os.execvp("nsenter", host_argv(state["hosts"][args.host]["anchor"], argv))
     return 0
 
 
