@@ -14,7 +14,7 @@ import os
 import shutil
 
 import pytest
-from labkit import define_and_start, tiny_domain_xml
+from labkit import define_and_start, libvirt_socket, tiny_domain_xml
 
 CLOSED = "qemu+tcp://127.0.0.1:1/system"  # loopback, a port nothing listens on
 BILLION_LAUGHS = (
@@ -576,10 +576,7 @@ def setting(lab, tmp_path_factory):
 def catalog(lab, setting):
     """Run every case in one playbook; return {case id: (result, status, snapshot before, snapshot after)}."""
     names = _names(setting)
-    sockets = dict(
-        (h, "/proc/{}/root/run/libvirt/libvirt-sock-ro".format(info["anchor"]))
-        for h, info in lab.state["hosts"].items()
-    )
+    sockets = dict((h, libvirt_socket(info["anchor"])) for h, info in lab.state["hosts"].items())
     snapshot = {
         "name": "snapshot",
         "ansible.builtin.command": {

@@ -67,9 +67,9 @@ def inventory_of(lab, config):
 
 def agent_exec(lab, host, name, command):
     """Run ``command`` with /bin/sh in the guest through its agent (guest-exec), waiting for it to exit 0."""
-    pid = lab.agent(host, name, {"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", command]}})
+    started = lab.agent(host, name, {"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", command]}})
     for _attempt in range(50):
-        status = lab.agent(host, name, {"execute": "guest-exec-status", "arguments": {"pid": pid["pid"]}})
+        status = lab.agent(host, name, {"execute": "guest-exec-status", "arguments": {"pid": started["pid"]}})
         if status.get("exited"):
             assert status.get("exitcode") == 0, status
             return

@@ -96,6 +96,12 @@ def _quiet(_ctx, _err):
 libvirt.registerErrorHandler(_quiet, None)
 
 
+def libvirt_socket(anchor, read_only=True):
+    """A lab host's libvirtd socket as the host's own mount namespace has it, reached from here through the
+    host's namespace anchor (``anchor``: its pid)."""
+    return "/proc/{}/root/run/libvirt/libvirt-sock{}".format(anchor, "-ro" if read_only else "")
+
+
 class HostConnections:
     """libvirt connections to each lab host's libvirtd, on the daemon's sockets as the host's own mount
     namespace has them (``/proc/ANCHOR/root/run/libvirt``; the anchor lives as long as the host, whatever its
@@ -114,8 +120,7 @@ class HostConnections:
             conn = self._conns.get((host, read_only))
             if conn is not None and not fresh and conn.isAlive():
                 return conn
-            sock = "/proc/{}/root/run/libvirt/libvirt-sock{}".format(self._anchors[host], "-ro" if read_only else "")
-            uri = "qemu+unix:///system?socket=" + sock
+            uri = "qemu+unix:///system?socket=" + libvirt_socket(self._anchors[host], read_only)
             conn = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
             self._conns[(host, read_only)] = conn
             return conn
